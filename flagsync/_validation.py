@@ -1,0 +1,408 @@
+"""Turn plain data into a validated `FlagSet`, collecting every problem before failing.
+
+Shape errors come from msgspec (one per flag or segment, since msgspec stops at the
+first); relations between fields are checked here so all of them are reported together.
+Paths read like the file: `flags.llm-model-version.rules[1].serve`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Collection, Iterator, Mapping
+from typing import Any, TypeVar
+
+import msgspec
+
+from flagsync._semver import parse_semver
+from flagsync.errors import InvalidFlagError, ValidationIssue
+from flagsync.model import (
+    KEY_PATTERN,
+    MAX_CLAUSE_VALUES,
+    MAX_CLAUSES,
+    MAX_FLAG_BYTES,
+    MAX_FLAGS,
+    MAX_PATTERN_CHARS,
+    MAX_RULES,
+    MAX_SEGMENT_KEYS,
+    MAX_SEGMENTS,
+    MAX_TEXT_CHARS,
+    MAX_VALUE_DEPTH,
+    MAX_VARIANTS,
+    OPERATORS,
+    ROLLOUT_DECIMALS,
+    Clause,
+    Flag,
+    FlagSet,
+    Rollout,
+    Segment,
+    Serve,
+)
+
+_EQUALITY_OPS = frozenset({"in", "not_in", "eq", "neq"})
+_STRING_OPS = frozenset({"starts_with", "ends_with", "contains", "matches"})
+_NUMBER_OPS = frozenset({"lt", "lte", "gt", "gte"})
+_SEMVER_OPS = frozenset({"semver_lt", "semver_eq", "semver_gt"})
+_TOP_LEVEL_FIELDS = ("flags", "segments")
+_MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
+_encoder = msgspec.msgpack.Encoder()
+_T = TypeVar("_T")
+
+
+def parse_flagset(data: object) -> FlagSet:
+    """Validate a whole document (`{"flags": ..., "segments": ...}`) or raise `InvalidFlagError`."""
+    issues: list[ValidationIssue] = []
+    if isinstance(data, FlagSet):
+        data = data.to_builtins()
+    if not isinstance(data, Mapping):
+        raise InvalidFlagError(
+            [ValidationIssue("$", f"expected a mapping with 'flags', got {_type_name(data)}")]
+        )
+    issues.extend(
+        ValidationIssue(str(field), "unknown top-level field")
+        for field in data
+        if field not in _TOP_LEVEL_FIELDS
+    )
+    raw_segments = _section(data, "segments", MAX_SEGMENTS, issues)
+    raw_flags = _section(data, "flags", MAX_FLAGS, issues)
+
+    segments: dict[str, Segment] = {}
+    for key, raw in raw_segments.items():
+        segment = _convert(raw, Segment, f"segments.{key}", issues)
+        if _check_key(key, f"segments.{key}", issues) and segment is not None:
+            issues.extend(_check_segment(key, segment))
+            segments[key] = segment
+
+    flags: dict[str, Flag] = {}
+    for key, raw in raw_flags.items():
+        flag = _convert(raw, Flag, f"flags.{key}", issues)
+        if _check_key(key, f"flags.{key}", issues) and flag is not None:
+            issues.extend(check_flag(key, flag, raw_segments.keys()))
+            flags[key] = flag
+
+    issues.extend(_check_prerequisites(flags, raw_flags.keys()))
+    if issues:
+        raise InvalidFlagError(issues)
+    return FlagSet(flags=flags, segments=segments)
+
+
+def parse_flag(key: str, data: object, segment_names: Collection[str] = ()) -> Flag:
+    """Validate one flag on its own (prerequisites and segments are checked by the caller)."""
+    issues: list[ValidationIssue] = []
+    if isinstance(data, Flag):
+        data = msgspec.to_builtins(data)
+    flag = _convert(data, Flag, f"flags.{key}", issues)
+    if _check_key(key, f"flags.{key}", issues) and flag is not None:
+        issues.extend(check_flag(key, flag, segment_names))
+    if issues or flag is None:
+        raise InvalidFlagError(issues)
+    return flag
+
+
+def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[ValidationIssue]:
+    """Every relational problem in one flag (its variants, rules, serves and size)."""
+    at = f"flags.{key}"
+    issues: list[ValidationIssue] = []
+    if len(flag.description) > MAX_TEXT_CHARS:
+        issues.append(ValidationIssue(f"{at}.description", f"longer than {MAX_TEXT_CHARS} chars"))
+    issues.extend(_check_variants(at, flag.variants))
+    variants = flag.variants.keys()
+    if flag.off not in variants:
+        issues.append(ValidationIssue(f"{at}.off", f"unknown variant {flag.off!r}"))
+    issues.extend(_check_serve(f"{at}.default", flag.default, variants))
+    if len(flag.rules) > MAX_RULES:
+        issues.append(ValidationIssue(f"{at}.rules", f"more than {MAX_RULES} rules"))
+    names: set[str] = set()
+    for index, rule in enumerate(flag.rules):
+        rule_at = f"{at}.rules[{index}]"
+        if rule.name is not None:
+            if not KEY_PATTERN.match(rule.name):
+                issues.append(ValidationIssue(f"{rule_at}.name", _key_message(rule.name)))
+            elif rule.name in names:
+                issues.append(
+                    ValidationIssue(f"{rule_at}.name", f"duplicate rule name {rule.name!r}")
+                )
+            names.add(rule.name)
+        if len(rule.when) > MAX_CLAUSES:
+            issues.append(ValidationIssue(f"{rule_at}.when", f"more than {MAX_CLAUSES} clauses"))
+        for position, clause in enumerate(rule.when):
+            issues.extend(_check_clause(f"{rule_at}.when[{position}]", clause, segment_names))
+        issues.extend(_check_serve(f"{rule_at}.serve", rule.serve, variants))
+    for other, variant in flag.requires.items():
+        if not KEY_PATTERN.match(other):
+            issues.append(ValidationIssue(f"{at}.requires", _key_message(other)))
+        elif other == key:
+            issues.append(ValidationIssue(f"{at}.requires.{other}", "a flag cannot require itself"))
+        elif not isinstance(variant, str) or not variant:
+            issues.append(ValidationIssue(f"{at}.requires.{other}", "expected a variant name"))
+    if not issues:
+        size = len(_encoder.encode(flag))
+        if size > MAX_FLAG_BYTES:
+            issues.append(ValidationIssue(at, f"definition is {size} bytes, over {MAX_FLAG_BYTES}"))
+    return issues
+
+
+def _section(
+    data: Mapping[Any, Any], name: str, limit: int, issues: list[ValidationIssue]
+) -> Mapping[str, Any]:
+    raw = data.get(name)
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        issues.append(ValidationIssue(name, f"expected a mapping, got {_type_name(raw)}"))
+        return {}
+    if len(raw) > limit:
+        issues.append(ValidationIssue(name, f"{len(raw)} entries, over the limit of {limit}"))
+        return {}
+    return raw
+
+
+def _convert(raw: object, kind: type[_T], at: str, issues: list[ValidationIssue]) -> _T | None:
+    try:
+        return msgspec.convert(raw, kind)
+    except msgspec.ValidationError as error:
+        text = str(error)
+        match = _MSGSPEC_PATH.match(text)
+        if match is None:
+            issues.append(ValidationIssue(at, _lower_first(text)))
+        else:
+            path = match["path"].replace("['", ".").replace("']", "")
+            issues.append(ValidationIssue(at + path, _lower_first(match["message"])))
+        return None
+
+
+def _check_key(key: object, at: str, issues: list[ValidationIssue]) -> bool:
+    if isinstance(key, str) and KEY_PATTERN.match(key):
+        return True
+    issues.append(ValidationIssue(at, _key_message(key)))
+    return False
+
+
+def _key_message(key: object) -> str:
+    return f"invalid key {key!r}: use 1-128 of a-z 0-9 . _ - starting with a letter or digit"
+
+
+def _check_variants(at: str, variants: Mapping[str, Any]) -> Iterator[ValidationIssue]:
+    if not variants:
+        yield ValidationIssue(f"{at}.variants", "at least one variant is required")
+        return
+    if len(variants) > MAX_VARIANTS:
+        yield ValidationIssue(f"{at}.variants", f"more than {MAX_VARIANTS} variants")
+    kinds: dict[str, str] = {}
+    for name, value in variants.items():
+        if not KEY_PATTERN.match(name):
+            yield ValidationIssue(f"{at}.variants", _key_message(name))
+            continue
+        problem = _value_problem(value)
+        if problem is not None:
+            yield ValidationIssue(f"{at}.variants.{name}", problem)
+            continue
+        kinds[name] = json_kind(value)
+    if len(set(kinds.values())) > 1:
+        listing = ", ".join(f"{name}={kind}" for name, kind in kinds.items())
+        yield ValidationIssue(f"{at}.variants", f"all variants must share one type, got {listing}")
+
+
+def json_kind(value: object) -> str:
+    """The JSON type name of a variant value: boolean, number, string, object or array."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    return "array"
+
+
+def _value_problem(value: object) -> str | None:
+    """Why a variant value is not allowed (None if it is fine): JSON types, finite, bounded."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_VALUE_DEPTH:
+            return f"nested deeper than {MAX_VALUE_DEPTH} levels"
+        if item is None:
+            if depth == 0:
+                return "null is not a variant value"
+            continue
+        if isinstance(item, bool | str | int):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return f"{item!r} is not a JSON number"
+            continue
+        if isinstance(item, Mapping):
+            for name, child in item.items():
+                if not isinstance(name, str):
+                    return f"object keys must be strings, got {_type_name(name)}"
+                stack.append((child, depth + 1))
+            continue
+        if isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item)
+            continue
+        return f"{_type_name(item)} is not a JSON value"
+    return None
+
+
+def _check_serve(at: str, serve: Serve, variants: Collection[str]) -> Iterator[ValidationIssue]:
+    if isinstance(serve, str):
+        if serve not in variants:
+            yield ValidationIssue(at, f"unknown variant {serve!r}")
+        return
+    yield from _check_rollout(at, serve, variants)
+
+
+def _check_rollout(at: str, serve: Rollout, variants: Collection[str]) -> Iterator[ValidationIssue]:
+    if not serve.rollout:
+        yield ValidationIssue(f"{at}.rollout", "a rollout needs at least one variant")
+        return
+    if not serve.by:
+        yield ValidationIssue(f"{at}.by", "the bucketing attribute must not be empty")
+    if serve.salt is not None and not serve.salt:
+        yield ValidationIssue(f"{at}.salt", "the salt must not be empty")
+    total = 0
+    for name, weight in serve.rollout.items():
+        if name not in variants:
+            yield ValidationIssue(f"{at}.rollout.{name}", f"unknown variant {name!r}")
+        if not math.isfinite(weight) or weight < 0 or weight > 100:
+            yield ValidationIssue(f"{at}.rollout.{name}", f"weight {weight!r} is not in 0..100")
+            return
+        scaled = weight * 10**ROLLOUT_DECIMALS
+        if abs(scaled - round(scaled)) > 1e-6:
+            yield ValidationIssue(
+                f"{at}.rollout.{name}",
+                f"weight {weight!r} has more than {ROLLOUT_DECIMALS} decimals",
+            )
+            return
+        total += round(scaled)
+    if total != 100 * 10**ROLLOUT_DECIMALS:
+        yield ValidationIssue(
+            f"{at}.rollout", f"weights sum to {total / 10**ROLLOUT_DECIMALS:g}, not 100"
+        )
+
+
+def _check_clause(
+    at: str, clause: Clause, segment_names: Collection[str]
+) -> Iterator[ValidationIssue]:
+    op, values = clause.op, clause.values
+    if not clause.attr:
+        yield ValidationIssue(f"{at}.attr", "the attribute name must not be empty")
+    if op not in OPERATORS:
+        yield ValidationIssue(
+            f"{at}.op", f"unknown operator {op!r} (known: {', '.join(sorted(OPERATORS))})"
+        )
+        return
+    if not values:
+        yield ValidationIssue(f"{at}.values", f"{op} needs at least one value")
+        return
+    if len(values) > MAX_CLAUSE_VALUES:
+        yield ValidationIssue(f"{at}.values", f"more than {MAX_CLAUSE_VALUES} values")
+        return
+    for index, value in enumerate(values):
+        problem = _operand_problem(op, value, segment_names)
+        if problem is not None:
+            yield ValidationIssue(f"{at}.values[{index}]", problem)
+
+
+def _operand_problem(op: str, value: object, segment_names: Collection[str]) -> str | None:
+    if op in _EQUALITY_OPS:
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{value!r} is not a JSON number"
+        if not isinstance(value, str | int | float):
+            return f"{op} compares strings, numbers and booleans, got {_type_name(value)}"
+        return None
+    if op in _NUMBER_OPS:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"{op} needs a number, got {_type_name(value)}"
+        if not math.isfinite(value):
+            return f"{value!r} is not a JSON number"
+        return None
+    if not isinstance(value, str):
+        return f"{op} needs a string, got {_type_name(value)}"
+    if op == "matches":
+        if len(value) > MAX_PATTERN_CHARS:
+            return f"pattern longer than {MAX_PATTERN_CHARS} chars"
+        try:
+            re.compile(value)
+        except re.error as error:
+            return f"invalid regex {value!r}: {error}"
+    elif op in _SEMVER_OPS:
+        if parse_semver(value) is None:
+            return f"invalid semantic version {value!r}"
+    elif op == "in_segment":
+        if value not in segment_names:
+            return f"unknown segment {value!r}"
+    elif op in _STRING_OPS and len(value) > MAX_TEXT_CHARS:
+        return f"operand longer than {MAX_TEXT_CHARS} chars"
+    return None
+
+
+def _check_segment(key: str, segment: Segment) -> Iterator[ValidationIssue]:
+    if len(segment.keys) > MAX_SEGMENT_KEYS:
+        yield ValidationIssue(f"segments.{key}.keys", f"more than {MAX_SEGMENT_KEYS} keys")
+    if len(segment.description) > MAX_TEXT_CHARS:
+        yield ValidationIssue(f"segments.{key}.description", f"longer than {MAX_TEXT_CHARS} chars")
+
+
+def _check_prerequisites(
+    flags: Mapping[str, Flag], declared: Collection[str]
+) -> Iterator[ValidationIssue]:
+    """Unknown prerequisite flags or variants, and cycles (reported once per cycle)."""
+    for key, flag in flags.items():
+        for other, variant in flag.requires.items():
+            if other == key or not KEY_PATTERN.match(other):
+                continue
+            if other not in declared:
+                yield ValidationIssue(f"flags.{key}.requires.{other}", f"unknown flag {other!r}")
+            elif other in flags and variant not in flags[other].variants:
+                yield ValidationIssue(
+                    f"flags.{key}.requires.{other}", f"flag {other!r} has no variant {variant!r}"
+                )
+    yield from cycle_issues(flags)
+
+
+def cycle_issues(flags: Mapping[str, Flag]) -> list[ValidationIssue]:
+    """One issue per prerequisite cycle among `flags`."""
+    return [
+        ValidationIssue(
+            f"flags.{cycle[0]}.requires", "prerequisite cycle: " + " -> ".join([*cycle, cycle[0]])
+        )
+        for cycle in find_cycles({key: flag.requires.keys() for key, flag in flags.items()})
+    ]
+
+
+def find_cycles(edges: Mapping[str, Collection[str]]) -> list[list[str]]:
+    """Each distinct cycle in a dependency graph, found by an iterative depth-first search."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[list[str]] = []
+    for start in edges:
+        if state.get(start):
+            continue
+        path: list[str] = []
+        stack: list[tuple[str, Iterator[str]]] = [(start, iter(edges.get(start, ())))]
+        state[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[node] = 2
+            elif state.get(child) == 1:
+                cycles.append(path[path.index(child) :])
+            elif not state.get(child) and child in edges:
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(edges[child])))
+    return cycles
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

@@ -1,0 +1,148 @@
+"""`FlagClient`: evaluate flags against a context in microseconds, never raising.
+
+The client holds one reference to an immutable snapshot's lookup table. Evaluation
+reads that reference once and never locks; whatever keeps the client current (the
+Redis subscriber, a test swapping snapshots) replaces it with one assignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final
+
+from flagsync.compile import SERVE_DEFAULT, TableEntry
+from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
+from flagsync.loader import FlagSource, load_flags
+from flagsync.snapshot import Snapshot
+
+__all__ = ["FlagClient"]
+
+Context = Mapping[str, Any]
+
+
+def _never_stale() -> bool:
+    return False
+
+
+_JSON_KINDS: Final = frozenset({"object", "array"})
+
+
+class FlagClient:
+    """Evaluates flags from the current snapshot; the same class serves offline and synced use.
+
+    Every evaluation method returns the caller's `default` rather than raising: on an
+    unknown flag, a default of the wrong type, a context that is not a mapping, or a
+    rollout whose bucketing attribute is missing. `detail()` says which.
+
+    JSON (object/array) values are shared with the snapshot: treat them as read-only.
+    """
+
+    __slots__ = ("__weakref__", "_is_stale", "_snapshot", "_table")
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self._snapshot = snapshot if snapshot is not None else Snapshot.empty()
+        self._table: Mapping[str, TableEntry] = self._snapshot.table
+        self._is_stale: Callable[[], bool] = _never_stale
+
+    @classmethod
+    def offline(cls, source: FlagSource) -> FlagClient:
+        """A client over fixed flags (a YAML/JSON path, a mapping or a `FlagSet`), for tests and
+        local use. Raises `InvalidFlagError` listing every problem when the flags are invalid."""
+        return cls(Snapshot.build(load_flags(source)))
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The snapshot evaluations currently read."""
+        return self._snapshot
+
+    @property
+    def revision(self) -> int:
+        """The store revision of the current snapshot (0 offline)."""
+        return self._snapshot.revision
+
+    def keys(self) -> Iterator[str]:
+        """The keys of every flag in the current snapshot."""
+        return iter(self._snapshot.flags)
+
+    def variation(self, key: str, context: Context, default: Any = None) -> Any:
+        """The flag's value for `context`, or `default`.
+
+        When `default` is not None it also states the expected JSON type: a flag of
+        another type serves `default` (see `detail()` for the reason).
+        """
+        try:
+            select, value, accepts, values, _ = self._table[key]
+            if default.__class__ not in accepts:
+                return default
+            if select is None:
+                return value
+            value = values[select(context)]
+            return default if value is SERVE_DEFAULT else value
+        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
+            return default
+
+    def bool_value(self, key: str, context: Context, default: bool) -> bool:
+        """A boolean flag's value, or `default` (also when the flag is not boolean)."""
+        result: bool = self._typed(key, context, default, "boolean")
+        return result
+
+    def string_value(self, key: str, context: Context, default: str) -> str:
+        """A string flag's value, or `default` (also when the flag is not a string)."""
+        result: str = self._typed(key, context, default, "string")
+        return result
+
+    def number_value(self, key: str, context: Context, default: float) -> float:
+        """A number flag's value (int or float), or `default` (also when it is not a number)."""
+        result: float = self._typed(key, context, default, "number")
+        return result
+
+    def json_value(self, key: str, context: Context, default: Any) -> Any:
+        """An object or array flag's value, or `default` (also for boolean/number/string flags)."""
+        entry = self._table.get(key)
+        if entry is None or entry[4].kind not in _JSON_KINDS:
+            return default
+        return self._typed(key, context, default, entry[4].kind)
+
+    def detail(self, key: str, context: Context, default: Any = None) -> EvaluationDetail:
+        """The value with its variant, reason, matched rule and error code; never raises."""
+        entry = self._table.get(key)
+        if entry is None:
+            return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.FLAG_NOT_FOUND)
+        flag = entry[4]
+        if default.__class__ not in flag.accepts:
+            return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.TYPE_MISMATCH)
+        return self._explain(flag.outcome_for, context, default)
+
+    def _typed(self, key: str, context: Context, default: Any, kind: str) -> Any:
+        try:
+            select, value, _, values, flag = self._table[key]
+            if flag.kind != kind:
+                return default
+            if select is None:
+                return value
+            value = values[select(context)]
+            return default if value is SERVE_DEFAULT else value
+        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
+            return default
+
+    def _explain(
+        self, outcome_for: Callable[[Context], Any], context: Context, default: Any
+    ) -> EvaluationDetail:
+        try:
+            value, variant, reason, rule, error_code = outcome_for(context)
+        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
+            code = ErrorCode.GENERAL if isinstance(context, Mapping) else ErrorCode.INVALID_CONTEXT
+            return EvaluationDetail(default, None, Reason.ERROR, None, code)
+        if value is SERVE_DEFAULT:
+            return EvaluationDetail(default, None, reason, rule, error_code)
+        if self._is_stale():
+            return EvaluationDetail(value, variant, Reason.STALE, rule, None, stale=True)
+        return EvaluationDetail(value, variant, reason, rule, None)
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """Make `snapshot` current. Readers see the old or the new table, never a mix."""
+        self._snapshot = snapshot
+        self._table = snapshot.table
+
+    def __repr__(self) -> str:
+        return f"<FlagClient revision={self._snapshot.revision} flags={len(self._snapshot)}>"

@@ -1,0 +1,117 @@
+"""Read flag documents from YAML or JSON files, or take them from plain dicts.
+
+Files are parsed strictly, because a lenient parser silently changes flags:
+duplicate keys are errors (not "last one wins"), YAML follows the 1.2 core schema for
+booleans (`on`/`off`/`yes`/`no` stay strings, since they are common variant names), and
+YAML aliases are refused (they can expand a small file into a huge document).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from flagsync._validation import parse_flagset
+from flagsync.errors import InvalidFlagError, ValidationIssue
+from flagsync.model import FlagSet
+
+__all__ = ["FlagSource", "load_flags", "parse_document"]
+
+MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+
+FlagSource = str | os.PathLike[str] | Mapping[str, Any] | FlagSet
+"""Where flags come from: a YAML/JSON file path, a plain mapping, or a parsed `FlagSet`."""
+
+
+def load_flags(source: FlagSource) -> FlagSet:
+    """A validated `FlagSet` from a file path, a mapping or a `FlagSet`.
+
+    Raises `InvalidFlagError` listing every problem (with its path) when anything is
+    wrong; nothing partial is ever returned.
+    """
+    if isinstance(source, FlagSet | Mapping):
+        return parse_flagset(source)
+    return parse_flagset(read_file(Path(source)))
+
+
+def read_file(path: Path) -> object:
+    """The raw document in a flag file, parsed by its suffix (`.json`, else YAML)."""
+    where = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise InvalidFlagError(
+                [ValidationIssue(where, f"file is {size} bytes, over {MAX_FILE_BYTES}")]
+            )
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidFlagError([ValidationIssue(where, f"cannot read: {error}")]) from error
+    return parse_document(text, "json" if path.suffix.lower() == ".json" else "yaml", where)
+
+
+def parse_document(text: str, syntax: str, where: str = "<text>") -> object:
+    """Parse YAML or JSON text strictly; syntax errors become `InvalidFlagError`."""
+    try:
+        if syntax == "json":
+            return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, yaml.YAMLError) as error:
+        raise InvalidFlagError([ValidationIssue(where, f"invalid {syntax}: {error}")]) from error
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans, no duplicate keys and no aliases."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases are not allowed in flag files", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool | None):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"unsupported mapping key {key!r}", key_node.start_mark
+                )
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# Replace YAML 1.1's boolean words (yes/no/on/off/y/n) by YAML 1.2's true/false only.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
