@@ -14,75 +14,117 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from flagsync._semver import parse_semver
 from flagsync.bucketing import bucketing_text
 from flagsync.model import Clause
 
 Predicate = Callable[[Mapping[str, Any]], bool]
-_Test = Callable[[Any], bool]
+ValueTest = Callable[[Any], bool]
 
 _NEGATED_FORMS = {"not_in": "in", "neq": "eq"}
 
 
-def compile_clause(clause: Clause, segments: Mapping[str, frozenset[str]]) -> Predicate:
-    """A predicate for a validated clause; `segments` maps segment names to their key sets."""
+class ClausePlan(NamedTuple):
+    """A prepared clause: a value test plus, where one exists, an inline fast path.
+
+    `test` decides one present, scalar value (negation not applied). `fast_class` and
+    `fast_expr` let the selector generator inline the common case: when the value's
+    class is exactly `fast_class`, `fast_expr` (a Python expression over `{v}` and the
+    bound `{c}` = `constant`) gives the same answer as `test`.
+    """
+
+    attr: str
+    test: ValueTest
+    negate: bool
+    fast_class: type | None = None
+    fast_expr: str | None = None
+    constant: Any = None
+
+
+def plan_clause(clause: Clause, segments: Mapping[str, frozenset[str]]) -> ClausePlan:
+    """Prepare a validated clause; `segments` maps segment names to their key sets."""
     op = _NEGATED_FORMS.get(clause.op, clause.op)
     negate = clause.negate != (op != clause.op)
-    test = _build_test(op, clause.values, segments)
-    return _wrap(clause.attr, test, negate)
-
-
-def _wrap(attr: str, test: _Test, negate: bool) -> Predicate:
-    def matches(context: Mapping[str, Any]) -> bool:
-        value = context.get(attr)
-        if value is None:
-            return False
-        if value.__class__ is list or value.__class__ is tuple:
-            return any(item is not None and test(item) for item in value)
-        return test(value)
-
-    if not negate:
-        return matches
-
-    def does_not_match(context: Mapping[str, Any]) -> bool:
-        value = context.get(attr)
-        if value is None:
-            return False
-        if value.__class__ is list or value.__class__ is tuple:
-            return not any(item is not None and test(item) for item in value)
-        return not test(value)
-
-    return does_not_match
-
-
-def _build_test(op: str, values: list[Any], segments: Mapping[str, frozenset[str]]) -> _Test:
+    values = clause.values
+    attr = clause.attr
     if op in ("in", "eq"):
-        return _equality_test(values)
+        test = _equality_test(values)
+        strings = frozenset(v for v in values if isinstance(v, str))
+        return ClausePlan(attr, test, negate, str, "{v} in {c}", strings)
     if op == "starts_with":
         prefixes = tuple(values)
-        return lambda value: isinstance(value, str) and value.startswith(prefixes)
+        return ClausePlan(
+            attr,
+            lambda value: isinstance(value, str) and value.startswith(prefixes),
+            negate,
+            str,
+            "{v}.startswith({c})",
+            prefixes,
+        )
     if op == "ends_with":
         suffixes = tuple(values)
-        return lambda value: isinstance(value, str) and value.endswith(suffixes)
+        return ClausePlan(
+            attr,
+            lambda value: isinstance(value, str) and value.endswith(suffixes),
+            negate,
+            str,
+            "{v}.endswith({c})",
+            suffixes,
+        )
     if op == "contains":
         needles = tuple(values)
-        return lambda value: isinstance(value, str) and any(n in value for n in needles)
+        return ClausePlan(
+            attr, lambda value: isinstance(value, str) and any(n in value for n in needles), negate
+        )
     if op == "matches":
         patterns = tuple(re.compile(pattern) for pattern in values)
-        return lambda value: isinstance(value, str) and any(p.search(value) for p in patterns)
+        return ClausePlan(
+            attr,
+            lambda value: isinstance(value, str) and any(p.search(value) for p in patterns),
+            negate,
+        )
     if op in ("lt", "lte", "gt", "gte"):
-        return _number_test(op, values)
+        return _number_plan(attr, op, values, negate)
     if op in ("semver_lt", "semver_eq", "semver_gt"):
-        return _semver_test(op, values)
+        return ClausePlan(attr, _semver_test(op, values), negate)
     if op == "in_segment":
         members = frozenset().union(*(segments.get(name, frozenset()) for name in values))
-        return lambda value: bucketing_text(value) in members
+        return ClausePlan(
+            attr,
+            lambda value: bucketing_text(value) in members,
+            negate,
+            str,
+            "{v} in {c}",
+            members,
+        )
     raise ValueError(f"unknown operator {op!r}")  # validation refuses this earlier
 
 
-def _equality_test(values: list[Any]) -> _Test:
+def value_matcher(plan: ClausePlan) -> ValueTest:
+    """The clause's full verdict on a raw attribute value (None, lists and negation included)."""
+    test, negate = plan.test, plan.negate
+
+    def matches(value: Any) -> bool:
+        if value is None:
+            return False
+        if value.__class__ is list or value.__class__ is tuple:
+            return any(item is not None and test(item) for item in value) != negate
+        return test(value) != negate
+
+    return matches
+
+
+def compile_clause(clause: Clause, segments: Mapping[str, frozenset[str]]) -> Predicate:
+    """A predicate over a whole context (the general path; selectors inline the fast one)."""
+    plan = plan_clause(clause, segments)
+    matches = value_matcher(plan)
+    attr = plan.attr
+    return lambda context: matches(context.get(attr))
+
+
+def _equality_test(values: list[Any]) -> ValueTest:
     strings = frozenset(v for v in values if isinstance(v, str))
     booleans = frozenset(v for v in values if isinstance(v, bool))
     numbers = frozenset(v for v in values if isinstance(v, int | float) and not isinstance(v, bool))
@@ -105,21 +147,27 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _number_test(op: str, values: list[Any]) -> _Test:
-    # "any of the values" reduces to the loosest bound.
-    if op == "lt":
-        upper = max(values)
-        return lambda value: _is_number(value) and value < upper
-    if op == "lte":
-        upper = max(values)
-        return lambda value: _is_number(value) and value <= upper
-    lower = min(values)
-    if op == "gt":
-        return lambda value: _is_number(value) and value > lower
-    return lambda value: _is_number(value) and value >= lower
+_NUMBER_SYMBOLS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
 
-def _semver_test(op: str, values: list[Any]) -> _Test:
+def _number_plan(attr: str, op: str, values: list[Any], negate: bool) -> ClausePlan:
+    # "Any of the values" reduces to the loosest bound.
+    bound = max(values) if op in ("lt", "lte") else min(values)
+    symbol = _NUMBER_SYMBOLS[op]
+    compare: Callable[[Any, Any], bool] = {
+        "lt": lambda a, b: a < b,
+        "lte": lambda a, b: a <= b,
+        "gt": lambda a, b: a > b,
+        "gte": lambda a, b: a >= b,
+    }[op]
+
+    def test(value: Any) -> bool:
+        return _is_number(value) and compare(value, bound)
+
+    return ClausePlan(attr, test, negate, int, "{v} " + symbol + " {c}", bound)
+
+
+def _semver_test(op: str, values: list[Any]) -> ValueTest:
     keys = [key for key in map(parse_semver, values) if key is not None]
 
     def version_of(value: Any) -> Any:

@@ -12,7 +12,8 @@ from typing import Final
 _SEMVER: Final = re.compile(
     r"^v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?$"
+    r"(?:\+[0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*)?\Z",
+    re.ASCII,  # `\d` means 0-9 only (not other scripts' digits); `\Z` refuses a trailing newline
 )
 
 SemverKey = tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from flagsync._gc import gc_paused
 from flagsync._semver import parse_semver
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.model import (
@@ -47,10 +48,16 @@ _TOP_LEVEL_FIELDS = ("flags", "segments")
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
 _encoder = msgspec.msgpack.Encoder()
 _T = TypeVar("_T")
+_PLAIN_SCALARS = frozenset({str, bool, int})
 
 
 def parse_flagset(data: object) -> FlagSet:
     """Validate a whole document (`{"flags": ..., "segments": ...}`) or raise `InvalidFlagError`."""
+    with gc_paused():
+        return _parse_flagset(data)
+
+
+def _parse_flagset(data: object) -> FlagSet:
     issues: list[ValidationIssue] = []
     if isinstance(data, FlagSet):
         data = data.to_builtins()
@@ -218,6 +225,8 @@ def json_kind(value: object) -> str:
 
 def _value_problem(value: object) -> str | None:
     """Why a variant value is not allowed (None if it is fine): JSON types, finite, bounded."""
+    if value.__class__ in _PLAIN_SCALARS:
+        return None
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -377,8 +386,8 @@ def find_cycles(edges: Mapping[str, Collection[str]]) -> list[list[str]]:
     """Each distinct cycle in a dependency graph, found by an iterative depth-first search."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     cycles: list[list[str]] = []
-    for start in edges:
-        if state.get(start):
+    for start, first in edges.items():
+        if state.get(start) or not first:
             continue
         path: list[str] = []
         stack: list[tuple[str, Iterator[str]]] = [(start, iter(edges.get(start, ())))]

@@ -98,20 +98,26 @@ class FlagClient:
 
     def json_value(self, key: str, context: Context, default: Any) -> Any:
         """An object or array flag's value, or `default` (also for boolean/number/string flags)."""
-        entry = self._table.get(key)
+        entry = self._entry(key)
         if entry is None or entry[4].kind not in _JSON_KINDS:
             return default
         return self._typed(key, context, default, entry[4].kind)
 
     def detail(self, key: str, context: Context, default: Any = None) -> EvaluationDetail:
         """The value with its variant, reason, matched rule and error code; never raises."""
-        entry = self._table.get(key)
+        entry = self._entry(key)
         if entry is None:
             return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.FLAG_NOT_FOUND)
         flag = entry[4]
         if default.__class__ not in flag.accepts:
             return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.TYPE_MISMATCH)
         return self._explain(flag.outcome_for, context, default)
+
+    def _entry(self, key: str) -> TableEntry | None:
+        try:
+            return self._table.get(key)
+        except TypeError:  # an unhashable key names no flag; evaluation never raises
+            return None
 
     def _typed(self, key: str, context: Context, default: Any, kind: str) -> Any:
         try:

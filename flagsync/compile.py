@@ -1,25 +1,22 @@
 """Compile a validated flag into a small evaluator: the hot path's only code.
 
 A compiled flag enumerates every outcome it can produce up front (variant, reason,
-rule) and reduces evaluation to one `select(context) -> outcome index` closure, with
-thresholds, sets and regexes prepared. The value path (`variation`) and the explained
-path (`detail`) share that one closure, so they can never disagree. Flags without
-rules, prerequisites or rollouts are *static*: they need no closure at all.
+rule) and reduces evaluation to one generated `select(context) -> outcome index`
+function (see `_selector`), with thresholds, sets and regexes prepared. The value path
+(`variation`) and the explained path (`detail`) share that one function, so they can
+never disagree. Flags without rules, prerequisites or rollouts are *static*: they need
+no function at all.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
-import mmh3
-
-from flagsync._operators import Predicate, compile_clause
+from flagsync._selector import Selector, build_selector
 from flagsync._validation import json_kind
-from flagsync.bucketing import BUCKETS, bucket_bounds, bucketing_text
 from flagsync.evaluation import ErrorCode, Reason
-from flagsync.model import Clause, Flag, Rollout, Serve
+from flagsync.model import Flag
 
 __all__ = ["SERVE_DEFAULT", "CompiledFlag", "Outcome", "compile_flag"]
 
@@ -34,9 +31,6 @@ _ACCEPTED_DEFAULTS: Final[Mapping[str, frozenset[type]]] = {
     "object": frozenset({dict, _NONE_TYPE}),
     "array": frozenset({list, _NONE_TYPE}),
 }
-_hash = mmh3.hash
-
-Selector = Callable[[Mapping[str, Any]], int]
 
 
 class Outcome(NamedTuple):
@@ -45,8 +39,8 @@ class Outcome(NamedTuple):
     value: Any
     variant: str | None
     reason: Reason
-    rule: str | None
-    error_code: ErrorCode | None
+    rule: str | None = None
+    error_code: ErrorCode | None = None
 
 
 TableEntry = tuple[Selector | None, Any, frozenset[type], tuple[Any, ...], "CompiledFlag"]
@@ -65,6 +59,7 @@ class CompiledFlag:
         "kind",
         "outcomes",
         "select",
+        "source",
         "static_outcome",
         "values",
     )
@@ -76,6 +71,8 @@ class CompiledFlag:
     outcomes: tuple[Outcome, ...]
     values: tuple[Any, ...]
     select: Selector | None
+    source: str | None
+    """The generated selector's Python source (None for static flags), for debugging."""
     static_outcome: Outcome | None
     entry: TableEntry
 
@@ -101,28 +98,35 @@ def compile_flag(
     `segments` maps segment names to key sets; `prerequisites` holds the compiled flags
     this one requires (a missing one makes the prerequisite fail, never raise).
     """
-    builder = _OutcomeTable(flag)
     compiled = CompiledFlag()
     compiled.key = key
     compiled.definition = flag
     compiled.kind = json_kind(next(iter(flag.variants.values())))
     compiled.accepts = _ACCEPTED_DEFAULTS[compiled.kind]
-
-    select: Selector | None = None
-    static_index: int | None = None
     if not flag.enabled:
-        static_index = builder.add(flag.off, Reason.DISABLED, None)
-    elif not flag.rules and not flag.requires and isinstance(flag.default, str):
-        static_index = builder.add(flag.default, Reason.STATIC, None)
-    else:
-        select = _build_selector(key, flag, builder, segments, prerequisites)
+        return _make_static(compiled, Outcome(flag.variants[flag.off], flag.off, Reason.DISABLED))
+    if not flag.rules and not flag.requires and isinstance(flag.default, str):
+        variant = flag.default
+        return _make_static(compiled, Outcome(flag.variants[variant], variant, Reason.STATIC))
 
+    builder = _OutcomeTable(flag)
+    select, compiled.source = build_selector(key, flag, builder.add, segments, prerequisites)
     compiled.outcomes = tuple(builder.outcomes)
     compiled.values = tuple(outcome.value for outcome in builder.outcomes)
     compiled.select = select
-    compiled.static_outcome = None if static_index is None else builder.outcomes[static_index]
-    static_value = None if compiled.static_outcome is None else compiled.static_outcome.value
-    compiled.entry = (select, static_value, compiled.accepts, compiled.values, compiled)
+    compiled.static_outcome = None
+    compiled.entry = (select, None, compiled.accepts, compiled.values, compiled)
+    return compiled
+
+
+def _make_static(compiled: CompiledFlag, outcome: Outcome) -> CompiledFlag:
+    """Finish a flag whose outcome does not depend on the context."""
+    compiled.source = None
+    compiled.select = None
+    compiled.outcomes = (outcome,)
+    compiled.values = (outcome.value,)
+    compiled.static_outcome = outcome
+    compiled.entry = (None, outcome.value, compiled.accepts, compiled.values, compiled)
     return compiled
 
 
@@ -148,86 +152,3 @@ class _OutcomeTable:
             index = self._index[signature] = len(self.outcomes)
             self.outcomes.append(Outcome(value, variant, reason, rule, error_code))
         return index
-
-
-def _build_selector(
-    key: str,
-    flag: Flag,
-    table: _OutcomeTable,
-    segments: Mapping[str, frozenset[str]],
-    prerequisites: Mapping[str, CompiledFlag],
-) -> Selector:
-    prerequisite_failed = table.add(flag.off, Reason.PREREQUISITE_FAILED, None)
-    required = tuple(
-        (prerequisites.get(other), variant) for other, variant in flag.requires.items()
-    )
-    rules: list[tuple[Predicate, int, Selector | None]] = []
-    for position, rule in enumerate(flag.rules):
-        name = rule.name or f"rules[{position}]"
-        fixed, pick = _compile_serve(key, rule.serve, table, Reason.TARGETING_MATCH, name)
-        rules.append((_all_of(rule.when, segments), fixed, pick))
-    fallthrough = Reason.DEFAULT if flag.rules else Reason.STATIC
-    default_fixed, default_pick = _compile_serve(key, flag.default, table, fallthrough, None)
-
-    if not rules and not required and default_pick is not None:
-        return default_pick
-    rule_tuple = tuple(rules)
-
-    def select(context: Mapping[str, Any]) -> int:
-        for prerequisite, wanted in required:
-            if prerequisite is None or prerequisite.outcome_for(context).variant != wanted:
-                return prerequisite_failed
-        for matches, fixed, pick in rule_tuple:
-            if matches(context):
-                return fixed if pick is None else pick(context)
-        return default_fixed if default_pick is None else default_pick(context)
-
-    return select
-
-
-def _compile_serve(
-    key: str, serve: Serve, table: _OutcomeTable, fixed_reason: Reason, rule: str | None
-) -> tuple[int, Selector | None]:
-    """A fixed outcome index, or a rollout selector (then the index is unused, -1)."""
-    if isinstance(serve, str):
-        return table.add(serve, fixed_reason, rule), None
-    return -1, _compile_rollout(key, serve, table, rule)
-
-
-def _compile_rollout(key: str, serve: Rollout, table: _OutcomeTable, rule: str | None) -> Selector:
-    indices = tuple(table.add(variant, Reason.SPLIT, rule) for variant in serve.rollout)
-    missing = table.add(None, Reason.ERROR, rule, ErrorCode.TARGETING_KEY_MISSING)
-    bounds = bucket_bounds(serve.rollout)
-    prefix = f"{serve.salt or key}/"
-    attribute = serve.by
-    buckets = BUCKETS
-
-    def pick(context: Mapping[str, Any]) -> int:
-        value = context.get(attribute)
-        if value.__class__ is not str:
-            value = bucketing_text(value)
-            if value is None:
-                return missing
-        return indices[bisect_right(bounds, _hash(prefix + value, 0, False) % buckets)]
-
-    return pick
-
-
-def _all_of(clauses: list[Clause], segments: Mapping[str, frozenset[str]]) -> Predicate:
-    predicates = tuple(compile_clause(clause, segments) for clause in clauses)
-    if not predicates:
-        return _always
-    if len(predicates) == 1:
-        return predicates[0]
-
-    def all_hold(context: Mapping[str, Any]) -> bool:
-        for predicate in predicates:  # noqa: SIM110 - a loop is faster than all(generator)
-            if not predicate(context):
-                return False
-        return True
-
-    return all_hold
-
-
-def _always(context: Mapping[str, Any]) -> bool:
-    return True

@@ -24,7 +24,8 @@ __all__ = [
     "Serve",
 ]
 
-KEY_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+# `\Z`, not `$`: `$` also matches before a trailing newline, so "flag\n" would pass.
+KEY_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}\Z")
 """Flag, segment and variant keys: lower-case, URL- and Redis-safe, at most 128 characters."""
 
 OPERATORS: Final = frozenset(

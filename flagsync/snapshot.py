@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from flagsync._gc import gc_paused
 from flagsync._validation import cycle_issues
 from flagsync.compile import CompiledFlag, TableEntry, compile_flag
 from flagsync.errors import InvalidFlagError
@@ -56,7 +57,8 @@ class Snapshot:
         """Compile a validated `FlagSet` (see `load_flags`) into a snapshot."""
         segment_sets = {name: frozenset(seg.keys) for name, seg in definitions.segments.items()}
         compiled: dict[str, CompiledFlag] = {}
-        _compile_into(compiled, definitions.flags, definitions.flags.keys(), segment_sets)
+        with gc_paused():
+            _compile_into(compiled, definitions.flags, definitions.flags.keys(), segment_sets)
         in_file_order = {key: compiled[key] for key in definitions.flags}
         return cls(definitions, in_file_order, segment_sets, revision, epoch)
 
@@ -107,7 +109,8 @@ class Snapshot:
             )
         affected = _with_dependents(touched, new_flags)
         compiled = {key: flag for key, flag in self.flags.items() if key not in affected}
-        _compile_into(compiled, new_flags, affected, segment_sets)
+        with gc_paused():
+            _compile_into(compiled, new_flags, affected, segment_sets)
         definitions = FlagSet(flags=new_flags, segments=new_segments)
         snapshot = Snapshot(
             definitions, compiled, segment_sets, revision, self.epoch if epoch is None else epoch

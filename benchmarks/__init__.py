@@ -1,0 +1,1 @@
+"""flagsync's benchmark suite: `python -m benchmarks [--quick] [--json PATH] [--check]`."""

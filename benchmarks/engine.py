@@ -1,0 +1,216 @@
+"""Evaluation hot-path benchmark: ns per evaluation against a floor from the same run.
+
+Cases (issue #2): (a) a boolean flag with no rules, (b) a string flag with two targeting
+rules and a percentage rollout, (c) a flag with a segment and a prerequisite, (d) 10,000
+flags: cold validate+compile time, retained memory, and evaluation in that big snapshot.
+The floor is a plain function call returning a dict lookup, timed the same way, so the
+ratios hold on a slow or noisy machine. Every case also checks its answers.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from benchmarks._timing import median, ns_per_call, seconds
+from flagsync import FlagClient, Snapshot, load_flags
+
+SEGMENT_SIZE = 1_000
+
+
+def engine_flags() -> dict[str, Any]:
+    """The flags of cases (a)-(c), in the file format."""
+    return {
+        "flags": {
+            "bool-static": {
+                "variants": {"on": True, "off": False},
+                "off": "off",
+                "default": "on",
+            },
+            "model-routing": {
+                "variants": {"current": "gpt-4o", "candidate": "gpt-4.1"},
+                "off": "current",
+                "rules": [
+                    {
+                        "name": "staff",
+                        "when": [{"attr": "email", "op": "ends_with", "values": ["@acme.com"]}],
+                        "serve": "candidate",
+                    },
+                    {
+                        "name": "paid-ramp",
+                        "when": [{"attr": "plan", "op": "in", "values": ["paid", "enterprise"]}],
+                        "serve": {"rollout": {"candidate": 20, "current": 80}},
+                    },
+                ],
+                "default": "current",
+            },
+            "llm-enabled": {
+                "variants": {"on": True, "off": False},
+                "off": "off",
+                "default": "on",
+            },
+            "beta-sampling": {
+                "variants": {"creative": "creative", "conservative": "conservative"},
+                "off": "conservative",
+                "requires": {"llm-enabled": "on"},
+                "rules": [
+                    {
+                        "name": "beta",
+                        "when": [{"attr": "key", "op": "in_segment", "values": ["beta-testers"]}],
+                        "serve": "creative",
+                    }
+                ],
+                "default": "conservative",
+            },
+        },
+        "segments": {
+            "beta-testers": {"keys": [f"user-{i}" for i in range(0, SEGMENT_SIZE * 10, 10)]}
+        },
+    }
+
+
+def contexts(count: int) -> list[dict[str, Any]]:
+    """Distinct users: half on a paid plan, 2 % staff, so every branch of (b) is walked."""
+    plans = ("free", "paid")
+    return [
+        {
+            "key": f"user-{i}",
+            "plan": plans[i % 2],
+            "email": f"u{i}@acme.com" if i % 50 == 0 else f"u{i}@example.com",
+        }
+        for i in range(count)
+    ]
+
+
+def many_flags(count: int) -> dict[str, Any]:
+    """`count` flags in four shapes (static, kill-switched, rules + rollout, JSON params)."""
+    flags: dict[str, Any] = {}
+    for i in range(count):
+        shape = i % 4
+        key = f"flag-{i:05d}"
+        if shape == 0:
+            flags[key] = {"variants": {"on": True, "off": False}, "off": "off", "default": "on"}
+        elif shape == 1:
+            flags[key] = {
+                "variants": {"a": "a", "b": "b"},
+                "off": "a",
+                "enabled": False,
+                "default": "b",
+            }
+        elif shape == 2:
+            flags[key] = {
+                "description": "model routing for one product surface",
+                "variants": {"current": "gpt-4o", "candidate": "gpt-4.1"},
+                "off": "current",
+                "rules": [
+                    {
+                        "name": "staff",
+                        "when": [{"attr": "email", "op": "ends_with", "values": ["@acme.com"]}],
+                        "serve": "candidate",
+                    },
+                    {
+                        "name": "paid",
+                        "when": [{"attr": "plan", "op": "in", "values": ["paid", "team"]}],
+                        "serve": {"rollout": {"candidate": 10, "current": 90}},
+                    },
+                ],
+                "default": "current",
+            }
+        else:
+            flags[key] = {
+                "variants": {
+                    "low": {"temperature": 0.2, "top_p": 0.9},
+                    "high": {"temperature": 0.8, "top_p": 0.95},
+                },
+                "off": "low",
+                "default": {"rollout": {"high": 50, "low": 50}, "by": "org_id"},
+            }
+    return {"flags": flags}
+
+
+def _floor(table: Mapping[str, int]) -> Any:
+    def floor(key: str, context: Mapping[str, Any], default: Any) -> Any:
+        return table[key]
+
+    return floor
+
+
+def run(*, quick: bool) -> dict[str, Any]:
+    """Measure every case; returns the results (medians, ratios, checks)."""
+    users = contexts(20_000 if quick else 100_000)
+    repeats = 7 if quick else 15
+    client = FlagClient.offline(engine_flags())
+    floor_samples = ns_per_call(_floor({"bool-static": 1}), "bool-static", users, False, repeats)
+    floor_ns = median(floor_samples)
+
+    results: dict[str, Any] = {"floor_ns": round(floor_ns, 1), "cases": {}}
+    cases = {
+        "a_bool_no_rules": ("bool-static", False),
+        "b_two_rules_rollout": ("model-routing", "fallback"),
+        "c_segment_prerequisite": ("beta-sampling", "fallback"),
+    }
+    for name, (key, default) in cases.items():
+        samples = ns_per_call(client.variation, key, users, default, repeats)
+        results["cases"][name] = {
+            "median_ns": round(median(samples), 1),
+            "ratio_to_floor": round(median(samples) / floor_ns, 2),
+        }
+    _check_engine_answers(client, users)
+
+    big = many_flags(10_000)
+    load_s = median(seconds(lambda: Snapshot.build(load_flags(big)), 3 if quick else 5))
+    definitions = load_flags(big)
+    compile_s = median(seconds(lambda: Snapshot.build(definitions), 3 if quick else 5))
+    parse_floor_s = median(seconds(lambda: msgspec.json.decode(msgspec.json.encode(big)), 5))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    retained = Snapshot.build(load_flags(big))
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    big_client = FlagClient(retained)
+    big_samples = ns_per_call(big_client.variation, "flag-05002", users, "fallback", repeats)
+    results["cases"]["d_eval_in_10k_flags"] = {
+        "median_ns": round(median(big_samples), 1),
+        "ratio_to_floor": round(median(big_samples) / floor_ns, 2),
+    }
+    results["cold_10k"] = {
+        "load_and_compile_ms": round(load_s * 1000, 1),
+        "compile_only_ms": round(compile_s * 1000, 1),
+        "json_roundtrip_floor_ms": round(parse_floor_s * 1000, 1),
+        "ratio_to_json_roundtrip": round(load_s / parse_floor_s, 1),
+        "retained_mb": round((after - before) / 1e6, 1),
+    }
+    if len(retained) != 10_000 or big_client.variation("flag-00001", {}, "x") != "a":
+        raise AssertionError("the 10,000-flag snapshot evaluates wrongly")
+    return results
+
+
+def _check_engine_answers(client: FlagClient, users: list[dict[str, Any]]) -> None:
+    """A fast wrong answer must fail the benchmark: verify every case's results."""
+    if not all(client.variation("bool-static", user, False) is True for user in users):
+        raise AssertionError("(a) served something other than True")
+    shares: Counter[str] = Counter()
+    for user in users:
+        value = client.variation("model-routing", user, "fallback")
+        detail = client.detail("model-routing", user, "fallback")
+        if value != detail.value:
+            raise AssertionError(f"(b) variation and detail disagree for {user}")
+        if user["email"].endswith("@acme.com") and value != "gpt-4.1":
+            raise AssertionError(f"(b) staff user {user['key']} missed the staff rule")
+        if detail.rule == "paid-ramp":
+            shares[value] += 1
+    candidate_share = shares["gpt-4.1"] / max(1, sum(shares.values()))
+    if not 0.18 <= candidate_share <= 0.22:
+        raise AssertionError(f"(b) candidate share {candidate_share:.3f} is not ~20 %")
+    members = sum(client.variation("beta-sampling", user, "x") == "creative" for user in users)
+    expected = sum(
+        1
+        for user in users
+        if int(user["key"][5:]) % 10 == 0 and int(user["key"][5:]) < SEGMENT_SIZE * 10
+    )
+    if members != expected:
+        raise AssertionError(f"(c) {members} segment matches, expected {expected}")
