@@ -152,7 +152,9 @@ def _emit_rollout(  # noqa: PLR0917 - see _emit_serve
     source.emit(depth + 1, "_v = _text(_v)")
     source.emit(depth + 1, "if _v is None:")
     source.emit(depth + 2, f"return {missing}")
-    source.emit(depth, f"_b = _hash({prefix} + _v, 0, False) % {BUCKETS}")
+    # Encode explicitly (the spec hashes UTF-8 bytes): mmh3 given a str with a lone
+    # surrogate crashes the process, while .encode() raises, and evaluation catches that.
+    source.emit(depth, f"_b = _hash(({prefix} + _v).encode(), 0, False) % {BUCKETS}")
     if len(indices) == 1:
         source.emit(depth, f"return {indices[0]}")
     elif len(indices) == 2:

@@ -143,9 +143,17 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
         elif not isinstance(variant, str) or not variant:
             issues.append(ValidationIssue(f"{at}.requires.{other}", "expected a variant name"))
     if not issues:
-        size = len(_encoder.encode(flag))
-        if size > MAX_FLAG_BYTES:
-            issues.append(ValidationIssue(at, f"definition is {size} bytes, over {MAX_FLAG_BYTES}"))
+        try:
+            size = len(_encoder.encode(flag))
+        except UnicodeEncodeError as error:  # a lone surrogate, e.g. from JSON's "\ud800"
+            issues.append(
+                ValidationIssue(at, f"contains text that is not valid Unicode: {error.reason}")
+            )
+        else:
+            if size > MAX_FLAG_BYTES:
+                issues.append(
+                    ValidationIssue(at, f"definition is {size} bytes, over {MAX_FLAG_BYTES}")
+                )
     return issues
 
 
@@ -415,3 +423,14 @@ def _type_name(value: object) -> str:
 
 def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
+
+
+def parse_segment(key: str, data: object) -> Segment:
+    """Validate one segment on its own."""
+    issues: list[ValidationIssue] = []
+    segment = _convert(data, Segment, f"segments.{key}", issues)
+    if _check_key(key, f"segments.{key}", issues) and segment is not None:
+        issues.extend(_check_segment(key, segment))
+    if issues or segment is None:
+        raise InvalidFlagError(issues)
+    return segment

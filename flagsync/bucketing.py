@@ -24,7 +24,8 @@ _hash = mmh3.hash
 
 def bucket_of(salt: str, value: str) -> int:
     """The bucket (0 … 99,999) that `value` falls in for a rollout salted with `salt`."""
-    return _hash(f"{salt}/{value}", 0, False) % BUCKETS
+    # Encoded here, not by mmh3: mmh3 5.x crashes the process on a str with a lone surrogate.
+    return _hash(f"{salt}/{value}".encode(), 0, False) % BUCKETS
 
 
 def bucketing_text(value: object) -> str | None:

@@ -1,0 +1,307 @@
+"""Loading flag files: strict YAML and JSON parsing, and one fixture file per malformed input
+class in `tests/data/invalid/` (DESIGN.md, "Flag definition format")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import flagsync.loader
+from flagsync import FlagClient, FlagsyncError, InvalidFlagError, Rollout, load_flags
+from tests.unit.builders import DATA_DIR, KEY_HINT
+
+INVALID = DATA_DIR / "invalid"
+EXAMPLES = DATA_DIR.parents[1] / "examples" / "flags.yaml"
+
+
+def _issues(path: Path) -> list[str]:
+    with pytest.raises(InvalidFlagError) as caught:
+        load_flags(path)
+    return [str(issue) for issue in caught.value.issues]
+
+
+class TestValidFiles:
+    """Valid YAML and JSON files load into the same `FlagSet`."""
+
+    def test_design_example_in_yaml_and_json_is_identical(self) -> None:
+        """The DESIGN.md example loads the same from YAML and from JSON."""
+        from_yaml = load_flags(DATA_DIR / "flags.yaml")
+        assert from_yaml == load_flags(DATA_DIR / "flags.json")
+        assert list(from_yaml.flags) == ["llm-model-version", "prompt-template-v2"]
+        assert from_yaml.segments["beta-testers"].keys == ["user-1", "user-2"]
+
+    def test_on_and_off_stay_strings_in_yaml(self) -> None:
+        """`variants: {on: true, off: false}` / `off: off` keep `on`/`off` as names (YAML 1.2)."""
+        prompt = load_flags(DATA_DIR / "flags.yaml").flags["prompt-template-v2"]
+        assert prompt.variants == {"on": True, "off": False}
+        assert prompt.off == "off"
+        assert isinstance(prompt.default, Rollout)
+        assert prompt.default.rollout == {"on": 5, "off": 95}
+
+    def test_yaml_1_1_booleans_stay_strings(self, tmp_path: Path) -> None:
+        """yes/no/y/n/on/off are strings; only true/false (any case form) are booleans."""
+        path = tmp_path / "words.yaml"
+        path.write_text(
+            "flags:\n"
+            "  words:\n"
+            "    variants: {yes: yes, no: no, y: Y, n: N, on: On, off: OFF}\n"
+            "    off: no\n"
+            "    default: yes\n"
+            "  switch:\n"
+            "    variants: {a: true, b: False}\n"
+            "    off: a\n"
+            "    default: b\n",
+            encoding="utf-8",
+        )
+        flags = load_flags(path).flags
+        assert flags["words"].variants == {
+            "yes": "yes",
+            "no": "no",
+            "y": "Y",
+            "n": "N",
+            "on": "On",
+            "off": "OFF",
+        }
+        assert (flags["words"].off, flags["words"].default) == ("no", "yes")
+        assert flags["switch"].variants == {"a": True, "b": False}
+
+    def test_path_forms(self) -> None:
+        """A `str` path, a `Path`, a mapping and a `FlagSet` are all accepted sources."""
+        path = DATA_DIR / "flags.yaml"
+        flags = load_flags(path)
+        assert load_flags(str(path)) == flags
+        assert load_flags(flags.to_builtins()) == flags
+        assert load_flags(flags) == flags
+        assert FlagClient.offline(str(path)).snapshot.definitions == flags
+
+    def test_examples_file_loads(self) -> None:
+        """The repository's `examples/flags.yaml` is valid."""
+        assert len(load_flags(EXAMPLES).flags) >= 1
+
+    def test_json_suffix_is_case_insensitive(self, tmp_path: Path) -> None:
+        """A `.JSON` file is parsed as JSON (so its duplicate keys are caught as JSON)."""
+        path = tmp_path / "FLAGS.JSON"
+        path.write_text(json.dumps(load_flags(DATA_DIR / "flags.yaml").to_builtins()))
+        assert load_flags(path) == load_flags(DATA_DIR / "flags.yaml")
+
+
+class TestStrictParsing:
+    """Files a lenient parser would silently change are refused, naming the file."""
+
+    @pytest.mark.parametrize(
+        ("name", "message"),
+        [
+            ("duplicate-keys.yaml", "invalid yaml: duplicate key 'llm-model-version'"),
+            ("duplicate-variant.yaml", "invalid yaml: duplicate key 'current'"),
+            ("duplicate-keys.json", "invalid json: duplicate key 'llm-model-version'"),
+            ("alias.yaml", "invalid yaml: aliases are not allowed in flag files"),
+            ("nan.json", "invalid json: NaN is not a JSON number"),
+            ("syntax-error.yaml", "invalid yaml: while parsing a flow mapping"),
+            ("syntax-error.json", "invalid json: Expecting property name enclosed in double"),
+        ],
+    )
+    def test_refused_file(self, name: str, message: str) -> None:
+        """The file is refused with one issue at the file's path."""
+        path = INVALID / name
+        with pytest.raises(InvalidFlagError) as caught:
+            load_flags(path)
+        (issue,) = caught.value.issues
+        assert issue.path == str(path)
+        assert issue.message.startswith(message)
+        assert caught.value.__cause__ is not None
+
+    @pytest.mark.parametrize("constant", ["Infinity", "-Infinity", "NaN"])
+    def test_json_non_finite_constants(self, tmp_path: Path, constant: str) -> None:
+        """JSON's non-standard NaN/Infinity constants are refused anywhere in the file."""
+        path = tmp_path / "flags.json"
+        template = '{"flags": {"f": {"variants": {"a": VALUE}, "off": "a", "default": "a"}}}'
+        path.write_text(template.replace("VALUE", constant))
+        assert _issues(path) == [f"{path}: invalid json: {constant} is not a JSON number"]
+
+    def test_json_lone_surrogate_escape(self, tmp_path: Path) -> None:
+        """A `"\\ud800"` escape parses as JSON but is refused as invalid text, not crashing."""
+        path = tmp_path / "flags.json"
+        path.write_text(
+            '{"flags": {"f": {"variants": {"a": "\\ud800"}, "off": "a", "default": "a"}}}'
+        )
+        assert _issues(path) == [
+            "flags.f: contains text that is not valid Unicode: surrogates not allowed"
+        ]
+
+    def test_yaml_nan_is_refused_by_validation(self, tmp_path: Path) -> None:
+        """YAML's `.nan` parses, then validation refuses it as a variant value."""
+        path = tmp_path / "flags.yaml"
+        path.write_text("flags:\n  f:\n    variants: {a: .nan}\n    off: a\n    default: a\n")
+        assert _issues(path) == ["flags.f.variants.a: nan is not a JSON number"]
+
+    def test_yaml_timestamps_are_not_json(self, tmp_path: Path) -> None:
+        """A YAML date is not a JSON value, so it cannot be a variant value."""
+        path = tmp_path / "flags.yaml"
+        path.write_text("flags:\n  f:\n    variants: {a: 2026-11-25}\n    off: a\n    default: a\n")
+        assert _issues(path) == ["flags.f.variants.a: date is not a JSON value"]
+
+    def test_yaml_integer_flag_key_is_not_a_string(self, tmp_path: Path) -> None:
+        """An unquoted `123:` flag key is an integer in YAML and is refused, not coerced."""
+        path = tmp_path / "flags.yaml"
+        path.write_text("flags:\n  123:\n    variants: {a: 1}\n    off: a\n    default: a\n")
+        assert _issues(path) == [f"flags.123: invalid key 123: {KEY_HINT}"]
+
+
+class TestUnreadableFiles:
+    """Files that cannot be read are reported as `InvalidFlagError` naming the file."""
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        """A missing file is refused with `cannot read`."""
+        path = tmp_path / "absent.yaml"
+        (issue,) = _issues(path)
+        assert issue.startswith(f"{path}: cannot read: ")
+        assert "No such file" in issue
+
+    def test_directory(self, tmp_path: Path) -> None:
+        """A directory is refused with `cannot read`."""
+        (issue,) = _issues(tmp_path)
+        assert issue.startswith(f"{tmp_path}: cannot read: ")
+
+    def test_not_utf8(self, tmp_path: Path) -> None:
+        """A file that is not UTF-8 is refused with `cannot read`."""
+        path = tmp_path / "flags.yaml"
+        path.write_bytes(b"flags: {}\n\xff\xfe")
+        (issue,) = _issues(path)
+        assert issue.startswith(f"{path}: cannot read: 'utf-8' codec can't decode")
+
+    def test_file_over_the_size_limit(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A file larger than the loader's limit is refused before it is parsed."""
+        monkeypatch.setattr(flagsync.loader, "MAX_FILE_BYTES", 10)
+        path = tmp_path / "flags.yaml"
+        path.write_text("flags: {}\n# padding\n")
+        assert _issues(path) == [f"{path}: file is 20 bytes, over 10"]
+
+    def test_empty_file(self, tmp_path: Path) -> None:
+        """An empty file is not a document with flags."""
+        path = tmp_path / "flags.yaml"
+        path.write_text("")
+        assert _issues(path) == ["$: expected a mapping with 'flags', got null"]
+
+    def test_parse_errors_are_flagsync_and_value_errors(self) -> None:
+        """Parse failures are `InvalidFlagError`, a `FlagsyncError` and a `ValueError`."""
+        with pytest.raises(FlagsyncError):
+            load_flags(INVALID / "syntax-error.yaml")
+        with pytest.raises(ValueError, match="invalid json"):
+            load_flags(INVALID / "syntax-error.json")
+
+
+class TestInvalidFixtureFiles:
+    """Each malformed-definition fixture is refused with exactly the expected issues."""
+
+    @pytest.mark.parametrize(
+        ("name", "expected"),
+        [
+            (
+                "unknown-variant.yaml",
+                ["flags.llm-model-version.rules[1].serve: unknown variant 'candidat'"],
+            ),
+            (
+                "weights-sum-90.yaml",
+                ["flags.llm-model-version.default.rollout: weights sum to 90, not 100"],
+            ),
+            (
+                "weights-4-decimals.yaml",
+                [
+                    "flags.llm-model-version.default.rollout.candidate: "
+                    "weight 33.3333 has more than 3 decimals"
+                ],
+            ),
+            (
+                "mixed-variant-types.yaml",
+                [
+                    "flags.context-window.variants: all variants must share one type, "
+                    "got small=number, large=string"
+                ],
+            ),
+            (
+                "null-variant.yaml",
+                ["flags.fallback-provider.variants.none: null is not a variant value"],
+            ),
+            (
+                "unknown-field.yaml",
+                ["flags.llm-model-version: object contains unknown field `owner`"],
+            ),
+            (
+                "wrong-field-type.yaml",
+                ["flags.llm-model-version.enabled: expected `bool`, got `str`"],
+            ),
+            ("bad-key.yaml", [f"flags.LLM_Model: invalid key 'LLM_Model': {KEY_HINT}"]),
+            (
+                "bad-regex.yaml",
+                [
+                    "flags.llm-model-version.rules[0].when[0].values[0]: invalid regex "
+                    "'(@acme\\\\.com': missing ), unterminated subpattern at position 0"
+                ],
+            ),
+            (
+                "unknown-operator.yaml",
+                [
+                    "flags.llm-model-version.rules[0].when[0].op: unknown operator 'like' (known: "
+                    "contains, ends_with, eq, gt, gte, in, in_segment, lt, lte, matches, neq, "
+                    "not_in, semver_eq, semver_gt, semver_lt, starts_with)"
+                ],
+            ),
+            (
+                "unknown-segment.yaml",
+                [
+                    "flags.sampling-params.rules[0].when[0].values[0]: "
+                    "unknown segment 'beta-testers'"
+                ],
+            ),
+            (
+                "prerequisite-cycle.yaml",
+                [
+                    "flags.context-window.requires: prerequisite cycle: "
+                    "context-window -> llm-model-version -> context-window"
+                ],
+            ),
+            ("not-a-mapping.yaml", ["$: expected a mapping with 'flags', got list"]),
+        ],
+    )
+    def test_fixture(self, name: str, expected: list[str]) -> None:
+        """The fixture's issues are exactly the expected ones, with their paths."""
+        assert _issues(INVALID / name) == expected
+
+    def test_weights_150(self) -> None:
+        """A 150 % weight is refused, naming the variant."""
+        issues = _issues(INVALID / "weights-150.yaml")
+        assert (
+            issues[0]
+            == "flags.llm-model-version.default.rollout.candidate: weight 150 is not in 0..100"
+        )
+
+    def test_many_problems_reported_together(self) -> None:
+        """Problems in several flags and a segment of one file come in one error."""
+        assert sorted(_issues(INVALID / "many-problems.yaml")) == sorted(
+            [
+                f"segments.Beta-Testers: invalid key 'Beta-Testers': {KEY_HINT}",
+                "flags.llm-model-version.off: unknown variant 'curent'",
+                "flags.llm-model-version.default.rollout: weights sum to 90, not 100",
+                "flags.prompt-template-v2.variants: all variants must share one type, "
+                "got on=boolean, off=number",
+                "flags.context-window.requires.retrieval-strategy: "
+                "unknown flag 'retrieval-strategy'",
+            ]
+        )
+
+    def test_every_fixture_is_refused(self) -> None:
+        """No file in `tests/data/invalid/` loads (a fixture that became valid is a bug)."""
+        files = sorted(INVALID.iterdir())
+        assert len(files) >= 20
+        for path in files:
+            with pytest.raises(InvalidFlagError):
+                load_flags(path)
+
+    def test_nothing_is_returned_on_error(self) -> None:
+        """`FlagClient.offline` on an invalid file raises instead of serving part of it."""
+        with pytest.raises(InvalidFlagError):
+            FlagClient.offline(INVALID / "many-problems.yaml")
