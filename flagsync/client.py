@@ -8,12 +8,17 @@ Redis subscriber, a test swapping snapshots) replaces it with one assignment.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Final
 
 from flagsync.compile import SERVE_DEFAULT, TableEntry
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
 from flagsync.loader import FlagSource, load_flags
 from flagsync.snapshot import Snapshot
+from flagsync.status import ClientStatus, SyncState
+
+if TYPE_CHECKING:
+    from flagsync._connect import SyncHandle
 
 __all__ = ["FlagClient"]
 
@@ -37,12 +42,13 @@ class FlagClient:
     JSON (object/array) values are shared with the snapshot: treat them as read-only.
     """
 
-    __slots__ = ("__weakref__", "_is_stale", "_snapshot", "_table")
+    __slots__ = ("__weakref__", "_is_stale", "_snapshot", "_sync", "_table")
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         self._snapshot = snapshot if snapshot is not None else Snapshot.empty()
-        self._table: Mapping[str, TableEntry] = self._snapshot.table
+        self._table: dict[str, TableEntry] = self._snapshot.entries
         self._is_stale: Callable[[], bool] = _never_stale
+        self._sync: SyncHandle | None = None
 
     @classmethod
     def offline(cls, source: FlagSource) -> FlagClient:
@@ -148,7 +154,102 @@ class FlagClient:
     def _install(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current. Readers see the old or the new table, never a mix."""
         self._snapshot = snapshot
-        self._table = snapshot.table
+        self._table = snapshot.entries
+
+    # -- following a store (see flagsync.subscriber); offline clients answer trivially --
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | None = None,
+        namespace: str = "default",
+        **options: Any,
+    ) -> FlagClient:
+        """A client that follows `namespace` on the server at `url` (default: `REDIS_URL`).
+
+        Returns at once with a daemon thread syncing in the background; call
+        `wait_ready(timeout)` before relying on the flags. Options (seconds unless named
+        otherwise) are `SyncOptions` fields: `check_interval_s`, `stale_after_s`,
+        `liveness_timeout_s`, `lkg_path`, ...; and `worker_id`. Use as a context manager
+        or call `close()`.
+        """
+        from flagsync._connect import start_thread_sync  # noqa: PLC0415 - lazy: no redis import offline
+
+        client = cls()
+        client._sync = start_thread_sync(client, url, namespace, options)
+        return client
+
+    @classmethod
+    def connect_async(
+        cls, url: str | None = None, namespace: str = "default", **options: Any
+    ) -> AbstractAsyncContextManager[FlagClient]:
+        """`async with FlagClient.connect_async(url) as client:` — sync in an anyio task.
+
+        The same options as `connect`. On asyncio the task uses redis.asyncio; on other
+        anyio backends (Trio) redis-py has no async client, so the task runs the
+        blocking subscriber in a worker thread. Leaving the block stops it.
+        """
+        from flagsync._connect import run_async_sync  # noqa: PLC0415 - lazy: no redis import offline
+
+        return run_async_sync(cls(), url, namespace, options)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first sync with the store (True), or `timeout` seconds (False)."""
+        return True if self._sync is None else self._sync.follower.ready.wait(timeout)
+
+    async def wait_ready_async(self, timeout: float | None = None) -> bool:
+        """`wait_ready` for async code: polls without blocking the event loop."""
+        from flagsync._connect import wait_ready_async  # noqa: PLC0415 - lazy: no redis import offline
+
+        return True if self._sync is None else await wait_ready_async(self._sync, timeout)
+
+    def status(self) -> ClientStatus:
+        """Sync state, revision, staleness and counters (`SyncState.OFFLINE` offline)."""
+        if self._sync is None:
+            return ClientStatus(
+                state=SyncState.OFFLINE,
+                connected=False,
+                namespace=None,
+                epoch=self._snapshot.epoch or None,
+                revision=self._snapshot.revision,
+                flags=len(self._snapshot),
+                seconds_since_sync=None,
+            )
+        return self._sync.follower.status()
+
+    def is_healthy(self, max_stale_s: float | None = None) -> bool:
+        """For readiness probes: synced, and confirmed within `max_stale_s` (default: grace).
+
+        Offline clients are always healthy.
+        """
+        if self._sync is None:
+            return True
+        follower = self._sync.follower
+        if not follower.ready.is_set() or follower.closed:
+            return False
+        since = follower.seconds_since_sync()
+        limit = follower.options.stale_after_s if max_stale_s is None else max_stale_s
+        return since is not None and since <= limit
+
+    def add_listener(self, listener: Callable[[int, frozenset[str]], None]) -> None:
+        """Call `listener(revision, changed_keys)` after every snapshot swap (change or resync).
+
+        It runs on the subscriber (thread or task): keep it short and non-blocking.
+        Offline clients never swap, so it is never called there.
+        """
+        if self._sync is not None:
+            self._sync.follower.listeners.append(listener)
+
+    def close(self) -> None:
+        """Stop syncing (within about a second); the last snapshot keeps being served."""
+        if self._sync is not None:
+            self._sync.close()
+
+    def __enter__(self) -> FlagClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return f"<FlagClient revision={self._snapshot.revision} flags={len(self._snapshot)}>"

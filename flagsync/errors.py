@@ -32,3 +32,40 @@ class InvalidFlagError(FlagsyncError, ValueError):
         count = len(self.issues)
         header = f"{count} problem{'s' if count != 1 else ''} in flag definitions"
         super().__init__(header + ":\n" + "\n".join(f"  {issue}" for issue in self.issues))
+
+
+class ConflictError(FlagsyncError):
+    """A write was refused because the definition changed since it was read.
+
+    Optimistic concurrency: nothing was written. Re-read, look at the change, retry.
+    """
+
+    def __init__(self, kind: str, key: str, expected_version: int, actual_version: int) -> None:
+        self.kind = kind
+        self.key = key
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+        super().__init__(
+            f"conflict: {kind} {key!r} changed since you read it "
+            f"(v{expected_version} -> v{actual_version}); re-read to see the change and retry"
+        )
+
+
+class FlagNotFoundError(FlagsyncError, KeyError):
+    """The store has no flag (or segment) with that key."""
+
+    def __init__(self, kind: str, key: str) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"no {kind} {key!r} in the store")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StoreUnavailableError(FlagsyncError):
+    """The store could not be reached or did not answer in time (nothing was changed)."""
+
+
+class PermissionDeniedError(FlagsyncError):
+    """The store refused the command for these credentials (ACL); nothing was changed."""

@@ -24,7 +24,7 @@ __all__ = ["Snapshot"]
 class Snapshot:
     """A revision of compiled flags: the unit a client evaluates against."""
 
-    __slots__ = ("_segment_sets", "definitions", "epoch", "flags", "revision", "table")
+    __slots__ = ("_segment_sets", "definitions", "entries", "epoch", "flags", "revision", "table")
 
     revision: int
     """The store revision this snapshot reflects (0 for offline use)."""
@@ -35,7 +35,9 @@ class Snapshot:
     flags: Mapping[str, CompiledFlag]
     """Compiled flags by key (read-only)."""
     table: Mapping[str, TableEntry]
-    """The evaluation fast path's lookup table (read-only)."""
+    """The evaluation fast path's lookup table (read-only view of `entries`)."""
+    entries: dict[str, TableEntry]
+    """The same table as a plain dict, for the client's hot path; never mutate it."""
 
     def __init__(
         self,
@@ -49,7 +51,8 @@ class Snapshot:
         self.epoch = epoch
         self.definitions = definitions
         self.flags = MappingProxyType(compiled)
-        self.table = MappingProxyType({key: flag.entry for key, flag in compiled.items()})
+        self.entries = {key: flag.entry for key, flag in compiled.items()}
+        self.table = MappingProxyType(self.entries)
         self._segment_sets = segment_sets
 
     @classmethod

@@ -1,0 +1,158 @@
+"""Wire formats: stored definitions, change messages and worker presence records.
+
+Everything stored or published is msgpack, encoded and decoded by reused msgspec
+instances. Decoding is strict and bounded: a message that is too large, truncated, of
+the wrong shape or of an unknown schema raises `MalformedMessageError`, which the
+subscriber answers with a resync, never with a partial apply.
+
+A change message on the channel is `fs1|<epoch>|<revision>|<server µs>|<payload>`: the
+atomic write script prepends the header (it alone knows the revision) to a payload
+the publisher encoded (`ChangeSet`). An empty payload means "too large to inline:
+fetch the snapshot".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from flagsync.errors import FlagsyncError
+
+SCHEMA: Final = b"fs1"
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
+"""Messages above this are refused before decoding (a resync fetches the data instead)."""
+MAX_INLINE_PAYLOAD_BYTES: Final = 512 * 1024
+"""Change sets larger than this are not inlined in the message; subscribers resync."""
+
+
+class MalformedMessageError(FlagsyncError, ValueError):
+    """A stored blob or channel message could not be decoded or failed its checks."""
+
+
+class StoredDefinition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the store holds per flag or segment: the definition bound to its key and version."""
+
+    kind: str
+    key: str
+    version: int
+    definition: dict[str, Any]
+
+
+class Change(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One flag or segment written (or deleted: `blob` is None) in a revision."""
+
+    kind: str
+    key: str
+    op: str
+    blob: bytes | None = None
+
+
+class ChangeSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Everything one revision changed, as published to subscribers."""
+
+    actor: str
+    reason: str
+    changes: list[Change]
+
+
+class Message(msgspec.Struct, frozen=True):
+    """A decoded channel message; `changes` is None when the subscriber must resync."""
+
+    epoch: str
+    revision: int
+    published_us: int
+    """Server time (µs since the epoch) of the write."""
+    changes: ChangeSet | None
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A worker's heartbeat record: who it is, which revision it has applied, and when."""
+
+    id: str
+    host: str
+    pid: int
+    namespace: str
+    epoch: str
+    revision: int
+    applied_us: int
+    """Wall-clock µs when the worker swapped in `revision`."""
+    published_us: int
+    """Server µs when `revision` was written (0 if it arrived by a resync, not a message)."""
+    started_ms: int
+    heartbeat_ms: int
+    state: str
+
+
+_definition_encoder = msgspec.msgpack.Encoder()
+_definition_decoder = msgspec.msgpack.Decoder(StoredDefinition)
+_changeset_encoder = msgspec.msgpack.Encoder()
+_changeset_decoder = msgspec.msgpack.Decoder(ChangeSet)
+_presence_encoder = msgspec.msgpack.Encoder()
+_presence_decoder = msgspec.msgpack.Decoder(WorkerInfo)
+
+
+def encode_definition(kind: str, key: str, version: int, definition: dict[str, Any]) -> bytes:
+    """The stored blob of one flag or segment definition (plain data, file format)."""
+    return _definition_encoder.encode(StoredDefinition(kind, key, version, definition))
+
+
+def decode_definition(blob: bytes, kind: str, key: str) -> StoredDefinition:
+    """Decode a stored blob and check it belongs where it was found."""
+    try:
+        stored = _definition_decoder.decode(blob)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise MalformedMessageError(f"{kind} {key!r}: undecodable definition: {error}") from error
+    if stored.kind != kind or stored.key != key:
+        raise MalformedMessageError(
+            f"{kind} {key!r}: blob is for {stored.kind} {stored.key!r} (copied or tampered)"
+        )
+    return stored
+
+
+def encode_changeset(changes: ChangeSet) -> bytes:
+    """The payload the write script publishes; empty when it is too large to inline."""
+    payload = _changeset_encoder.encode(changes)
+    return b"" if len(payload) > MAX_INLINE_PAYLOAD_BYTES else payload
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse a channel message; raises `MalformedMessageError` on anything unexpected."""
+    if not isinstance(data, bytes | bytearray):
+        raise MalformedMessageError(f"message is {type(data).__name__}, not bytes")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    parts = bytes(data).split(b"|", 4)
+    if len(parts) != 5:
+        raise MalformedMessageError("message header is incomplete")
+    schema, epoch, revision, published, payload = parts
+    if schema != SCHEMA:
+        raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
+    try:
+        message_epoch = epoch.decode("ascii")
+        message_revision = int(revision)
+        published_us = int(published)
+    except ValueError as error:
+        raise MalformedMessageError(f"bad message header: {error}") from error
+    if not message_epoch or message_revision < 1:
+        raise MalformedMessageError("message header has no epoch or a revision below 1")
+    changes = None
+    if payload:
+        try:
+            changes = _changeset_decoder.decode(payload)
+        except (msgspec.DecodeError, RecursionError) as error:
+            raise MalformedMessageError(f"bad message payload: {error}") from error
+    return Message(message_epoch, message_revision, published_us, changes)
+
+
+def encode_presence(presence: WorkerInfo) -> bytes:
+    """A worker's presence record."""
+    return _presence_encoder.encode(presence)
+
+
+def decode_presence(blob: bytes) -> WorkerInfo:
+    """Decode a presence record; raises `MalformedMessageError`."""
+    try:
+        return _presence_decoder.decode(blob)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise MalformedMessageError(f"bad presence record: {error}") from error

@@ -1,0 +1,149 @@
+"""Keep a client's snapshot current from an anyio task on asyncio (redis.asyncio).
+
+The same session as the thread driver (`flagsync.subscriber`): two connections to one
+server, the decisions taken by the shared `Follower`, the deadlines by the shared
+`SessionTimers`. On cancellation the connections are closed and never reused: a
+cancelled read can leave a redis connection mid-reply.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anyio
+import redis.asyncio as aredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from flagsync._follower import Follower, SessionTimers
+from flagsync.store import load_commands, parse_load, parse_revision, revision_command
+from flagsync.subscriber import backoff_delay, is_permanent
+
+__all__ = ["AsyncSubscriber"]
+
+
+class AsyncSubscriber:
+    """Runs a `Follower` as a task: `await run()` until `request_stop()` or cancellation."""
+
+    def __init__(self, follower: Follower, url: str) -> None:
+        self.follower = follower
+        self.url = url
+        self._stopping = False
+        self._stopped = anyio.Event()
+
+    def request_stop(self) -> None:
+        """Ask the task to stop at its next poll (also safe from `close()`)."""
+        self._stopping = True
+        self.follower.closed = True
+
+    async def run(self) -> None:
+        """Follow until stopped; every failure ends a session, never the task."""
+        options = self.follower.options
+        attempt = 0
+        reconnect = False
+        try:
+            while not self._stopping:
+                try:
+                    await self._session(reconnect=reconnect)
+                except Exception as error:  # noqa: BLE001 - any failure ends the session
+                    if self._stopping:
+                        break
+                    if self.follower.connected:
+                        attempt = 0
+                    permanent = is_permanent(error)
+                    self.follower.on_disconnected(error, permanent=permanent)
+                    cap = options.backoff_max_permanent_s if permanent else options.backoff_max_s
+                    await anyio.sleep(backoff_delay(attempt, options.backoff_initial_s, cap))
+                    attempt += 1
+                reconnect = True
+        finally:
+            self.follower.closed = True
+            self._stopped.set()
+
+    def _connect(self) -> aredis.Redis:
+        options = self.follower.options
+        client: aredis.Redis = aredis.Redis.from_url(
+            self.url,
+            socket_timeout=options.socket_timeout_s,
+            socket_connect_timeout=options.connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            protocol=2,
+            client_name=f"flagsync-{self.follower.worker_id}"[:64],
+        )
+        return client
+
+    async def _session(self, *, reconnect: bool) -> None:
+        follower, options = self.follower, self.follower.options
+        keys = follower.keys
+        commands = self._connect()
+        subscriber = self._connect()
+        pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
+        try:
+            await pubsub.subscribe(keys.channel)
+            follower.on_connected(reconnect=reconnect)
+            timers = SessionTimers(options)
+            token = uuid.uuid4().hex
+            while not self._stopping:
+                message = await pubsub.get_message(timeout=timers.wait_s())
+                while message is not None and not self._stopping:
+                    timers.heard()
+                    if await self._dispatch(message, commands) != "ignored":
+                        timers.presence_dirty = True
+                    message = await pubsub.get_message(timeout=0)
+                if self._stopping:
+                    break
+                if timers.check_due():
+                    if await self._check_revision(commands) == "resync":
+                        message = await pubsub.get_message(timeout=0)
+                        while message is not None:
+                            await self._dispatch(message, commands)
+                            message = await pubsub.get_message(timeout=0)
+                        if await self._check_revision(commands) == "resync":
+                            await self._resync(commands)
+                        timers.presence_dirty = True
+                    timers.checked()
+                if timers.heartbeat_due():
+                    await commands.set(
+                        keys.worker(follower.worker_id),
+                        follower.presence(),
+                        px=int(options.presence_ttl_s * 1000),
+                    )
+                    timers.heartbeat_sent()
+                if timers.ping_due():
+                    await pubsub.ping(token)
+            if self._stopping:
+                with anyio.move_on_after(0.5, shield=True):
+                    await commands.delete(keys.worker(follower.worker_id))
+        finally:
+            with anyio.move_on_after(0.5, shield=True):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await subscriber.aclose()
+                await commands.aclose()
+
+    async def _check_revision(self, commands: aredis.Redis) -> str:
+        reply = await commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
+        return self.follower.on_revision(*parse_revision(reply))
+
+    async def _dispatch(self, message: dict[str, Any], commands: aredis.Redis) -> str:
+        kind = message.get("type")
+        if kind in ("subscribe", "psubscribe"):
+            await self._resync(commands)  # see ThreadSubscriber._dispatch
+            return "resynced"
+        if kind == "message":
+            verdict = self.follower.on_message(message.get("data"))
+            if verdict == "resync":
+                await self._resync(commands)
+            return verdict
+        return "ignored"
+
+    async def _resync(self, commands: aredis.Redis) -> None:
+        for _ in range(10):
+            pipe = commands.pipeline(transaction=False)
+            for command in load_commands(self.follower.keys):
+                pipe.execute_command(*command)
+            loaded = parse_load(await pipe.execute())
+            if loaded is not None:
+                self.follower.on_loaded(loaded)
+                return

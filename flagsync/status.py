@@ -1,0 +1,48 @@
+"""What a client reports about its sync: the basis of readiness probes and dashboards."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import msgspec
+
+__all__ = ["ClientStatus", "SyncState"]
+
+
+class SyncState(StrEnum):
+    """Where a client stands with the store (compares equal to the plain string)."""
+
+    OFFLINE = "offline"
+    """Built from fixed flags; never syncs."""
+    CONNECTING = "connecting"
+    """No snapshot from the store yet (defaults or a last-known-good file are served)."""
+    READY = "ready"
+    """In sync: the store confirmed our revision within the grace period."""
+    STALE = "stale"
+    """Serving the last-known-good snapshot, unconfirmed for longer than the grace period."""
+    CLOSED = "closed"
+    """`close()` was called; the last snapshot is still served."""
+
+
+class ClientStatus(msgspec.Struct, frozen=True):
+    """A point-in-time report of a client's sync state; cheap to take, safe from any thread."""
+
+    state: SyncState
+    connected: bool
+    namespace: str | None
+    epoch: str | None
+    revision: int
+    flags: int
+    seconds_since_sync: float | None
+    """Seconds since the store last confirmed the applied revision (None: never)."""
+    resyncs: int = 0
+    reconnects: int = 0
+    applied_changes: int = 0
+    ignored_messages: int = 0
+    """Duplicate or older revisions received and dropped."""
+    malformed_messages: int = 0
+    rejected_snapshots: int = 0
+    snapshot_missing: bool = False
+    """The store has no data for the namespace (flushed or never written); LKG kept."""
+    last_error: str | None = None
+    worker_id: str | None = None

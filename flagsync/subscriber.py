@@ -1,0 +1,238 @@
+"""Keep a client's snapshot current: the daemon-thread driver (and fork handling).
+
+The driver owns the loop instead of redis-py's `run_in_thread`, because that hides the
+subscribe confirmations a silent reconnect produces, and a thread that dies there
+leaves flags frozen without a word. Each session opens two connections to the same
+server (a reader may only trust data from the node that nudged it): one subscribed to
+the change channel, one for reads and heartbeats. Anything that goes wrong ends the
+session; the loop backs off with jitter and starts a new one, which resyncs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import threading
+import uuid
+import weakref
+from typing import Any
+
+import redis
+import structlog
+
+from flagsync._follower import Follower, SessionTimers
+from flagsync.store import connect, load_commands, parse_load, parse_revision, revision_command
+
+__all__ = ["ThreadSubscriber"]
+
+_log = structlog.get_logger("flagsync.subscriber")
+
+_PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    redis.AuthenticationError,
+    redis.exceptions.AuthorizationError,
+    redis.exceptions.NoPermissionError,
+)
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Errors a quick retry will not fix (credentials, ACLs): back off for longer."""
+    if isinstance(error, _PERMANENT_ERRORS):
+        return True
+    text = str(error)
+    return isinstance(error, redis.ResponseError) and text.startswith(("NOPERM", "WRONGPASS"))
+
+
+def backoff_delay(attempt: int, initial_s: float, cap_s: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, initial * 2^attempt)]."""
+    return random.uniform(0, min(cap_s, initial_s * (2 ** min(attempt, 30))))
+
+
+class ThreadSubscriber:
+    """Runs a `Follower` in one daemon thread; restarts itself in forked children."""
+
+    def __init__(self, follower: Follower, url: str) -> None:
+        self.follower = follower
+        self.url = url
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pubsub: Any = None
+        self._commands: redis.Redis | None = None
+        _live_subscribers.add(self)
+
+    def start(self) -> None:
+        """Start the daemon thread (idempotent)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run,
+            name=f"flagsync-subscriber-{self.follower.keys.namespace}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the thread and close its connections; returns within about `timeout_s`.
+
+        The thread notices the stop within one poll (<= the shortest interval), removes
+        its presence key and closes its connections; if it is stuck on a frozen server,
+        its connections are closed under it once `timeout_s` has passed.
+        """
+        self._stop.set()
+        self.follower.closed = True
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            if thread.is_alive():
+                self._close_connections()
+                thread.join(0.2)
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: drop the parent's connections unread, start a new thread."""
+        self._pubsub = None  # never read a PubSub inherited through fork: it is the parent's
+        self._commands = None
+        self._thread = None
+        if self._stop.is_set():
+            return
+        self.follower.reset_after_fork()
+        self.start()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        options = self.follower.options
+        attempt = 0
+        reconnect = False
+        while not self._stop.is_set():
+            try:
+                self._session(reconnect=reconnect)
+            except Exception as error:  # noqa: BLE001 - any failure ends the session, not the loop
+                if self._stop.is_set():
+                    break
+                if self.follower.connected:
+                    attempt = 0  # the session had been up: start the backoff afresh
+                permanent = is_permanent(error)
+                self.follower.on_disconnected(error, permanent=permanent)
+                self._close_connections()
+                cap = options.backoff_max_permanent_s if permanent else options.backoff_max_s
+                self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap))
+                attempt += 1
+            reconnect = True
+        self._remove_presence()
+        self._close_connections()
+
+    def _session(self, *, reconnect: bool) -> None:
+        follower, options = self.follower, self.follower.options
+        keys = follower.keys
+        client_name = f"flagsync-{follower.worker_id}"[:64]
+        commands = self._commands = connect(
+            self.url,
+            timeout_s=options.socket_timeout_s,
+            connect_timeout_s=options.connect_timeout_s,
+            client_name=client_name,
+        )
+        subscriber = connect(
+            self.url,
+            timeout_s=options.socket_timeout_s,
+            connect_timeout_s=options.connect_timeout_s,
+            client_name=client_name,
+        )
+        pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
+        pubsub.subscribe(keys.channel)
+        follower.on_connected(reconnect=reconnect)
+
+        timers = SessionTimers(options)
+        token = uuid.uuid4().hex
+        while not self._stop.is_set():
+            message = pubsub.get_message(timeout=timers.wait_s())
+            while message is not None and not self._stop.is_set():
+                timers.heard()
+                if self._dispatch(message, commands) != "ignored":
+                    timers.presence_dirty = True
+                message = pubsub.get_message(timeout=0)
+            if self._stop.is_set():
+                return
+            if timers.check_due():
+                if self._check_revision(commands) == "resync":
+                    # The nudge may be in flight already: read what is buffered first.
+                    message = pubsub.get_message(timeout=0)
+                    while message is not None:
+                        self._dispatch(message, commands)
+                        message = pubsub.get_message(timeout=0)
+                    if self._check_revision(commands) == "resync":
+                        self._resync(commands)
+                    timers.presence_dirty = True
+                timers.checked()
+            if timers.heartbeat_due():
+                commands.set(
+                    keys.worker(follower.worker_id),
+                    follower.presence(),
+                    px=int(options.presence_ttl_s * 1000),
+                )
+                timers.heartbeat_sent()
+            if timers.ping_due():
+                pubsub.ping(token)
+
+    def _check_revision(self, commands: redis.Redis) -> str:
+        reply = commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
+        return self.follower.on_revision(*parse_revision(reply))
+
+    def _dispatch(self, message: dict[str, Any], commands: redis.Redis) -> str:
+        kind = message.get("type")
+        if kind in ("subscribe", "psubscribe"):
+            # A confirmation, also after redis-py's silent reconnect: we may have missed
+            # anything published meanwhile, so the store is read again.
+            self._resync(commands)
+            return "resynced"
+        if kind == "message":
+            verdict = self.follower.on_message(message.get("data"))
+            if verdict == "resync":
+                self._resync(commands)
+            return verdict
+        return "ignored"  # pongs: liveness was noted by the caller
+
+    def _resync(self, commands: redis.Redis) -> None:
+        keys = self.follower.keys
+        for _ in range(10):
+            pipe = commands.pipeline(transaction=False)
+            for command in load_commands(keys):
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            loaded = parse_load(pipe.execute())
+            if loaded is not None:
+                self.follower.on_loaded(loaded)
+                return
+        _log.warning("resync_contended", namespace=keys.namespace)
+
+    def _close_connections(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        commands, self._commands = self._commands, None
+        for closable in (pubsub, commands):
+            if closable is None:
+                continue
+            with contextlib.suppress(Exception):  # closing a broken connection may fail
+                closable.close()
+
+    def _remove_presence(self) -> None:
+        commands = self._commands
+        if commands is None:
+            return
+        with contextlib.suppress(Exception):  # best effort: the key expires by itself
+            commands.delete(self.follower.keys.worker(self.follower.worker_id))
+
+
+_live_subscribers: weakref.WeakSet[ThreadSubscriber] = weakref.WeakSet()
+
+
+def _restart_in_child() -> None:
+    for subscriber in list(_live_subscribers):
+        subscriber.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)
