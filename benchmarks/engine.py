@@ -162,13 +162,14 @@ def run(*, quick: bool) -> dict[str, Any]:
     _check_engine_answers(client, users)
 
     big = many_flags(10_000)
-    load_s = median(seconds(lambda: Snapshot.build(load_flags(big)), 3 if quick else 5))
+    rounds = 3 if quick else 5
+    validate_s = median(seconds(lambda: load_flags(big), rounds))
     definitions = load_flags(big)
-    compile_s = median(seconds(lambda: Snapshot.build(definitions), 3 if quick else 5))
+    compile_s = median(seconds(lambda: Snapshot.build(definitions, compile_all=True), rounds))
     parse_floor_s = median(seconds(lambda: msgspec.json.decode(msgspec.json.encode(big)), 5))
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    retained = Snapshot.build(load_flags(big))
+    retained = Snapshot.build(load_flags(big), compile_all=True)
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     big_client = FlagClient(retained)
@@ -178,10 +179,10 @@ def run(*, quick: bool) -> dict[str, Any]:
         "ratio_to_floor": round(median(big_samples) / floor_ns, 2),
     }
     results["cold_10k"] = {
-        "load_and_compile_ms": round(load_s * 1000, 1),
-        "compile_only_ms": round(compile_s * 1000, 1),
+        "validate_ms": round(validate_s * 1000, 1),
+        "compile_all_ms": round(compile_s * 1000, 1),
         "json_roundtrip_floor_ms": round(parse_floor_s * 1000, 1),
-        "ratio_to_json_roundtrip": round(load_s / parse_floor_s, 1),
+        "ratio_to_json_roundtrip": round((validate_s + compile_s) / parse_floor_s, 1),
         "retained_mb": round((after - before) / 1e6, 1),
     }
     if len(retained) != 10_000 or big_client.variation("flag-00001", {}, "x") != "a":

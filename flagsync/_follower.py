@@ -63,6 +63,8 @@ class SyncOptions:
     socket_timeout_s: float = 1.0
     connect_timeout_s: float = 1.0
     heartbeat_interval_s: float = 1.0
+    ack_delay_s: float = 0.01
+    """Delay between applying a revision and heartbeating it (see `SessionTimers.changed`)."""
     presence_ttl_s: float = 5.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 2.0
@@ -430,7 +432,15 @@ class SessionTimers:
         self.next_heartbeat = now
         self.next_ping = now + options.ping_interval_s
         self.last_heard = now
-        self.presence_dirty = False
+
+    def changed(self) -> None:
+        """A new revision was applied: report it soon, but not at once.
+
+        Every worker receives a change at the same moment; an immediate heartbeat
+        would compete for the CPU with sibling processes still applying it. The
+        applied time is recorded at the swap, so the delay never shows in latencies.
+        """
+        self.next_heartbeat = min(self.next_heartbeat, time.monotonic() + self.options.ack_delay_s)
 
     def wait_s(self) -> float:
         """How long the next read may wait before something is due."""
@@ -443,10 +453,9 @@ class SessionTimers:
         self.last_heard = time.monotonic()
 
     def heartbeat_due(self) -> bool:
-        return self.presence_dirty or time.monotonic() >= self.next_heartbeat
+        return time.monotonic() >= self.next_heartbeat
 
     def heartbeat_sent(self) -> None:
-        self.presence_dirty = False
         self.next_heartbeat = time.monotonic() + self.options.heartbeat_interval_s
 
     def check_due(self) -> bool:

@@ -7,6 +7,7 @@ Paths read like the file: `flags.llm-model-version.rules[1].serve`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Collection, Iterator, Mapping
@@ -49,6 +50,7 @@ _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL
 _encoder = msgspec.msgpack.Encoder()
 _T = TypeVar("_T")
 _PLAIN_SCALARS = frozenset({str, bool, int})
+_SCALAR_KINDS = {bool: "boolean", int: "number", float: "number", str: "string"}
 
 
 def parse_flagset(data: object) -> FlagSet:
@@ -123,7 +125,7 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
     for index, rule in enumerate(flag.rules):
         rule_at = f"{at}.rules[{index}]"
         if rule.name is not None:
-            if not KEY_PATTERN.match(rule.name):
+            if not _is_key(rule.name):
                 issues.append(ValidationIssue(f"{rule_at}.name", _key_message(rule.name)))
             elif rule.name in names:
                 issues.append(
@@ -136,7 +138,7 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
             issues.extend(_check_clause(f"{rule_at}.when[{position}]", clause, segment_names))
         issues.extend(_check_serve(f"{rule_at}.serve", rule.serve, variants))
     for other, variant in flag.requires.items():
-        if not KEY_PATTERN.match(other):
+        if not _is_key(other):
             issues.append(ValidationIssue(f"{at}.requires", _key_message(other)))
         elif other == key:
             issues.append(ValidationIssue(f"{at}.requires.{other}", "a flag cannot require itself"))
@@ -187,10 +189,16 @@ def _convert(raw: object, kind: type[_T], at: str, issues: list[ValidationIssue]
 
 
 def _check_key(key: object, at: str, issues: list[ValidationIssue]) -> bool:
-    if isinstance(key, str) and KEY_PATTERN.match(key):
+    if isinstance(key, str) and _is_key(key):
         return True
     issues.append(ValidationIssue(at, _key_message(key)))
     return False
+
+
+@functools.lru_cache(maxsize=65_536)
+def _is_key(name: str) -> bool:
+    """Whether `name` is a valid key; memoised, as the same variant and rule names recur."""
+    return KEY_PATTERN.match(name) is not None
 
 
 def _key_message(key: object) -> str:
@@ -205,7 +213,7 @@ def _check_variants(at: str, variants: Mapping[str, Any]) -> Iterator[Validation
         yield ValidationIssue(f"{at}.variants", f"more than {MAX_VARIANTS} variants")
     kinds: dict[str, str] = {}
     for name, value in variants.items():
-        if not KEY_PATTERN.match(name):
+        if not _is_key(name):
             yield ValidationIssue(f"{at}.variants", _key_message(name))
             continue
         problem = _value_problem(value)
@@ -220,6 +228,9 @@ def _check_variants(at: str, variants: Mapping[str, Any]) -> Iterator[Validation
 
 def json_kind(value: object) -> str:
     """The JSON type name of a variant value: boolean, number, string, object or array."""
+    kind = _SCALAR_KINDS.get(value.__class__)
+    if kind is not None:
+        return kind
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int | float):
@@ -235,6 +246,8 @@ def _value_problem(value: object) -> str | None:
     """Why a variant value is not allowed (None if it is fine): JSON types, finite, bounded."""
     if value.__class__ in _PLAIN_SCALARS:
         return None
+    if value.__class__ is float:
+        return None if math.isfinite(value) else f"{value!r} is not a JSON number"
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -369,7 +382,7 @@ def _check_prerequisites(
     """Unknown prerequisite flags or variants, and cycles (reported once per cycle)."""
     for key, flag in flags.items():
         for other, variant in flag.requires.items():
-            if other == key or not KEY_PATTERN.match(other):
+            if other == key or not _is_key(other):
                 continue
             if other not in declared:
                 yield ValidationIssue(f"flags.{key}.requires.{other}", f"unknown flag {other!r}")

@@ -90,7 +90,7 @@ class AsyncSubscriber:
                 while message is not None and not self._stopping:
                     timers.heard()
                     if await self._dispatch(message, commands) != "ignored":
-                        timers.presence_dirty = True
+                        timers.changed()
                     message = await pubsub.get_message(timeout=0)
                 if self._stopping:
                     break
@@ -102,7 +102,7 @@ class AsyncSubscriber:
                             message = await pubsub.get_message(timeout=0)
                         if await self._check_revision(commands) == "resync":
                             await self._resync(commands)
-                        timers.presence_dirty = True
+                        timers.changed()
                     timers.checked()
                 if timers.heartbeat_due():
                     await commands.set(

@@ -68,7 +68,7 @@ class FlagClient:
 
     def keys(self) -> Iterator[str]:
         """The keys of every flag in the current snapshot."""
-        return iter(self._snapshot.flags)
+        return iter(self._snapshot)
 
     def variation(self, key: str, context: Context, default: Any = None) -> Any:
         """The flag's value for `context`, or `default`.
@@ -76,6 +76,7 @@ class FlagClient:
         When `default` is not None it also states the expected JSON type: a flag of
         another type serves `default` (see `detail()` for the reason).
         """
+        # The fast path: one dict lookup, one tuple unpack. Keep `_evaluate` in step.
         try:
             select, value, accepts, values, _ = self._table[key]
             if default.__class__ not in accepts:
@@ -84,6 +85,8 @@ class FlagClient:
                 return value
             value = values[select(context)]
             return default if value is SERVE_DEFAULT else value
+        except KeyError:  # not compiled yet (or unknown): costs nothing until raised
+            return self._evaluate(self._entry(key), context, default, None)
         except Exception:  # noqa: BLE001 - evaluation never raises, by contract
             return default
 
@@ -120,15 +123,30 @@ class FlagClient:
         return self._explain(flag.outcome_for, context, default)
 
     def _entry(self, key: str) -> TableEntry | None:
+        """The flag's entry, compiled on first use; None for an unknown (or unhashable) key."""
         try:
-            return self._table.get(key)
+            return self._snapshot.entry(key)
         except TypeError:  # an unhashable key names no flag; evaluation never raises
             return None
 
     def _typed(self, key: str, context: Context, default: Any, kind: str) -> Any:
+        entry = self._table.get(key) if key.__class__ is str else None
+        return self._evaluate(entry or self._entry(key), context, default, kind)
+
+    @staticmethod
+    def _evaluate(
+        entry: TableEntry | None, context: Context, default: Any, kind: str | None
+    ) -> Any:
+        """Evaluate one entry: the typed getters' path and `variation`'s slow path.
+
+        `kind` None checks the default's type against the flag's, as `variation` does;
+        otherwise the flag must be of that kind.
+        """
+        if entry is None:
+            return default
         try:
-            select, value, _, values, flag = self._table[key]
-            if flag.kind != kind:
+            select, value, accepts, values, flag = entry
+            if default.__class__ not in accepts if kind is None else flag.kind != kind:
                 return default
             if select is None:
                 return value

@@ -193,7 +193,8 @@ class Publisher:
         if blob is None:
             return None
         stored = _decode_stored("flag", key, blob)
-        return StoredFlag(key, stored[1], parse_flag(key, stored[0]))
+        # Segment names are needed to parse a flag whose rules target segments.
+        return StoredFlag(key, stored[1], parse_flag(key, stored[0], self._segment_names()))
 
     def definitions(self) -> FlagSet:
         """Everything in the namespace as one `FlagSet` (what `export` writes)."""
@@ -440,10 +441,11 @@ class Publisher:
             definition, current = _decode_stored("flag", key, blob)
             if expected_version is not None and expected_version != current:
                 raise ConflictError("flag", key, expected_version, current)
-            before = parse_flag(key, definition)
+            segments = self._segment_names()  # a flag may target segments (in_segment)
+            before = parse_flag(key, definition, segments)
             after = change(before)
             after_data = msgspec.to_builtins(after)
-            parse_flag(key, after_data, self._segment_names())
+            parse_flag(key, after_data, segments)
             if after == before:
                 return self.revision()[1]
             try:

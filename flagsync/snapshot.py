@@ -1,9 +1,14 @@
 """Immutable snapshots of compiled flags, replaced whole so readers never lock.
 
-A `Snapshot` is never changed after it is built: applying a change builds a new one
-(recompiling only the changed flags and the flags that depend on them) and the client
-swaps its reference in one assignment. A reader holding the old snapshot keeps a
-consistent view for as long as it needs.
+A `Snapshot` never changes what it serves after it is built: applying a change builds
+a new one and the client swaps its reference in one assignment. A reader holding the
+old snapshot keeps a consistent view for as long as it needs.
+
+Flags are compiled on first use (and memoised in the snapshot), so loading 10,000
+flags costs validation only and a worker pays compilation just for the flags it
+evaluates. `compile_all()` compiles everything up front for those who prefer to pay at
+load time. Applying a change carries compiled flags over, except the changed ones and
+the flags that depend on them.
 """
 
 from __future__ import annotations
@@ -22,22 +27,19 @@ __all__ = ["Snapshot"]
 
 
 class Snapshot:
-    """A revision of compiled flags: the unit a client evaluates against."""
+    """A revision of flag definitions and their (lazily) compiled evaluators."""
 
-    __slots__ = ("_segment_sets", "definitions", "entries", "epoch", "flags", "revision", "table")
+    __slots__ = ("_compiled", "_segment_sets", "definitions", "entries", "epoch", "revision")
 
     revision: int
     """The store revision this snapshot reflects (0 for offline use)."""
     epoch: str
     """The store's epoch (its identity across restarts); empty offline."""
     definitions: FlagSet
-    """The validated definitions the snapshot was compiled from."""
-    flags: Mapping[str, CompiledFlag]
-    """Compiled flags by key (read-only)."""
-    table: Mapping[str, TableEntry]
-    """The evaluation fast path's lookup table (read-only view of `entries`)."""
+    """The validated definitions the snapshot serves."""
     entries: dict[str, TableEntry]
-    """The same table as a plain dict, for the client's hot path; never mutate it."""
+    """Lookup table of the flags compiled so far, for the client's hot path. Only the
+    snapshot adds to it (on first use of a flag); never mutate it."""
 
     def __init__(
         self,
@@ -50,25 +52,53 @@ class Snapshot:
         self.revision = revision
         self.epoch = epoch
         self.definitions = definitions
-        self.flags = MappingProxyType(compiled)
+        self._compiled = compiled
         self.entries = {key: flag.entry for key, flag in compiled.items()}
-        self.table = MappingProxyType(self.entries)
         self._segment_sets = segment_sets
 
     @classmethod
-    def build(cls, definitions: FlagSet, *, revision: int = 0, epoch: str = "") -> Snapshot:
-        """Compile a validated `FlagSet` (see `load_flags`) into a snapshot."""
+    def build(
+        cls, definitions: FlagSet, *, revision: int = 0, epoch: str = "", compile_all: bool = False
+    ) -> Snapshot:
+        """A snapshot of a validated `FlagSet` (see `load_flags`); flags compile on first use
+        unless `compile_all`."""
         segment_sets = {name: frozenset(seg.keys) for name, seg in definitions.segments.items()}
-        compiled: dict[str, CompiledFlag] = {}
-        with gc_paused():
-            _compile_into(compiled, definitions.flags, definitions.flags.keys(), segment_sets)
-        in_file_order = {key: compiled[key] for key in definitions.flags}
-        return cls(definitions, in_file_order, segment_sets, revision, epoch)
+        snapshot = cls(definitions, {}, segment_sets, revision, epoch)
+        if compile_all:
+            snapshot.compile_all()
+        return snapshot
 
     @classmethod
     def empty(cls) -> Snapshot:
         """A snapshot with no flags: every evaluation serves the caller's default."""
         return cls.build(FlagSet())
+
+    @property
+    def flags(self) -> Mapping[str, CompiledFlag]:
+        """Compiled flags by key (read-only; looking one up compiles it if needed)."""
+        return _CompiledFlags(self)
+
+    @property
+    def table(self) -> Mapping[str, TableEntry]:
+        """Read-only view of `entries` (the flags compiled so far)."""
+        return MappingProxyType(self.entries)
+
+    def entry(self, key: str) -> TableEntry | None:
+        """The lookup entry of flag `key`, compiling it (and its prerequisites) if needed."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            return entry
+        if key not in self.definitions.flags:
+            return None
+        self._compile([key])
+        return self.entries.get(key)
+
+    def compile_all(self) -> Snapshot:
+        """Compile every flag now (e.g. at worker start, to keep first requests fast)."""
+        missing = [key for key in self.definitions.flags if key not in self._compiled]
+        if missing:
+            self._compile(missing)
+        return self
 
     def apply(
         self,
@@ -111,14 +141,20 @@ class Snapshot:
                 key for key, flag in new_flags.items() if _uses_segments(flag, segment_changes)
             )
         affected = _with_dependents(touched, new_flags)
-        compiled = {key: flag for key, flag in self.flags.items() if key not in affected}
-        with gc_paused():
-            _compile_into(compiled, new_flags, affected, segment_sets)
+        kept = {key: flag for key, flag in self._compiled.items() if key not in affected}
         definitions = FlagSet(flags=new_flags, segments=new_segments)
         snapshot = Snapshot(
-            definitions, compiled, segment_sets, revision, self.epoch if epoch is None else epoch
+            definitions, kept, segment_sets, revision, self.epoch if epoch is None else epoch
         )
         return snapshot, frozenset(affected)
+
+    def _compile(self, keys: list[str]) -> None:
+        with gc_paused():
+            _compile_into(self._compiled, self.definitions.flags, keys, self._segment_sets)
+        entries = self.entries
+        for key, flag in self._compiled.items():
+            if key not in entries:
+                entries[key] = flag.entry
 
     def changed_keys(self, other: Snapshot) -> frozenset[str]:
         """Keys whose definitions differ between this snapshot and `other`."""
@@ -137,16 +173,37 @@ class Snapshot:
         return frozenset(changed)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.flags
+        return key in self.definitions.flags
 
     def __len__(self) -> int:
-        return len(self.flags)
+        return len(self.definitions.flags)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.flags)
+        return iter(self.definitions.flags)
 
     def __repr__(self) -> str:
-        return f"<Snapshot revision={self.revision} epoch={self.epoch!r} flags={len(self.flags)}>"
+        return f"<Snapshot revision={self.revision} epoch={self.epoch!r} flags={len(self)}>"
+
+
+class _CompiledFlags(Mapping[str, CompiledFlag]):
+    """`Snapshot.flags`: a read-only mapping that compiles flags as they are looked up."""
+
+    __slots__ = ("_snapshot",)
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+
+    def __getitem__(self, key: str) -> CompiledFlag:
+        entry = self._snapshot.entry(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry[4]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._snapshot.definitions.flags)
+
+    def __len__(self) -> int:
+        return len(self._snapshot.definitions.flags)
 
 
 def _compile_into(
@@ -155,16 +212,17 @@ def _compile_into(
     keys: Any,
     segment_sets: Mapping[str, frozenset[str]],
 ) -> None:
-    """Compile `keys` into `compiled`, each after the prerequisites it requires.
+    """Compile `keys` (and any prerequisite not compiled yet) into `compiled`, each after
+    the flags it requires.
 
-    An iterative depth-first walk: prerequisite chains can be long, and cycles were
-    refused before we get here (a cycle would only compile one member early).
+    An iterative depth-first walk: prerequisite chains can be long. Cycles were refused
+    before we get here; the `visited` set would stop one anyway.
     """
-    pending = {key for key in keys if key in definitions}
-    for start in list(pending):
-        if start not in pending:
+    visited: set[str] = set()
+    for start in keys:
+        if start in visited or start in compiled or start not in definitions:
             continue
-        pending.discard(start)
+        visited.add(start)
         stack = [(start, iter(definitions[start].requires))]
         while stack:
             key, required = stack[-1]
@@ -172,8 +230,8 @@ def _compile_into(
             if other is None:
                 stack.pop()
                 compiled[key] = compile_flag(key, definitions[key], segment_sets, compiled)
-            elif other in pending:
-                pending.discard(other)
+            elif other in definitions and other not in compiled and other not in visited:
+                visited.add(other)
                 stack.append((other, iter(definitions[other].requires)))
 
 

@@ -81,6 +81,12 @@ class ThreadSubscriber:
         """
         self._stop.set()
         self.follower.closed = True
+        # Wake the thread from its blocking read now instead of at its next poll.
+        pubsub = self._pubsub
+        connection = None if pubsub is None else pubsub.connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
@@ -154,7 +160,7 @@ class ThreadSubscriber:
             while message is not None and not self._stop.is_set():
                 timers.heard()
                 if self._dispatch(message, commands) != "ignored":
-                    timers.presence_dirty = True
+                    timers.changed()
                 message = pubsub.get_message(timeout=0)
             if self._stop.is_set():
                 return
@@ -167,7 +173,7 @@ class ThreadSubscriber:
                         message = pubsub.get_message(timeout=0)
                     if self._check_revision(commands) == "resync":
                         self._resync(commands)
-                    timers.presence_dirty = True
+                    timers.changed()
                 timers.checked()
             if timers.heartbeat_due():
                 commands.set(

@@ -72,8 +72,42 @@ class TestBuild:
         assert "nope" not in snapshot
         assert (snapshot.revision, snapshot.epoch) == (12, "e1")
         assert snapshot.definitions == definitions
-        assert set(snapshot.flags) == set(snapshot.table) == set(snapshot)
+        assert set(snapshot.flags) == set(snapshot)
         assert repr(snapshot) == "<Snapshot revision=12 epoch='e1' flags=2>"
+
+    def test_flags_compile_on_first_use(self) -> None:
+        """Building compiles nothing; a flag compiles (with its prerequisites) when first used."""
+        snapshot = Snapshot.build(
+            load_flags(
+                {
+                    "flags": {
+                        "base": {
+                            "variants": {"on": True, "off": False},
+                            "off": "off",
+                            "default": "on",
+                        },
+                        "child": {
+                            "variants": {"a": "a", "b": "b"},
+                            "off": "a",
+                            "requires": {"base": "on"},
+                            "default": "b",
+                        },
+                        "other": {"variants": {"x": 1}, "off": "x", "default": "x"},
+                    }
+                }
+            )
+        )
+        assert dict(snapshot.table) == {}
+        assert FlagClient(snapshot).variation("child", {}, "z") == "b"
+        assert set(snapshot.table) == {"base", "child"}
+        assert snapshot.entry("missing") is None
+        snapshot.compile_all()
+        assert set(snapshot.table) == {"base", "child", "other"}
+
+    def test_build_can_compile_everything_up_front(self) -> None:
+        """`compile_all=True` compiles every flag at build time."""
+        snapshot = Snapshot.build(load_flags(DATA_DIR / "flags.yaml"), compile_all=True)
+        assert set(snapshot.table) == set(snapshot)
 
     def test_empty(self) -> None:
         """An empty snapshot has no flags, so every evaluation serves the caller's default."""
@@ -87,7 +121,7 @@ class TestImmutability:
 
     def test_flags_and_table_are_read_only(self) -> None:
         """Writing to `flags` or `table` raises TypeError."""
-        snapshot = _snapshot()
+        snapshot = _snapshot().compile_all()
         with pytest.raises(TypeError):
             snapshot.flags["x"] = snapshot.flags["model"]  # type: ignore[index]
         with pytest.raises(TypeError):
@@ -175,7 +209,7 @@ class TestApply:
 
     def test_unrelated_flags_are_reused(self) -> None:
         """Flags not affected by a change keep their compiled form (nothing recompiled)."""
-        old = _snapshot()
+        old = _snapshot().compile_all()
         new, changed = old.apply(flags={"fallback": None}, revision=1)
         assert changed == {"fallback"}
         for key in ("model", "window", "tokens", "sampling"):
