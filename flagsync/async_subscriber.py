@@ -8,6 +8,7 @@ cancelled read can leave a redis connection mid-reply.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -113,10 +114,12 @@ class AsyncSubscriber:
                     timers.heartbeat_sent()
                 if timers.ping_due():
                     await pubsub.ping(token)
-            if self._stopping:
-                with anyio.move_on_after(0.5, shield=True):
-                    await commands.delete(keys.worker(follower.worker_id))
         finally:
+            if self._stopping:
+                # Also when cancelled (leaving `connect_async` cancels the task): a presence
+                # key left to expire would count as a live worker in `wait_propagated`.
+                with anyio.move_on_after(0.3, shield=True), contextlib.suppress(Exception):
+                    await commands.delete(keys.worker(follower.worker_id))
             with anyio.move_on_after(0.5, shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await subscriber.aclose()

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["FieldChange", "field_changes"]
+__all__ = ["FieldChange", "definition_changes", "field_changes", "with_defaults"]
 
 _MISSING: Any = object()
 
@@ -31,6 +31,30 @@ def field_changes(before: Any, after: Any, path: str = "") -> list[FieldChange]:
     changes: list[FieldChange] = []
     _walk(before, after, path, changes)
     return changes
+
+
+def definition_changes(
+    kind: str, before: dict[str, Any] | None, after: dict[str, Any] | None
+) -> list[FieldChange]:
+    """The fields that differ between two versions of a flag or segment (defaults filled)."""
+    return field_changes(with_defaults(kind, before) or {}, with_defaults(kind, after) or {})
+
+
+def with_defaults(kind: str, definition: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored definition with omitted defaults spelled out (`enabled: true`, ...), so a
+    diff says `enabled: true -> false` rather than `enabled: (absent) -> false`."""
+    if definition is None:
+        return None
+    from flagsync.model import Flag, Segment  # noqa: PLC0415 - keeps this module leaf-light
+
+    struct = Flag if kind == "flag" else Segment
+    try:
+        parsed = msgspec.convert(definition, struct)
+    except msgspec.ValidationError:
+        return definition  # show what is there; validation reports the problem elsewhere
+    return {
+        field: msgspec.to_builtins(getattr(parsed, field)) for field in struct.__struct_fields__
+    }
 
 
 def _walk(before: Any, after: Any, path: str, changes: list[FieldChange]) -> None:

@@ -33,6 +33,11 @@ class InvalidFlagError(FlagsyncError, ValueError):
         header = f"{count} problem{'s' if count != 1 else ''} in flag definitions"
         super().__init__(header + ":\n" + "\n".join(f"  {issue}" for issue in self.issues))
 
+    @classmethod
+    def single(cls, path: str, message: str) -> InvalidFlagError:
+        """An error with one issue."""
+        return cls([ValidationIssue(path, message)])
+
 
 class ConflictError(FlagsyncError):
     """A write was refused because the definition changed since it was read.

@@ -86,24 +86,31 @@ Serve = str | Rollout
 """What a rule or the fallthrough serves: a variant name or a percentage rollout."""
 
 
-class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+class Rule(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
     """Clauses that must all hold, and what to serve when they do."""
 
-    serve: Serve
-    when: list[Clause] = msgspec.field(default_factory=list)
     name: str | None = None
+    when: list[Clause] = msgspec.field(default_factory=list)
+    serve: Serve
 
 
-class Flag(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """One flag: its variants, kill switch, targeting rules and fallthrough."""
+class Flag(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
+    """One flag: its variants, kill switch, targeting rules and fallthrough.
 
-    variants: dict[str, Any]
-    off: str
-    default: Serve
+    Fields are in the order a flag file reads best (and `export` writes).
+    """
+
     description: str = ""
+    variants: dict[str, Any]
     enabled: bool = True
-    rules: list[Rule] = msgspec.field(default_factory=list)
+    off: str
     requires: dict[str, str] = msgspec.field(default_factory=dict)
+    rules: list[Rule] = msgspec.field(default_factory=list)
+    default: Serve
 
 
 class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import getpass
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
@@ -33,7 +33,7 @@ from flagsync._codec import (
     encode_definition,
 )
 from flagsync._validation import cycle_issues, parse_flag, parse_flagset
-from flagsync.diff import FieldChange, field_changes
+from flagsync.diff import FieldChange, definition_changes
 from flagsync.errors import (
     ConflictError,
     FlagNotFoundError,
@@ -43,7 +43,7 @@ from flagsync.errors import (
     ValidationIssue,
 )
 from flagsync.loader import FlagSource, load_flags
-from flagsync.model import Flag, FlagSet, Rollout
+from flagsync.model import Flag, FlagSet, Rollout, Serve
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
     WRITE_SCRIPT,
@@ -52,6 +52,7 @@ from flagsync.store import (
     parse_write_reply,
     redact_url,
 )
+from flagsync.weights import ramp_weights
 
 __all__ = [
     "DefinitionChange",
@@ -110,7 +111,7 @@ class HistoryEntry(msgspec.Struct, frozen=True):
     @property
     def fields(self) -> list[FieldChange]:
         """The field-level difference between `before` and `after`."""
-        return field_changes(self.before or {}, self.after or {})
+        return definition_changes(self.kind, self.before, self.after)
 
 
 class WorkerAck(msgspec.Struct, frozen=True):
@@ -195,6 +196,11 @@ class Publisher:
         stored = _decode_stored("flag", key, blob)
         # Segment names are needed to parse a flag whose rules target segments.
         return StoredFlag(key, stored[1], parse_flag(key, stored[0], self._segment_names()))
+
+    def versions(self) -> dict[str, int]:
+        """The current version of every flag (deleted ones excluded)."""
+        state, versions = self._read_all()
+        return {key: versions.get(f"flag:{key}", 0) for key in state["flags"]}
 
     def definitions(self) -> FlagSet:
         """Everything in the namespace as one `FlagSet` (what `export` writes)."""
@@ -361,23 +367,39 @@ class Publisher:
         so users keep their buckets. Returns the revision.
         """
         split = dict(weights)
+        return self._modify(
+            key,
+            "set_rollout",
+            reason,
+            expected_version,
+            lambda flag: _with_serve(key, flag, rule, lambda serve: _with_weights(serve, split)),
+        )
 
-        def change(flag: Flag) -> Flag:
-            if rule is None:
-                return _replace(flag, default=_with_weights(flag.default, split))
-            for position, candidate in enumerate(flag.rules):
-                if (candidate.name or f"rules[{position}]") == rule:
-                    rules = list(flag.rules)
-                    rules[position] = msgspec.structs.replace(
-                        candidate, serve=_with_weights(candidate.serve, split)
-                    )
-                    return _replace(flag, rules=rules)
-            names = [r.name or f"rules[{i}]" for i, r in enumerate(flag.rules)]
-            raise InvalidFlagError(
-                [ValidationIssue(f"flags.{key}.rules", f"no rule {rule!r} (rules: {names})")]
-            )
+    def ramp(
+        self,
+        key: str,
+        variant: str,
+        percent: float,
+        rule: str | None = None,
+        *,
+        reason: str = "",
+        expected_version: int | None = None,
+    ) -> int:
+        """Give `variant` `percent` % of the default's (or rule's) traffic, the other
+        variants keeping their proportions (see `flagsync.weights.ramp_weights`)."""
 
-        return self._modify(key, "set_rollout", reason, expected_version, change)
+        def ramped(serve: Serve) -> Rollout:
+            current = serve.rollout if isinstance(serve, Rollout) else {serve: 100}
+            where = f"flags.{key}.{'default' if rule is None else rule}"
+            return _with_weights(serve, ramp_weights(current, variant, percent, path=where))
+
+        return self._modify(
+            key,
+            "ramp",
+            reason,
+            expected_version,
+            lambda flag: _with_serve(key, flag, rule, ramped),
+        )
 
     def set_default(
         self, key: str, variant: str, *, reason: str = "", expected_version: int | None = None
@@ -405,6 +427,46 @@ class Publisher:
         if expected_version is not None and expected_version != current:
             raise ConflictError("flag", key, expected_version, current)
         return self._write([_Write("flag", key, current, "delete", None)], reason, op_name="delete")
+
+    def rollback(
+        self,
+        key: str,
+        *,
+        to_version: int | None = None,
+        steps: int | None = None,
+        reason: str = "",
+    ) -> int:
+        """Restore the definition a flag had at `to_version` (or `steps` changes ago) as a
+        new revision; the change log keeps both. Returns the revision."""
+        if (to_version is None) == (steps is None):
+            raise TypeError("rollback() takes exactly one of to_version= or steps=")
+        with self._errors():
+            raw_version = self._redis.hget(self.keys.versions, f"flag:{key}")
+        current = int(raw_version or 0)
+        if current == 0:
+            raise FlagNotFoundError("flag", key)
+        target = to_version if to_version is not None else current - (steps or 0)
+        if not 1 <= target <= current:
+            raise InvalidFlagError(
+                [ValidationIssue(f"flags.{key}", f"no version {target} (current is v{current})")]
+            )
+        if target == current:
+            return self.revision()[1]
+        for entry in self.history(key, limit=self.log_maxlen):
+            if entry.version == target:
+                restored = reason or f"rollback to v{target}"
+                if entry.after is None:
+                    return self.delete(key, reason=restored, expected_version=current)
+                return self.put(key, entry.after, expected_version=current, reason=restored)
+        raise InvalidFlagError(
+            [
+                ValidationIssue(
+                    f"flags.{key}",
+                    f"version {target} is no longer in the change log "
+                    f"(it keeps the last {self.log_maxlen} changes)",
+                )
+            ]
+        )
 
     def close(self) -> None:
         """Close the connection."""
@@ -501,7 +563,7 @@ class Publisher:
                 version = versions.get(f"{kind}:{key}", 0)
                 changes.append(
                     DefinitionChange(
-                        kind, key, op, version, field_changes(before or {}, after or {})
+                        kind, key, op, version, definition_changes(kind, before, after)
                     )
                 )
                 writes.append(
@@ -640,6 +702,21 @@ def _check_references(
         issues.extend(cycle_issues(graph))
     if issues:
         raise InvalidFlagError(issues)
+
+
+def _with_serve(key: str, flag: Flag, rule: str | None, change: Callable[[Serve], Serve]) -> Flag:
+    """`flag` with the default's serve (or the serve of the rule named `rule`) changed."""
+    if rule is None:
+        return _replace(flag, default=change(flag.default))
+    for position, candidate in enumerate(flag.rules):
+        if (candidate.name or f"rules[{position}]") == rule:
+            rules = list(flag.rules)
+            rules[position] = msgspec.structs.replace(candidate, serve=change(candidate.serve))
+            return _replace(flag, rules=rules)
+    names = [candidate.name or f"rules[{i}]" for i, candidate in enumerate(flag.rules)]
+    raise InvalidFlagError(
+        [ValidationIssue(f"flags.{key}.rules", f"no rule {rule!r} (rules: {', '.join(names)})")]
+    )
 
 
 def _replace(flag: Flag, **changes: Any) -> Flag:

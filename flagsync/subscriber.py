@@ -77,7 +77,7 @@ class ThreadSubscriber:
 
         The thread notices the stop within one poll (<= the shortest interval), removes
         its presence key and closes its connections; if it is stuck on a frozen server,
-        its connections are closed under it once `timeout_s` has passed.
+        its connections are closed under it 0.2 s before `timeout_s` has passed.
         """
         self._stop.set()
         self.follower.closed = True
@@ -89,7 +89,9 @@ class ThreadSubscriber:
                 connection.disconnect()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
+            # Keep 0.2 s of the budget for a thread blocked on a frozen server's command
+            # connection: closing that connection under it wakes it at once.
+            thread.join(max(0.0, timeout_s - 0.2))
             if thread.is_alive():
                 self._close_connections()
                 thread.join(0.2)

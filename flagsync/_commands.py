@@ -1,0 +1,338 @@
+"""What each `flagsync` command does; `cli.py` only parses arguments.
+
+Every command returns an exit code and prints either readable text or, with `--json`,
+one JSON document. Errors are turned into one clear line on stderr that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+import structlog
+
+from flagsync import _render
+from flagsync.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from flagsync.errors import (
+    ConflictError,
+    FlagNotFoundError,
+    FlagsyncError,
+    InvalidFlagError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+)
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command, mapping errors to messages and exit codes."""
+    _configure_logging(verbose=args.verbose)
+    handler = _HANDLERS[args.command]
+    try:
+        return handler(args)
+    except InvalidFlagError as error:
+        _fail(args, "invalid", [str(issue) for issue in error.issues])
+        return EXIT_USAGE
+    except ConflictError as error:
+        _fail(args, "conflict", [str(error)])
+        return EXIT_FAILED
+    except FlagNotFoundError as error:
+        _fail(args, "not found", [f"{error} of namespace {args.namespace!r} (see: flagsync list)"])
+        return EXIT_FAILED
+    except (StoreUnavailableError, PermissionDeniedError) as error:
+        hint = " (is the server running? set --url or REDIS_URL)"
+        _fail(
+            args, "store", [str(error) + (hint if isinstance(error, StoreUnavailableError) else "")]
+        )
+        return EXIT_FAILED
+    except FlagsyncError as error:
+        _fail(args, "error", [str(error)])
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _publisher(args: argparse.Namespace) -> Any:
+    from flagsync.publisher import Publisher  # noqa: PLC0415 - only commands that talk to Redis
+
+    return Publisher(args.url, args.namespace, actor=getattr(args, "actor", None))
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from flagsync.loader import load_flags  # noqa: PLC0415
+
+    document = load_flags(args.file)  # an invalid file stops here, before any connection
+    with _publisher(args) as publisher:
+        changes = publisher.diff(document, prune=args.prune)
+        if args.dry_run or not changes:
+            revision = publisher.revision()[1]
+            _emit(
+                args,
+                {"changes": changes, "revision": revision, "written": False},
+                lambda: _render.apply_result(
+                    changes, revision, written=False, dry_run=args.dry_run
+                ),
+            )
+            return EXIT_OK
+        revision = publisher.apply(document, prune=args.prune, reason=args.reason)
+        return _after_write(
+            args,
+            publisher,
+            revision,
+            {"changes": changes},
+            lambda: _render.apply_result(changes, revision, written=True),
+        )
+
+
+def _list(args: argparse.Namespace) -> int:
+    with _publisher(args) as publisher:
+        definitions = publisher.definitions()
+        versions = publisher.versions()
+    _emit(
+        args,
+        {"flags": definitions.to_builtins().get("flags", {}), "versions": versions},
+        lambda: _render.flag_table(definitions, versions),
+    )
+    return EXIT_OK
+
+
+def _get(args: argparse.Namespace) -> int:
+    with _publisher(args) as publisher:
+        stored = publisher.get(args.key)
+        if stored is None:
+            raise FlagNotFoundError("flag", args.key)
+        last = publisher.history(args.key, limit=1)
+    definition = msgspec.to_builtins(stored.flag)
+    _emit(
+        args,
+        {
+            "key": args.key,
+            "version": stored.version,
+            "definition": definition,
+            "last_change": last[0] if last else None,
+        },
+        lambda: _render.flag_detail(
+            args.key, stored.version, definition, last[0] if last else None
+        ),
+    )
+    return EXIT_OK
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from flagsync.client import FlagClient  # noqa: PLC0415
+
+    context = _parse_json(args.context, "--context")
+    if not isinstance(context, dict):
+        raise InvalidFlagError.single("--context", "expected a JSON object")
+    default = None if args.default is None else _parse_json(args.default, "--default")
+    with _publisher(args) as publisher:
+        definitions = publisher.definitions()
+        epoch, revision = publisher.revision()
+    from flagsync.snapshot import Snapshot  # noqa: PLC0415
+
+    client = FlagClient(Snapshot.build(definitions, revision=revision, epoch=epoch or ""))
+    if args.key not in client.snapshot:
+        raise FlagNotFoundError("flag", args.key)
+    detail = client.detail(args.key, context, default)
+    _emit(
+        args,
+        {"key": args.key, "revision": revision, **msgspec.to_builtins(detail)},
+        lambda: _render.evaluation(args.key, detail),
+    )
+    return EXIT_OK
+
+
+def _write(action: str) -> Handler:
+    """A handler for one single-flag write (kill, enable, ramp, set, delete, rollback)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        with _publisher(args) as publisher:
+            reason = args.reason
+            if action == "kill":
+                revision = publisher.kill(args.key, reason=reason)
+            elif action == "enable":
+                revision = publisher.enable(args.key, reason=reason)
+            elif action == "ramp":
+                revision = publisher.ramp(
+                    args.key, args.variant, args.percent, args.rule, reason=reason
+                )
+            elif action == "set":
+                revision = publisher.set_default(args.key, args.default, reason=reason)
+            elif action == "delete":
+                revision = publisher.delete(args.key, reason=reason)
+            else:
+                revision = publisher.rollback(
+                    args.key, to_version=args.to, steps=args.steps, reason=reason
+                )
+            stored = publisher.get(args.key)
+            summary = {
+                "action": action,
+                "key": args.key,
+                "version": None if stored is None else stored.version,
+            }
+            return _after_write(
+                args,
+                publisher,
+                revision,
+                summary,
+                lambda: _render.write_result(action, args.key, revision, stored),
+            )
+
+    return handler
+
+
+def _after_write(
+    args: argparse.Namespace,
+    publisher: Any,
+    revision: int,
+    summary: dict[str, Any],
+    text: Callable[[], str],
+) -> int:
+    """Print a write's result; with --wait, prove it reached every live worker."""
+    if args.wait is None:
+        _emit(args, {**summary, "revision": revision}, text)
+        return EXIT_OK
+    report = publisher.wait_propagated(revision, timeout=args.wait)
+    _emit(
+        args,
+        {**summary, "revision": revision, "propagation": report},
+        lambda: text() + "\n" + _render.propagation(report),
+    )
+    return EXIT_OK if report.complete else EXIT_FAILED
+
+
+def _history(args: argparse.Namespace) -> int:
+    with _publisher(args) as publisher:
+        entries = publisher.history(args.key, limit=args.limit)
+    _emit(args, {"entries": entries}, lambda: _render.history(entries))
+    return EXIT_OK
+
+
+def _workers(args: argparse.Namespace) -> int:
+    with _publisher(args) as publisher:
+        workers = publisher.workers()
+        revision = publisher.revision()[1]
+    _emit(
+        args, {"revision": revision, "workers": workers}, lambda: _render.workers(workers, revision)
+    )
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _publisher(args) as publisher:
+        document = publisher.definitions().to_builtins()
+    text = _render.document(document, args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"wrote {len(document.get('flags', {}))} flags to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from flagsync._connect import resolve_url  # noqa: PLC0415
+    from flagsync.client import FlagClient  # noqa: PLC0415
+    from flagsync.snapshot import Snapshot  # noqa: PLC0415
+
+    seen: list[int] = []
+    previous: list[Snapshot] = []
+    with FlagClient.connect(resolve_url(args.url), args.namespace) as client:
+
+        def on_swap(revision: int, keys: frozenset[str]) -> None:
+            current = client.snapshot
+            before = previous[-1] if previous else None
+            previous[:] = [current]
+            if before is None:
+                line = f"r{revision}: synced {len(current)} flags"
+                payload: dict[str, Any] = {"revision": revision, "synced": len(current)}
+            else:
+                line = _render.snapshot_change(before, current, keys)
+                payload = {"revision": revision, "keys": sorted(keys)}
+            print(json.dumps(payload) if args.json else line, flush=True)
+            seen.append(revision)
+
+        client.add_listener(on_swap)
+        if not client.wait_ready(10):
+            raise StoreUnavailableError(f"no sync within 10 s: {client.status().last_error}")
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        while (args.count is None or len(seen) < args.count + 1) and (
+            deadline is None or time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    return EXIT_OK
+
+
+def _server(args: argparse.Namespace) -> int:
+    from flagsync.server import ServerProcess  # noqa: PLC0415
+
+    with ServerProcess(kind=args.kind, port=args.port) as server:
+        print(f"{args.kind} running at {server.url}", flush=True)
+        print(f"  export REDIS_URL={server.url}", flush=True)
+        print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def _parse_json(text: str, option: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidFlagError.single(option, f"invalid JSON: {error}") from None
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], text: Callable[[], str]) -> None:
+    if args.json:
+        print(msgspec.json.encode(payload).decode())
+    else:
+        print(text())
+
+
+def _fail(args: argparse.Namespace, kind: str, lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps({"error": kind, "messages": lines}))
+    for line in lines:
+        print(f"{kind}: {line}" if kind not in ("invalid",) else line, file=sys.stderr)
+    if kind == "invalid":
+        print("nothing was changed", file=sys.stderr)
+
+
+def _configure_logging(*, verbose: bool) -> None:
+    import logging  # noqa: PLC0415
+
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if verbose else logging.WARNING
+        ),
+    )
+
+
+_HANDLERS: dict[str, Handler] = {
+    "apply": _apply,
+    "list": _list,
+    "get": _get,
+    "eval": _eval,
+    "kill": _write("kill"),
+    "enable": _write("enable"),
+    "ramp": _write("ramp"),
+    "set": _write("set"),
+    "delete": _write("delete"),
+    "rollback": _write("rollback"),
+    "history": _history,
+    "workers": _workers,
+    "export": _export,
+    "watch": _watch,
+    "server": _server,
+}

@@ -1,0 +1,156 @@
+"""The `flagsync` command: the operator's tool for applying, ramping, killing and auditing.
+
+Safe by default (every write validated, `--dry-run` to preview, conflicts refused),
+scriptable (`--json`, exit codes 0 ok / 1 failed check or conflict / 2 bad input), and
+quick to start: this module imports only argparse; each command imports what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_WRITE_HELP = "wait until every live worker applied the change (default 5 s)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from flagsync._commands import run  # noqa: PLC0415 - keeps `--help` fast
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every command, with its help)."""
+    common = _common_options(argparse.ArgumentParser(add_help=False), suppress=True)
+    writes = argparse.ArgumentParser(add_help=False)
+    writes.add_argument("--actor", help="who is changing flags (default: the OS user)")
+    writes.add_argument("--reason", default="", help="why, recorded in the change log")
+    writes.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=5.0,
+        default=None,
+        metavar="SECONDS",
+        help=_WRITE_HELP,
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="flagsync",
+        description="Feature flags for LLM inference fleets, synced over Redis.",
+        epilog="Exit codes: 0 ok, 1 failed check or conflict, 2 usage or validation error.",
+    )
+    _common_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(
+        name: str, help_text: str, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=help_text, parents=[common, *parents]
+        )
+
+    _add_file_commands(command, writes)
+    _add_flag_commands(command, writes)
+    _add_fleet_commands(command)
+    return parser
+
+
+_Command = Callable[..., argparse.ArgumentParser]
+
+
+def _common_options(parser: argparse.ArgumentParser, *, suppress: bool) -> argparse.ArgumentParser:
+    """Options every command takes, before or after its name (`flagsync --json list` and
+    `flagsync list --json`): the copies on subcommands only set what is given."""
+
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--url",
+        default=default(os.environ.get("REDIS_URL")),
+        help="server URL, e.g. redis://user:pass@host:6379/0 (default: $REDIS_URL)",
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=default(os.environ.get("FLAGSYNC_NAMESPACE", "default")),
+        help="flag namespace (default: $FLAGSYNC_NAMESPACE or 'default')",
+    )
+    parser.add_argument("--json", action="store_true", default=default(False), help="print JSON")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default(False), help="log INFO to stderr"
+    )
+    return parser
+
+
+def _add_file_commands(command: _Command, writes: argparse.ArgumentParser) -> None:
+    apply = command(
+        "apply", "validate a flag file, show the diff, apply it as one revision", writes
+    )
+    apply.add_argument("-f", "--file", required=True, help="YAML or JSON flag file")
+    apply.add_argument("--dry-run", action="store_true", help="show the diff, write nothing")
+    apply.add_argument("--prune", action="store_true", help="delete flags not in the file")
+    export = command("export", "write the namespace as a flag file that apply round-trips")
+    export.add_argument("-o", "--output", help="file to write (default: stdout)")
+    export.add_argument("--format", choices=("yaml", "json"), default="yaml")
+
+
+def _add_flag_commands(command: _Command, writes: argparse.ArgumentParser) -> None:
+    command("list", "list the flags in the namespace")
+    command("get", "show a flag's definition, version and last change").add_argument("key")
+    evaluate = command("eval", "evaluate a flag for a context with the workers' engine")
+    evaluate.add_argument("key")
+    evaluate.add_argument(
+        "--context", default="{}", help='context as JSON, e.g. \'{"key":"u1","plan":"paid"}\''
+    )
+    evaluate.add_argument("--default", default=None, help="default value as JSON")
+    command(
+        "kill", "the kill switch: serve every context the flag's `off` variant", writes
+    ).add_argument("key")
+    command("enable", "undo kill: evaluate rules and default again", writes).add_argument("key")
+    ramp = command("ramp", "set a variant's percentage; the others keep their proportions", writes)
+    ramp.add_argument("key")
+    ramp.add_argument("variant")
+    ramp.add_argument("percent", type=float)
+    ramp.add_argument("--rule", help="ramp the rollout of this rule (default: the fallthrough)")
+    set_default = command("set", "set the fallthrough to one variant", writes)
+    set_default.add_argument("key")
+    set_default.add_argument("--default", required=True, metavar="VARIANT")
+    command("delete", "delete a flag", writes).add_argument("key")
+    history = command("history", "the change log: who changed what, when")
+    history.add_argument("key", nargs="?")
+    history.add_argument("--limit", type=int, default=20)
+    rollback = command("rollback", "restore an earlier definition as a new revision", writes)
+    rollback.add_argument("key")
+    target = rollback.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", type=int, metavar="VERSION", help="the version to restore")
+    target.add_argument("--steps", type=int, help="go back this many changes")
+
+
+def _add_fleet_commands(command: _Command) -> None:
+    watch = command("watch", "tail changes as a subscriber sees them")
+    watch.add_argument("--count", type=int, help="stop after this many changes")
+    watch.add_argument("--timeout", type=float, help="stop after this many seconds")
+    command("workers", "live workers, their applied revision and lag")
+    server = command("server", "run a local server for development and print its URL")
+    server.add_argument("--port", type=int, help="port (default: a free one)")
+    server.add_argument("--kind", choices=("valkey", "redis"), default="valkey")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
