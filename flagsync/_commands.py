@@ -270,6 +270,21 @@ def _watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from flagsync.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    options = DemoOptions(
+        workers=args.workers,
+        duration_s=6.0 if args.quick else args.duration,
+        rps=args.rps,
+        url=args.url,
+    )
+    summary = run_demo(options, out=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps(summary))
+    return EXIT_OK if summary["ok"] else EXIT_FAILED
+
+
 def _server(args: argparse.Namespace) -> int:
     from flagsync.server import ServerProcess  # noqa: PLC0415
 
@@ -335,4 +350,5 @@ _HANDLERS: dict[str, Handler] = {
     "export": _export,
     "watch": _watch,
     "server": _server,
+    "demo": _demo,
 }

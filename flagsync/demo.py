@@ -1,0 +1,330 @@
+"""`flagsync demo`: the whole story on one machine, with real measurements.
+
+A real server (embedded Valkey unless a URL is given), the example LLM-rollout flags,
+N worker processes serving SIMULATED chat requests (`workers.inference`), and an
+operator script: staff only -> 5 % -> 25 % of paid users on the candidate model, the
+new prompt for paid users, then a quality regression in the candidate's simulated
+thumbs-down rate, detected from the workers' counters and answered with the kill
+switch. Every step prints how many workers applied it and how fast (measured by the
+workers), and the traffic split, cost and thumbs-down rate per model variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from flagsync.publisher import PropagationReport, Publisher
+from flagsync.server import ServerProcess
+
+__all__ = ["DEMO_FLAGS", "DemoOptions", "run_demo"]
+
+DEMO_FLAGS = Path(__file__).with_name("data") / "llm-rollout.yaml"
+MODEL_FLAG = "llm-model-version"
+RAMP_RULE = "paid-ramp"
+_FIELDS = ("requests", "errors", "latency_ms", "tokens", "cost", "thumbs_down", "fallbacks")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    """How big and how long the demo runs."""
+
+    workers: int = 4
+    duration_s: float = 24.0
+    """Roughly the total time of the traffic phases (six of them)."""
+    rps: float = 300.0
+    """Simulated requests per second per worker."""
+    url: str | None = None
+    namespace: str = "demo"
+
+
+@dataclass
+class _Fleet:
+    """The worker processes and their latest cumulative counters."""
+
+    processes: list[subprocess.Popen[str]] = field(default_factory=list)
+    latest: dict[int, dict[str, Any]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def rows(self) -> list[list[Any]]:
+        with self.lock:
+            return [row for report in self.latest.values() for row in report["counters"]]
+
+
+def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
+    """Run the scenario, narrating to `out`; returns the measured summary."""
+    phase_s = max(1.0, options.duration_s / 6)
+    say = _narrator(out)
+    summary: dict[str, Any] = {"workers": options.workers, "steps": []}
+    with ExitStack() as stack:
+        url = options.url or os.environ.get("REDIS_URL")
+        if url is None:
+            server = stack.enter_context(ServerProcess())
+            url = server.url
+            say(f"server: embedded Valkey at {url} (set REDIS_URL or --url to use your own)")
+        else:
+            say(f"server: {_redacted(url)}")
+        publisher = stack.enter_context(Publisher(url, options.namespace, actor="demo-operator"))
+        revision = publisher.apply(DEMO_FLAGS, prune=True, reason="demo setup")
+        say(f"applied {DEMO_FLAGS.name} as revision {revision}")
+        fleet = stack.enter_context(_workers(url, options))
+        _wait_for_workers(publisher, options.workers, revision)
+        say(f"{options.workers} workers running (SIMULATED LLM backends; the flags are real)\n")
+
+        def step(title: str, command: str, write: Callable[[], int]) -> dict[str, Any]:
+            say(f"[{len(summary['steps']) + 1}] {title}\n    $ {command}")
+            revision = write()
+            report = publisher.wait_propagated(revision, timeout=5)
+            say("    " + _reached(report))
+            time.sleep(phase_s)
+            result = {"title": title, "revision": revision, **_propagation(report)}
+            result.update(_traffic(fleet.rows(), revision))
+            say(_describe_traffic(result))
+            summary["steps"].append(result)
+            return result
+
+        step(
+            "staff only: the candidate model for @acme.com, no paid traffic yet",
+            f"flagsync ramp {MODEL_FLAG} candidate 0 --rule {RAMP_RULE}",
+            lambda: publisher.ramp(MODEL_FLAG, "candidate", 0, RAMP_RULE, reason="staff only"),
+        )
+        step(
+            "5 % of paid users on the candidate",
+            f"flagsync ramp {MODEL_FLAG} candidate 5 --rule {RAMP_RULE}",
+            lambda: publisher.ramp(MODEL_FLAG, "candidate", 5, RAMP_RULE, reason="canary"),
+        )
+        step(
+            "25 % of paid users on the candidate",
+            f"flagsync ramp {MODEL_FLAG} candidate 25 --rule {RAMP_RULE}",
+            lambda: publisher.ramp(MODEL_FLAG, "candidate", 25, RAMP_RULE, reason="quality ok"),
+        )
+        step(
+            "the new prompt template for paid users",
+            "publisher.put('prompt-template-v2', ...)  # + rule: plan in [paid, enterprise] -> on",
+            lambda: publisher.put("prompt-template-v2", _prompt_for_paid(publisher)),
+        )
+        summary["regression"] = _regression(publisher, fleet, say, phase_s)
+        kill_revision = summary["regression"]["kill_revision"]
+        time.sleep(phase_s / 2)
+        after = _traffic(fleet.rows(), kill_revision, at_least=True)
+        summary["after_kill"] = after
+        candidate = after["variants"].get("candidate", {}).get("requests", 0)
+        say(
+            f"    after the kill: {after['requests']:,.0f} requests, "
+            f"{candidate:.0f} on the candidate"
+        )
+        summary["ok"] = candidate == 0
+    say("\ndone: workers stopped, server stopped" if options.url is None else "\ndone")
+    return summary
+
+
+def _regression(
+    publisher: Publisher, fleet: _Fleet, say: Callable[[str], None], phase_s: float
+) -> dict[str, Any]:
+    """Make the candidate's simulated quality worse; watch the counters; kill on a breach."""
+    say("[5] a regression appears in the candidate's quality signal (simulated)")
+    for process in fleet.processes:
+        process.send_signal(signal.SIGUSR1)
+    started = time.monotonic()
+    previous = _by_variant(fleet.rows())
+    deadline = started + max(10.0, phase_s * 4)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = _by_variant(fleet.rows())
+        window = {
+            variant: [
+                now - before
+                for now, before in zip(values, previous.get(variant, [0.0] * 7), strict=True)
+            ]
+            for variant, values in current.items()
+        }
+        previous = current
+        rates = {v: w[5] / w[0] for v, w in window.items() if w[0] >= 30}
+        if (
+            "candidate" in rates
+            and "current" in rates
+            and rates["candidate"] > 2 * rates["current"]
+        ):
+            detected = time.monotonic() - started
+            say(
+                f"    thumbs-down in the last 0.5 s: candidate {rates['candidate']:.1%} vs "
+                f"current {rates['current']:.1%} -> the operator kills the flag "
+                f"({detected:.1f} s after the regression began)"
+            )
+            say(f"    $ flagsync kill {MODEL_FLAG} --wait --reason 'thumbs-down regression'")
+            revision = publisher.kill(MODEL_FLAG, reason="thumbs-down regression")
+            report = publisher.wait_propagated(revision, timeout=5)
+            say("    " + _reached(report))
+            return {
+                "detected_after_s": round(detected, 2),
+                "candidate_rate": round(rates["candidate"], 4),
+                "current_rate": round(rates["current"], 4),
+                "kill_revision": revision,
+                **_propagation(report),
+            }
+    raise RuntimeError("the regression was not detected in time (too little traffic?)")
+
+
+def _prompt_for_paid(publisher: Publisher) -> dict[str, Any]:
+    stored = publisher.get("prompt-template-v2")
+    if stored is None:
+        raise RuntimeError("prompt-template-v2 is missing from the demo flags")
+    import msgspec  # noqa: PLC0415
+
+    definition: dict[str, Any] = msgspec.to_builtins(stored.flag)
+    definition["rules"] = [
+        {
+            "name": "paid-users",
+            "when": [{"attr": "plan", "op": "in", "values": ["paid", "enterprise"]}],
+            "serve": "on",
+        }
+    ]
+    return definition
+
+
+@contextmanager
+def _workers(url: str, options: DemoOptions) -> Iterator[_Fleet]:
+    fleet = _Fleet()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    source_root = Path(__file__).resolve().parent.parent
+    if (source_root / "workers").is_dir():  # a source checkout: make `workers` importable
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH")]))
+    try:
+        for index in range(options.workers):
+            process = subprocess.Popen(  # noqa: S603 - our own worker module
+                [sys.executable, "-m", "workers.inference", "--url", url,
+                 "--namespace", options.namespace, "--index", str(index),
+                 "--rps", str(options.rps), "--report-interval", "0.25", "--stop-on-stdin-eof"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                text=True, env=env,
+            )  # fmt: skip
+            fleet.processes.append(process)
+            threading.Thread(
+                target=_read_reports, args=(fleet, index, process), daemon=True
+            ).start()
+        yield fleet
+    finally:
+        for process in fleet.processes:
+            if process.stdin is not None and not process.stdin.closed:
+                process.stdin.close()
+        for process in fleet.processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def _read_reports(fleet: _Fleet, index: int, process: subprocess.Popen[str]) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        try:
+            report = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        with fleet.lock:
+            fleet.latest[index] = report
+
+
+def _wait_for_workers(publisher: Publisher, count: int, revision: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready = [w for w in publisher.workers() if w.revision >= revision]
+        if len(ready) >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"only {len(ready)}/{count} workers synced within 30 s")
+
+
+def _traffic(rows: list[list[Any]], revision: int, *, at_least: bool = False) -> dict[str, Any]:
+    """Per-variant traffic of requests served at `revision` (or later, with `at_least`)."""
+    variants: dict[str, list[float]] = {}
+    in_rule: dict[str, float] = {}
+    for row_revision, variant, rule, *values in rows:
+        if row_revision == revision or (at_least and row_revision >= revision):
+            totals = variants.setdefault(variant, [0.0] * len(_FIELDS))
+            for position, value in enumerate(values):
+                totals[position] += value
+            if rule == RAMP_RULE:
+                in_rule[variant] = in_rule.get(variant, 0) + values[0]
+    requests = sum(values[0] for values in variants.values())
+    rule_total = sum(in_rule.values())
+    return {
+        "requests": requests,
+        "variants": {
+            variant: {
+                "requests": values[0],
+                "share": round(values[0] / requests, 4) if requests else 0.0,
+                "cost_per_request": round(values[4] / values[0], 6) if values[0] else 0.0,
+                "thumbs_down_rate": round(values[5] / values[0], 4) if values[0] else 0.0,
+                "mean_latency_ms": round(values[2] / values[0], 1) if values[0] else 0.0,
+            }
+            for variant, values in sorted(variants.items())
+        },
+        "paid_ramp_share": round(in_rule.get("candidate", 0) / rule_total, 4)
+        if rule_total
+        else 0.0,
+        "paid_ramp_requests": rule_total,
+    }
+
+
+def _by_variant(rows: list[list[Any]]) -> dict[str, list[float]]:
+    totals: dict[str, list[float]] = {}
+    for _revision, variant, _rule, *values in rows:
+        current = totals.setdefault(variant, [0.0] * len(_FIELDS))
+        for position, value in enumerate(values):
+            current[position] += value
+    return totals
+
+
+def _describe_traffic(result: dict[str, Any]) -> str:
+    parts = []
+    for variant, row in result["variants"].items():
+        parts.append(
+            f"{variant} {row['share']:.1%} (${row['cost_per_request']:.4f}/req, "
+            f"thumbs-down {row['thumbs_down_rate']:.1%})"
+        )
+    return (
+        f"    {result['requests']:,.0f} requests: "
+        + "; ".join(parts)
+        + f"\n    paid users on the candidate: {result['paid_ramp_share']:.1%} "
+        f"of {result['paid_ramp_requests']:,.0f}"
+    )
+
+
+def _propagation(report: PropagationReport) -> dict[str, Any]:
+    return {
+        "reached": len(report.reached),
+        "total": len(report.reached) + len(report.missing),
+        "max_latency_ms": report.max_latency_ms,
+    }
+
+
+def _reached(report: PropagationReport) -> str:
+    total = len(report.reached) + len(report.missing)
+    latency = report.max_latency_ms
+    timing = f"in {latency:.1f} ms" if latency is not None else ""
+    return f"reached {len(report.reached)}/{total} workers {timing} (measured by the workers)"
+
+
+def _narrator(out: IO[str]) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    return say
+
+
+def _redacted(url: str) -> str:
+    from flagsync.store import redact_url  # noqa: PLC0415
+
+    return redact_url(url)
