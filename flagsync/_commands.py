@@ -181,7 +181,9 @@ def _write(action: str) -> Handler:
                 publisher,
                 revision,
                 summary,
-                lambda: _render.write_result(action, args.key, revision, stored),
+                lambda: _render.write_result(
+                    action, args.key, revision, stored, getattr(args, "rule", None)
+                ),
             )
 
     return handler

@@ -98,7 +98,9 @@ def evaluation(key: str, detail: EvaluationDetail) -> str:
     return "  ".join(parts)
 
 
-def write_result(action: str, key: str, revision: int, stored: StoredFlag | None) -> str:
+def write_result(
+    action: str, key: str, revision: int, stored: StoredFlag | None, rule: str | None = None
+) -> str:
     """One line per write."""
     verbs = {
         "kill": "killed",
@@ -110,7 +112,12 @@ def write_result(action: str, key: str, revision: int, stored: StoredFlag | None
     }
     line = f"{verbs.get(action, action)} {key}: revision {revision}"
     if stored is not None:
-        line += f" (v{stored.version}, serves {serve_summary(stored.flag.default)}"
+        serve = stored.flag.default
+        where = "serves"
+        for position, candidate in enumerate(stored.flag.rules):
+            if rule is not None and (candidate.name or f"rules[{position}]") == rule:
+                serve, where = candidate.serve, f"{rule} serves"
+        line += f" (v{stored.version}, {where} {serve_summary(serve)}"
         line += ", KILLED)" if not stored.flag.enabled else ")"
     return line
 
