@@ -272,6 +272,27 @@ def _watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _acl(args: argparse.Namespace) -> int:
+    from flagsync.acl import acl_rules, acl_setuser_commands  # noqa: PLC0415
+
+    lines = acl_setuser_commands(
+        args.namespace, worker_user=args.worker_user, operator_user=args.operator_user
+    )
+    _emit(
+        args,
+        {"namespace": args.namespace, "rules": acl_rules(args.namespace), "commands": lines},
+        lambda: "\n".join(
+            [
+                f"# least-privilege users for namespace {args.namespace!r} (Redis >= 7, Valkey)",
+                "# replace the placeholder passwords, then disable the default user:",
+                *lines,
+                "ACL SETUSER default off",
+            ]
+        ),
+    )
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from flagsync.demo import DemoOptions, run_demo  # noqa: PLC0415
 
@@ -353,4 +374,5 @@ _HANDLERS: dict[str, Handler] = {
     "watch": _watch,
     "server": _server,
     "demo": _demo,
+    "acl": _acl,
 }

@@ -239,8 +239,8 @@ class Follower:
                 _log.warning("snapshot_missing", namespace=self.keys.namespace)
             self.snapshot_missing = True
             return "missing" if (len(current) or current.epoch) else "confirmed"
-        if epoch != current.epoch or revision != current.revision:
-            return "resync"
+        if epoch != current.epoch or revision != current.revision or self.snapshot_missing:
+            return "resync"  # also when data is back after "missing": a load clears the flag
         self.confirm()
         return "confirmed"
 
