@@ -72,8 +72,7 @@ class AsyncSubscriber:
             health_check_interval=0,
             protocol=2,
             client_name=f"flagsync-{self.follower.worker_id}"[:64],
-            lib_name=None,  # see flagsync.store.connect
-            lib_version=None,
+            driver_info=None,  # see flagsync.store.connect
         )
         return client
 

@@ -223,8 +223,7 @@ def connect(
         health_check_interval=0,
         protocol=2,
         client_name=client_name,
-        lib_name=None,  # no CLIENT SETINFO: absent on Redis 7.0, and needs an ACL grant
-        lib_version=None,
+        driver_info=None,  # no CLIENT SETINFO: absent on Redis 7.0, and needs an ACL grant
         **options,
     )
     return client
