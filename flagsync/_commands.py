@@ -240,32 +240,46 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
+    import threading  # noqa: PLC0415
+
     from flagsync._connect import resolve_url  # noqa: PLC0415
     from flagsync.client import FlagClient  # noqa: PLC0415
     from flagsync.snapshot import Snapshot  # noqa: PLC0415
 
+    # The first sync may swap before the listener is added, and an empty namespace never
+    # swaps at all: the "synced" line is printed once, by whichever comes first (the
+    # listener or `wait_ready`), and only the swaps after it count as changes.
+    lock = threading.Lock()
     seen: list[int] = []
     previous: list[Snapshot] = []
     with FlagClient.connect(resolve_url(args.url), args.namespace) as client:
 
-        def on_swap(revision: int, keys: frozenset[str]) -> None:
-            current = client.snapshot
-            before = previous[-1] if previous else None
+        def synced(current: Snapshot) -> None:
             previous[:] = [current]
-            if before is None:
-                line = f"r{revision}: synced {len(current)} flags"
-                payload: dict[str, Any] = {"revision": revision, "synced": len(current)}
-            else:
+            line = f"r{current.revision}: synced {len(current)} flags"
+            payload = {"revision": current.revision, "synced": len(current)}
+            print(json.dumps(payload) if args.json else line, flush=True)
+
+        def on_swap(revision: int, keys: frozenset[str]) -> None:
+            with lock:
+                current = client.snapshot
+                if not previous:
+                    synced(current)
+                    return
+                before, previous[:] = previous[-1], [current]
                 line = _render.snapshot_change(before, current, keys)
                 payload = {"revision": revision, "keys": sorted(keys)}
-            print(json.dumps(payload) if args.json else line, flush=True)
-            seen.append(revision)
+                print(json.dumps(payload) if args.json else line, flush=True)
+                seen.append(revision)
 
         client.add_listener(on_swap)
         if not client.wait_ready(10):
             raise StoreUnavailableError(f"no sync within 10 s: {client.status().last_error}")
+        with lock:
+            if not previous:
+                synced(client.snapshot)
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
-        while (args.count is None or len(seen) < args.count + 1) and (
+        while (args.count is None or len(seen) < args.count) and (
             deadline is None or time.monotonic() < deadline
         ):
             time.sleep(0.05)
@@ -294,7 +308,12 @@ def _acl(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
     from flagsync.demo import DemoOptions, run_demo  # noqa: PLC0415
+
+    if not args.verbose:  # the demo narrates its own steps; logs would interleave
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
     options = DemoOptions(
         workers=args.workers,
@@ -309,8 +328,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
+    import signal  # noqa: PLC0415
+
     from flagsync.server import ServerProcess  # noqa: PLC0415
 
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # `kill`, a closed terminal or a supervisor stop the server like Ctrl-C: Python's default
+    # SIGTERM/SIGHUP handling dies without leaving the `with` (no clean stop of the child,
+    # its working directory left behind, exit status -15).
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     with ServerProcess(kind=args.kind, port=args.port) as server:
         print(f"{args.kind} running at {server.url}", flush=True)
         print(f"  export REDIS_URL={server.url}", flush=True)
@@ -357,6 +386,107 @@ def _configure_logging(*, verbose: bool) -> None:
     )
 
 
+def _rollout(args: argparse.Namespace) -> int:
+    from flagsync.controller import RolloutController  # noqa: PLC0415
+
+    with _publisher(args) as publisher:
+        controller = RolloutController(publisher, args.key)
+        if args.rollout_command == "plan":
+            plan = _plan_from_args(args)
+            controller.set_plan(plan)
+            _emit(args, {"key": args.key, "plan": plan}, lambda: _render.plan(args.key, plan))
+            return EXIT_OK
+        if args.rollout_command == "run":
+            final = controller.run(
+                tick_s=args.tick,
+                timeout_s=args.timeout,
+                on_decision=lambda decision: _emit(
+                    args, {"decision": decision}, lambda: _render.decision(decision)
+                ),
+            )
+            return (
+                EXIT_OK
+                if final.decision in ("complete", "hold", "advance", "start")
+                else EXIT_FAILED
+            )
+        plan, state = controller.plan(), controller.state()
+        window_start = max(state.step_started_ms, int(time.time() * 1000 - plan.window_s * 1000))
+        from flagsync.guards import evaluate_guard, parse_guard  # noqa: PLC0415
+
+        window = controller.window(window_start)
+        guards = [evaluate_guard(parse_guard(g), window, plan.min_samples) for g in plan.guards]
+        decisions = controller.decisions(10)
+        _emit(
+            args,
+            {
+                "key": args.key,
+                "plan": plan,
+                "state": state,
+                "guards": guards,
+                "decisions": decisions,
+            },
+            lambda: _render.rollout_status(args.key, plan, state, guards, decisions),
+        )
+        return EXIT_OK
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from flagsync.controller import RolloutController  # noqa: PLC0415
+
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    with _publisher(args) as publisher:
+        finished: set[str] = set()
+        while deadline is None or time.monotonic() < deadline:
+            keys = [
+                key.decode() for key in publisher.client.hkeys(f"{publisher.keys.prefix}:plans")
+            ]
+            for key in keys:
+                decision = RolloutController(publisher, key).tick()
+                if decision.decision not in ("hold", "not_leader", "stopped") or (
+                    decision.decision == "stopped" and key not in finished
+                ):
+                    print(f"{key}: {_render.decision(decision)}", flush=True)
+                if decision.decision == "stopped":
+                    finished.add(key)
+            time.sleep(args.tick)
+    return EXIT_OK
+
+
+def _plan_from_args(args: argparse.Namespace) -> Any:
+    from flagsync.controller import RolloutPlan  # noqa: PLC0415
+    from flagsync.loader import read_file  # noqa: PLC0415
+
+    if args.file:
+        from pathlib import Path  # noqa: PLC0415
+
+        raw = read_file(Path(args.file))
+        try:
+            return msgspec.convert(raw, RolloutPlan)
+        except msgspec.ValidationError as error:
+            raise InvalidFlagError.single(f"plans.{args.key}", str(error)) from None
+    missing = [name for name in ("variant", "control", "steps") if not getattr(args, name)]
+    if missing or not args.guard:
+        raise InvalidFlagError.single(
+            f"plans.{args.key}",
+            "give -f PLAN or --variant, --control, --steps and at least one --guard",
+        )
+    try:
+        steps = [float(step) for step in args.steps.split(",")]
+    except ValueError:
+        raise InvalidFlagError.single("--steps", "comma-separated percentages") from None
+    return RolloutPlan(
+        variant=args.variant,
+        control=args.control,
+        rule=args.rule,
+        steps=steps,
+        hold_s=args.hold,
+        window_s=args.window,
+        min_samples=args.min_samples,
+        guards=args.guard,
+        on_breach=args.on_breach,
+    )
+
+
 _HANDLERS: dict[str, Handler] = {
     "apply": _apply,
     "list": _list,
@@ -375,4 +505,6 @@ _HANDLERS: dict[str, Handler] = {
     "server": _server,
     "demo": _demo,
     "acl": _acl,
+    "rollout": _rollout,
+    "controller": _controller,
 }

@@ -17,24 +17,67 @@ import anyio
 
 from flagsync._follower import Follower, SyncOptions
 from flagsync.errors import FlagsyncError
+from flagsync.metrics import MetricsTables
+from flagsync.reporter import MetricsReporter
 from flagsync.store import StoreKeys
 from flagsync.subscriber import ThreadSubscriber
 
 if TYPE_CHECKING:
     from flagsync.client import FlagClient
 
-_OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(SyncOptions))
+_METRIC_OPTIONS = {
+    "metrics": True,
+    "exposures": False,
+    "metrics_interval_s": 10.0,
+    "metrics_max_series": 10_000,
+}
+_OPTION_NAMES = frozenset(field.name for field in dataclasses.fields(SyncOptions)) | frozenset(
+    {"worker_id", *_METRIC_OPTIONS}
+)
 
 
 class SyncHandle:
-    """What a connected client holds: its follower and the driver to stop."""
+    """What a connected client holds: its follower, its metrics reporter, what to stop."""
 
-    def __init__(self, follower: Follower, close: Any) -> None:
+    def __init__(
+        self, follower: Follower, close: Any, reporter: MetricsReporter | None = None
+    ) -> None:
         self.follower = follower
+        self.reporter = reporter
         self._close = close
 
     def close(self) -> None:
         self._close()
+        if self.reporter is not None:
+            self.reporter.close()
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`connect()` keyword options as (sync options, metrics options); unknown ones fail."""
+    unknown = sorted(set(options) - _OPTION_NAMES)
+    if unknown:
+        known = ", ".join(sorted(_OPTION_NAMES))
+        raise TypeError(f"unknown connect option(s) {', '.join(unknown)}; known: {known}")
+    sync = {name: value for name, value in options.items() if name not in _METRIC_OPTIONS}
+    metrics = {name: options.get(name, default) for name, default in _METRIC_OPTIONS.items()}
+    return sync, metrics
+
+
+def start_metrics(
+    client: FlagClient, url: str, namespace: str, metrics: Mapping[str, Any]
+) -> MetricsReporter | None:
+    """Give `client` metrics tables and start their reporter (unless metrics are off)."""
+    if not metrics["metrics"] and not metrics["exposures"]:
+        return None
+    tables = MetricsTables()
+    client._metrics = tables
+    return MetricsReporter(
+        tables,
+        url,
+        StoreKeys(namespace),
+        interval_s=float(metrics["metrics_interval_s"]),
+        max_series=int(metrics["metrics_max_series"]),
+    ).start()
 
 
 def resolve_url(url: str | None) -> str:
@@ -50,12 +93,8 @@ def resolve_url(url: str | None) -> str:
 
 def build_follower(client: FlagClient, namespace: str, options: Mapping[str, Any]) -> Follower:
     """A follower for `client` from `connect()` keyword options; unknown options are errors."""
-    settings = dict(options)
+    settings, _ = split_options(options)
     worker_id = settings.pop("worker_id", None)
-    unknown = sorted(set(settings) - _OPTION_NAMES)
-    if unknown:
-        known = ", ".join(sorted([*_OPTION_NAMES, "worker_id"]))
-        raise TypeError(f"unknown connect option(s) {', '.join(unknown)}; known: {known}")
     if settings.get("lkg_path") is not None:
         settings["lkg_path"] = Path(settings["lkg_path"])
     sync_options = SyncOptions(**settings)
@@ -75,9 +114,11 @@ def start_thread_sync(
 ) -> SyncHandle:
     """Start following in a daemon thread."""
     follower = build_follower(client, namespace, options)
-    driver = ThreadSubscriber(follower, resolve_url(url))
+    resolved = resolve_url(url)
+    driver = ThreadSubscriber(follower, resolved)
     driver.start()
-    return SyncHandle(follower, driver.close)
+    reporter = start_metrics(client, resolved, namespace, split_options(options)[1])
+    return SyncHandle(follower, driver.close, reporter)
 
 
 @asynccontextmanager
@@ -87,28 +128,35 @@ async def run_async_sync(
     """Follow in an anyio task for the duration of the block."""
     follower = build_follower(client, namespace, options)
     resolved = resolve_url(url)
+    reporter = start_metrics(client, resolved, namespace, split_options(options)[1])
     if not _on_asyncio():
         # redis-py's async client only runs on asyncio; elsewhere use the thread driver.
         driver = ThreadSubscriber(follower, resolved)
         driver.start()
-        client._sync = SyncHandle(follower, driver.close)
+        handle = client._sync = SyncHandle(follower, driver.close, reporter)
         try:
             yield client
         finally:
-            await anyio.to_thread.run_sync(driver.close)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(handle.close)
         return
 
     from flagsync.async_subscriber import AsyncSubscriber  # noqa: PLC0415 - asyncio only
 
     subscriber = AsyncSubscriber(follower, resolved)
-    async with anyio.create_task_group() as group:
-        client._sync = SyncHandle(follower, subscriber.request_stop)
-        group.start_soon(subscriber.run)
-        try:
-            yield client
-        finally:
-            subscriber.request_stop()
-            group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as group:
+            client._sync = SyncHandle(follower, subscriber.request_stop)
+            group.start_soon(subscriber.run)
+            try:
+                yield client
+            finally:
+                subscriber.request_stop()
+                group.cancel_scope.cancel()
+    finally:
+        if reporter is not None:  # one last flush, in a thread: it does blocking I/O
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(reporter.close)
 
 
 def _on_asyncio() -> bool:

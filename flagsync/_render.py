@@ -211,3 +211,42 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
     )
+
+
+def plan(key: str, rollout_plan: Any) -> str:
+    """A stored rollout plan."""
+    steps = " -> ".join(f"{step:g}%" for step in rollout_plan.steps)
+    where = f" (rule {rollout_plan.rule})" if rollout_plan.rule else ""
+    lines = [
+        f"plan for {key}: {rollout_plan.variant} vs {rollout_plan.control}{where}: {steps}",
+        f"  hold {rollout_plan.hold_s:g} s per step, window {rollout_plan.window_s:g} s, "
+        f"at least {rollout_plan.min_samples} samples; on breach: {rollout_plan.on_breach}",
+        *(f"  guard: {guard}" for guard in rollout_plan.guards),
+    ]
+    return "\n".join(lines)
+
+
+def decision(made: Any) -> str:
+    """One controller decision."""
+    when = datetime.fromtimestamp(made.time_ms / 1000, tz=UTC).strftime("%H:%M:%S")
+    lines = [f"{when} {made}"]
+    lines.extend(f"    {result}" for result in made.guards if made.decision != "hold")
+    return "\n".join(lines)
+
+
+def rollout_status(
+    key: str, rollout_plan: Any, state: Any, guards: Sequence[Any], decisions: Sequence[Any]
+) -> str:
+    """Where a rollout stands, its guards on the current window, its recent decisions."""
+    step = (
+        f"step {state.step + 1}/{len(rollout_plan.steps)} ({rollout_plan.steps[state.step]:g}%)"
+        if 0 <= state.step < len(rollout_plan.steps)
+        else "not started"
+    )
+    lines = [plan(key, rollout_plan), f"status: {state.status}, {step}", "guards now:"]
+    lines.extend(f"  {result}" for result in guards)
+    lines.append("decisions (newest first):")
+    for made in decisions:
+        when = datetime.fromtimestamp(made["time_ms"] / 1000, tz=UTC).strftime("%H:%M:%S")
+        lines.append(f"  {when} {made['decision']} at {made['percent']}%: {made['note']}")
+    return "\n".join(lines)

@@ -4,7 +4,8 @@ Redis's default user is `nopass ~* &* +@all`: anyone who can connect can publish
 flag change. In production, disable it and give each side only what it uses:
 
 - **worker** (`FlagClient.connect`): read the namespace's keys, subscribe to its change
-  channel, and write only presence keys (`{fs:<ns>}:worker:*`). It cannot change a flag
+  channel, and write only presence keys (`{fs:<ns>}:worker:*`) and metrics streams
+  (`{fs:<ns>}:metrics:*`). It cannot change a flag
   or publish: a compromised worker cannot steer the fleet.
 - **operator** (`Publisher`, the CLI): read and write the namespace's keys, run the write
   script, publish on the change channel. No dangerous commands (FLUSHALL, CONFIG, ...).
@@ -30,8 +31,8 @@ def acl_rules(namespace: str = "default") -> dict[str, str]:
     prefix = keys.prefix
     worker = (
         f"resetkeys resetchannels -@all {_CONNECTION} "
-        "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del "
-        f"%R~{prefix}:* %W~{prefix}:worker:* &{keys.channel}"
+        "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del +xadd "
+        f"%R~{prefix}:* %W~{prefix}:worker:* %W~{prefix}:metrics:* &{keys.channel}"
     )
     operator = (
         f"resetkeys resetchannels -@all {_CONNECTION} "

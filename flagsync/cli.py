@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = ["main"]
 
@@ -67,7 +68,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_file_commands(command, writes)
     _add_flag_commands(command, writes)
     _add_fleet_commands(command)
+    _add_rollout_commands(commands, common, writes)
     return parser
+
+
+def _add_rollout_commands(
+    commands: Any, common: argparse.ArgumentParser, writes: argparse.ArgumentParser
+) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="guarded rollouts: plan, run, status", description="guarded rollouts"
+    )
+    steps = rollout.add_subparsers(dest="rollout_command", metavar="ACTION", required=True)
+    plan = steps.add_parser(
+        "plan", help="set a flag's rollout plan (steps, hold, window, guards)",
+        parents=[common, writes],
+    )  # fmt: skip
+    plan.add_argument("key")
+    plan.add_argument("-f", "--file", help="a YAML/JSON plan (fields as the options below)")
+    plan.add_argument("--variant", help="the variant to ramp, e.g. candidate")
+    plan.add_argument("--control", help="the variant to compare with, e.g. current")
+    plan.add_argument("--rule", help="ramp this rule's rollout (default: the fallthrough)")
+    plan.add_argument("--steps", help="percentages, e.g. 5,20,50,100")
+    plan.add_argument("--hold", type=float, default=60.0, help="seconds each step must hold")
+    plan.add_argument("--window", type=float, default=60.0, help="metrics window, seconds")
+    plan.add_argument("--min-samples", type=int, default=200, help="per variant and guard")
+    plan.add_argument("--guard", action="append", default=[], help="repeatable")
+    plan.add_argument("--on-breach", choices=("kill", "revert"), default="kill")
+    run = steps.add_parser(
+        "run", help="drive the rollout until it completes or rolls back", parents=[common, writes]
+    )
+    run.add_argument("key")
+    run.add_argument("--tick", type=float, default=1.0, help="seconds between decisions")
+    run.add_argument("--timeout", type=float, help="stop after this many seconds")
+    status = steps.add_parser(
+        "status", help="current step, guard values with samples, decisions", parents=[common]
+    )
+    status.add_argument("key")
+    controller = commands.add_parser(
+        "controller",
+        help="run every flag's rollout plan (one lease per flag)",
+        description="run every flag's rollout plan (one lease per flag)",
+        parents=[common, writes],
+    )
+    controller.add_argument("--tick", type=float, default=1.0)
+    controller.add_argument("--timeout", type=float, help="stop after this many seconds")
 
 
 _Command = Callable[..., argparse.ArgumentParser]

@@ -7,11 +7,12 @@ Redis subscriber, a test swapping snapshots) replaces it with one assignment.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Final
 
-from flagsync.compile import SERVE_DEFAULT, TableEntry
+from flagsync.compile import SERVE_DEFAULT, CompiledFlag, TableEntry
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
 from flagsync.loader import FlagSource, load_flags
 from flagsync.snapshot import Snapshot
@@ -19,6 +20,7 @@ from flagsync.status import ClientStatus, SyncState
 
 if TYPE_CHECKING:
     from flagsync._connect import SyncHandle
+    from flagsync.metrics import MetricsTables
 
 __all__ = ["FlagClient"]
 
@@ -42,13 +44,14 @@ class FlagClient:
     JSON (object/array) values are shared with the snapshot: treat them as read-only.
     """
 
-    __slots__ = ("__weakref__", "_is_stale", "_snapshot", "_sync", "_table")
+    __slots__ = ("__weakref__", "_is_stale", "_metrics", "_snapshot", "_sync", "_table")
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         self._snapshot = snapshot if snapshot is not None else Snapshot.empty()
         self._table: dict[str, TableEntry] = self._snapshot.entries
         self._is_stale: Callable[[], bool] = _never_stale
         self._sync: SyncHandle | None = None
+        self._metrics: MetricsTables | None = None
 
     @classmethod
     def offline(cls, source: FlagSource) -> FlagClient:
@@ -120,7 +123,7 @@ class FlagClient:
         flag = entry[4]
         if default.__class__ not in flag.accepts:
             return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.TYPE_MISMATCH)
-        return self._explain(flag.outcome_for, context, default)
+        return self._explain(flag, context, default)
 
     def _entry(self, key: str) -> TableEntry | None:
         """The flag's entry, compiled on first use; None for an unknown (or unhashable) key."""
@@ -155,11 +158,11 @@ class FlagClient:
         except Exception:  # noqa: BLE001 - evaluation never raises, by contract
             return default
 
-    def _explain(
-        self, outcome_for: Callable[[Context], Any], context: Context, default: Any
-    ) -> EvaluationDetail:
+    def _explain(self, flag: CompiledFlag, context: Context, default: Any) -> EvaluationDetail:
         try:
-            value, variant, reason, rule, error_code = outcome_for(context)
+            index = flag.index_for(context)
+            value, variant, reason, rule, error_code = flag.outcomes[index]
+            self._exposed(flag, index)
         except Exception:  # noqa: BLE001 - evaluation never raises, by contract
             code = ErrorCode.GENERAL if isinstance(context, Mapping) else ErrorCode.INVALID_CONTEXT
             return EvaluationDetail(default, None, Reason.ERROR, None, code)
@@ -168,6 +171,25 @@ class FlagClient:
         if self._is_stale():
             return EvaluationDetail(value, variant, Reason.STALE, rule, None, stale=True)
         return EvaluationDetail(value, variant, reason, rule, None)
+
+    def _exposed(self, flag: CompiledFlag, index: int) -> None:
+        """Hook for exposure counting (`connect(exposures=True)`); nothing offline."""
+
+    def track(self, key: str, context: Context, metric: str, value: float = 1.0) -> None:
+        """Record an outcome (`thumbs_down`, `latency_ms`, `cost`, ...) against the variant
+        `context` gets for flag `key`, for guarded rollouts. Never raises; a no-op unless the
+        client was connected with metrics on (the default for `connect`)."""
+        tables = self._metrics
+        if tables is None:
+            return
+        try:
+            entry = self._entry(key)
+            if entry is None or not math.isfinite(value):
+                return
+            flag = entry[4]
+            tables.record(flag, flag.index_for(context), metric, float(value))
+        except Exception:  # noqa: BLE001, S110 - metrics never break the request path
+            pass
 
     def _install(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current. Readers see the old or the new table, never a mix."""
@@ -193,7 +215,7 @@ class FlagClient:
         """
         from flagsync._connect import start_thread_sync  # noqa: PLC0415 - lazy: no redis import offline
 
-        client = cls()
+        client = MeteredFlagClient() if options.get("exposures") else cls()
         client._sync = start_thread_sync(client, url, namespace, options)
         return client
 
@@ -209,7 +231,8 @@ class FlagClient:
         """
         from flagsync._connect import run_async_sync  # noqa: PLC0415 - lazy: no redis import offline
 
-        return run_async_sync(cls(), url, namespace, options)
+        client = MeteredFlagClient() if options.get("exposures") else cls()
+        return run_async_sync(client, url, namespace, options)
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the first sync with the store (True), or `timeout` seconds (False)."""
@@ -271,3 +294,58 @@ class FlagClient:
 
     def __repr__(self) -> str:
         return f"<FlagClient revision={self._snapshot.revision} flags={len(self._snapshot)}>"
+
+
+class MeteredFlagClient(FlagClient):
+    """A `FlagClient` that also counts which variant every evaluation served (exposures).
+
+    Returned by `FlagClient.connect(..., exposures=True)`; everything else is the same.
+    The count is one dict lookup and one list-slot increment per evaluation, lock-free
+    (under threads a racing increment can rarely be lost: counts are approximate there).
+    """
+
+    __slots__ = ()
+
+    def variation(self, key: str, context: Context, default: Any = None) -> Any:
+        """`FlagClient.variation`, counting the exposure."""
+        try:
+            select, value, accepts, values, flag = self._table[key]
+            if default.__class__ not in accepts:
+                return default
+            index = 0 if select is None else select(context)
+            counts = self._metrics.exposures.get(flag)  # type: ignore[union-attr]
+            if counts is None:
+                self._exposed(flag, index)
+            else:
+                counts[index] += 1
+            value = values[index]
+            return default if value is SERVE_DEFAULT else value
+        except KeyError:
+            return self._evaluate_counted(self._entry(key), context, default, None)
+        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
+            return default
+
+    def _typed(self, key: str, context: Context, default: Any, kind: str) -> Any:
+        entry = self._table.get(key) if key.__class__ is str else None
+        return self._evaluate_counted(entry or self._entry(key), context, default, kind)
+
+    def _evaluate_counted(
+        self, entry: TableEntry | None, context: Context, default: Any, kind: str | None
+    ) -> Any:
+        if entry is None:
+            return default
+        try:
+            _, _, accepts, values, flag = entry
+            if default.__class__ not in accepts if kind is None else flag.kind != kind:
+                return default
+            index = flag.index_for(context)
+            self._exposed(flag, index)
+            value = values[index]
+            return default if value is SERVE_DEFAULT else value
+        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
+            return default
+
+    def _exposed(self, flag: CompiledFlag, index: int) -> None:
+        tables = self._metrics
+        if tables is not None:
+            tables.count_exposure(flag, index)

@@ -82,6 +82,10 @@ class CompiledFlag:
             return self.static_outcome  # type: ignore[return-value]
         return self.outcomes[self.select(context)]
 
+    def index_for(self, context: Mapping[str, Any]) -> int:
+        """The index in `outcomes` for `context` (0 for a static flag; may raise likewise)."""
+        return 0 if self.select is None else self.select(context)
+
     def __repr__(self) -> str:
         shape = "static" if self.select is None else f"{len(self.outcomes)} outcomes"
         return f"<CompiledFlag {self.key!r} {self.kind} {shape}>"

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from flagsync.controller import Decision, RolloutController, RolloutPlan
 from flagsync.publisher import PropagationReport, Publisher
 from flagsync.server import ServerProcess
 
@@ -81,46 +82,36 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
         _wait_for_workers(publisher, options.workers, revision)
         say(f"{options.workers} workers running (SIMULATED LLM backends; the flags are real)\n")
 
-        def step(title: str, command: str, write: Callable[[], int]) -> dict[str, Any]:
+        def step(
+            title: str, command: str, write: Callable[[], int], target: float | None
+        ) -> dict[str, Any]:
             say(f"[{len(summary['steps']) + 1}] {title}\n    $ {command}")
             revision = write()
             report = publisher.wait_propagated(revision, timeout=5)
             say("    " + _reached(report))
             time.sleep(phase_s)
-            result = {"title": title, "revision": revision, **_propagation(report)}
-            result.update(_traffic(fleet.rows(), revision))
-            say(_describe_traffic(result))
-            summary["steps"].append(result)
-            return result
+            return _record_step(summary, fleet, say, title, revision, report, target)
 
         step(
             "staff only: the candidate model for @acme.com, no paid traffic yet",
             f"flagsync ramp {MODEL_FLAG} candidate 0 --rule {RAMP_RULE}",
             lambda: publisher.ramp(MODEL_FLAG, "candidate", 0, RAMP_RULE, reason="staff only"),
-        )
-        step(
-            "5 % of paid users on the candidate",
-            f"flagsync ramp {MODEL_FLAG} candidate 5 --rule {RAMP_RULE}",
-            lambda: publisher.ramp(MODEL_FLAG, "candidate", 5, RAMP_RULE, reason="canary"),
-        )
-        step(
-            "25 % of paid users on the candidate",
-            f"flagsync ramp {MODEL_FLAG} candidate 25 --rule {RAMP_RULE}",
-            lambda: publisher.ramp(MODEL_FLAG, "candidate", 25, RAMP_RULE, reason="quality ok"),
+            0.0,
         )
         step(
             "the new prompt template for paid users",
             "publisher.put('prompt-template-v2', ...)  # + rule: plan in [paid, enterprise] -> on",
             lambda: publisher.put("prompt-template-v2", _prompt_for_paid(publisher)),
+            None,
         )
-        summary["regression"] = _regression(publisher, fleet, say, phase_s)
+        summary["regression"] = _guarded_rollout(publisher, fleet, summary, say, phase_s)
         kill_revision = summary["regression"]["kill_revision"]
         time.sleep(phase_s / 2)
         after = _traffic(fleet.rows(), kill_revision, at_least=True)
         summary["after_kill"] = after
         candidate = after["variants"].get("candidate", {}).get("requests", 0)
         say(
-            f"    after the kill: {after['requests']:,.0f} requests, "
+            f"    after the rollback: {after['requests']:,.0f} requests, "
             f"{candidate:.0f} on the candidate"
         )
         summary["ok"] = candidate == 0
@@ -128,51 +119,101 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
     return summary
 
 
-def _regression(
-    publisher: Publisher, fleet: _Fleet, say: Callable[[str], None], phase_s: float
+def _record_step(  # noqa: PLR0917 - private; called with a recorded tuple
+    summary: dict[str, Any],
+    fleet: _Fleet,
+    say: Callable[[str], None],
+    title: str,
+    revision: int,
+    report: PropagationReport,
+    target: float | None,
 ) -> dict[str, Any]:
-    """Make the candidate's simulated quality worse; watch the counters; kill on a breach."""
-    say("[5] a regression appears in the candidate's quality signal (simulated)")
-    for process in fleet.processes:
-        process.send_signal(signal.SIGUSR1)
-    started = time.monotonic()
-    previous = _by_variant(fleet.rows())
-    deadline = started + max(10.0, phase_s * 4)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        current = _by_variant(fleet.rows())
-        window = {
-            variant: [
-                now - before
-                for now, before in zip(values, previous.get(variant, [0.0] * 7), strict=True)
-            ]
-            for variant, values in current.items()
-        }
-        previous = current
-        rates = {v: w[5] / w[0] for v, w in window.items() if w[0] >= 30}
-        if (
-            "candidate" in rates
-            and "current" in rates
-            and rates["candidate"] > 2 * rates["current"]
-        ):
-            detected = time.monotonic() - started
-            say(
-                f"    thumbs-down in the last 0.5 s: candidate {rates['candidate']:.1%} vs "
-                f"current {rates['current']:.1%} -> the operator kills the flag "
-                f"({detected:.1f} s after the regression began)"
-            )
-            say(f"    $ flagsync kill {MODEL_FLAG} --wait --reason 'thumbs-down regression'")
-            revision = publisher.kill(MODEL_FLAG, reason="thumbs-down regression")
-            report = publisher.wait_propagated(revision, timeout=5)
-            say("    " + _reached(report))
-            return {
-                "detected_after_s": round(detected, 2),
-                "candidate_rate": round(rates["candidate"], 4),
-                "current_rate": round(rates["current"], 4),
-                "kill_revision": revision,
+    """Measure the traffic served at `revision` and add the step to the summary."""
+    result = {"title": title, "revision": revision, "target": target, **_propagation(report)}
+    result.update(_traffic(fleet.rows(), revision))
+    say(_describe_traffic(result))
+    summary["steps"].append(result)
+    return result
+
+
+def _guarded_rollout(
+    publisher: Publisher,
+    fleet: _Fleet,
+    summary: dict[str, Any],
+    say: Callable[[str], None],
+    phase_s: float,
+) -> dict[str, Any]:
+    """Let the controller ramp 5 -> 25 -> 50 -> 100 %; degrade the candidate's simulated
+    quality during the 25 % step; the controller must see it and roll back by itself."""
+    plan = RolloutPlan(
+        variant="candidate",
+        control="current",
+        rule=RAMP_RULE,
+        steps=[5, 25, 50, 100],
+        hold_s=max(2.0, phase_s),
+        window_s=max(2.0, phase_s / 2),
+        min_samples=40,
+        guards=[
+            "thumbs_down_rate(candidate) <= thumbs_down_rate(current) * 1.5",
+            "cost_per_request(candidate) <= 0.0085",
+            "p95_latency_ms(candidate) <= 1500",
+        ],
+        on_breach="kill",
+    )
+    controller = RolloutController(publisher, MODEL_FLAG)
+    controller.set_plan(plan)
+    say(
+        f"[{len(summary['steps']) + 1}] a guarded rollout takes over "
+        "(nobody touches the flag from here on)\n"
+        f"    $ flagsync rollout plan {MODEL_FLAG} --variant candidate --control current "
+        f"--rule {RAMP_RULE} --steps 5,25,50,100 --hold {plan.hold_s:g} --window "
+        f"{plan.window_s:g} \\\n        " + " ".join(f"--guard '{g}'" for g in plan.guards)
+        + f"\n    $ flagsync rollout run {MODEL_FLAG}"
+    )  # fmt: skip
+    regression: dict[str, Any] = {}
+    pending: list[tuple[str, int, PropagationReport, float]] = []
+
+    def degrade() -> None:
+        say("    !! a regression appears in the candidate's quality signal (simulated)")
+        regression["started"] = time.monotonic()
+        for process in fleet.processes:
+            process.send_signal(signal.SIGUSR1)
+
+    def on_decision(decision: Decision) -> None:
+        if decision.decision in ("hold", "not_leader"):
+            return
+        while pending:  # the traffic of the previous step, now that it is over
+            _record_step(summary, fleet, say, *pending.pop())
+        say(f"    controller: {decision}")
+        if decision.revision is None:
+            return
+        report = publisher.wait_propagated(decision.revision, timeout=5)
+        say("    " + _reached(report))
+        if decision.decision in ("start", "advance"):
+            title = f"controller: {decision.percent:g} % of paid users on the candidate"
+            pending.append((title, decision.revision, report, decision.percent))
+            if decision.percent == 25:
+                threading.Timer(0.2, degrade).start()
+        if decision.decision == "rollback":
+            breach = next(g for g in decision.guards if g.verdict == "breach")
+            regression.update(
+                kill_revision=decision.revision,
+                detected_after_s=round(time.monotonic() - regression.get("started", 0), 2),
+                guard=breach.guard,
+                window_s=plan.window_s,
+                candidate_rate=breach.left,
+                threshold=breach.right,
                 **_propagation(report),
-            }
-    raise RuntimeError("the regression was not detected in time (too little traffic?)")
+            )
+
+    final = controller.run(tick_s=0.25, timeout_s=phase_s * 12, on_decision=on_decision)
+    if final.decision != "rollback" or "kill_revision" not in regression:
+        raise RuntimeError(f"the controller did not roll back: {final}")
+    say(
+        f"    rolled back {regression['detected_after_s']:.1f} s after the regression began "
+        f"(metrics window {plan.window_s:g} s, flushed every 0.5 s)"
+    )
+    return regression
 
 
 def _prompt_for_paid(publisher: Publisher) -> dict[str, Any]:
@@ -204,7 +245,8 @@ def _workers(url: str, options: DemoOptions) -> Iterator[_Fleet]:
             process = subprocess.Popen(  # noqa: S603 - our own worker module
                 [sys.executable, "-m", "workers.inference", "--url", url,
                  "--namespace", options.namespace, "--index", str(index),
-                 "--rps", str(options.rps), "--report-interval", "0.25", "--stop-on-stdin-eof"],
+                 "--rps", str(options.rps), "--report-interval", "0.25", "--stop-on-stdin-eof",
+                 "--metrics-interval", "0.5"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 text=True, env=env,
             )  # fmt: skip

@@ -179,6 +179,11 @@ class Publisher:
         self._seen_revision = 0
         self._published_us: dict[tuple[str, int], int] = {}
 
+    @property
+    def client(self) -> Any:
+        """The underlying redis-py client (for the rollout controller and advanced use)."""
+        return self._redis
+
     # -- reading -------------------------------------------------------------
 
     def revision(self) -> tuple[str | None, int]:
@@ -453,7 +458,8 @@ class Publisher:
         if target == current:
             return self.revision()[1]
         for entry in self.history(key, limit=self.log_maxlen):
-            if entry.version == target:
+            # A segment may share the flag's key: only the flag's own entries count.
+            if entry.kind == "flag" and entry.version == target:
                 restored = reason or f"rollback to v{target}"
                 if entry.after is None:
                     return self.delete(key, reason=restored, expected_version=current)

@@ -105,7 +105,9 @@ class ServerProcess:
     """One server process on 127.0.0.1, never persisting, stopped on exit.
 
     Extra `args` are passed to the server as command-line configuration, e.g.
-    `["--requirepass", "secret"]`.
+    `["--requirepass", "secret"]`. With `tls=True`, `port` is a TLS-only port (plaintext
+    is off: `--port 0 --tls-port <port>`, Redis built with TLS only; the certificate
+    options go in `args`), readiness is a TCP accept there, and `url` is `rediss://`.
     """
 
     def __init__(
@@ -115,18 +117,20 @@ class ServerProcess:
         kind: str = "valkey",
         port: int | None = None,
         args: Sequence[str] = (),
+        tls: bool = False,
     ) -> None:
         self.binary = binary if binary is not None else find_server_binary(kind)
         self.kind = kind
         self.port = port if port is not None else free_port()
         self.args = list(args)
+        self.tls = tls
         self._workdir = Path(tempfile.mkdtemp(prefix="flagsync-server-"))
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        """`redis://127.0.0.1:<port>`."""
-        return f"redis://127.0.0.1:{self.port}"
+        """`redis://127.0.0.1:<port>` (`rediss://` for a TLS server)."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -134,12 +138,17 @@ class ServerProcess:
         return None if self._process is None else self._process.pid
 
     def start(self, timeout_s: float = 10.0) -> ServerProcess:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers PING (a TLS one: accepts connections)."""
         if self._process is not None and self._process.poll() is None:
             return self
+        ports = (
+            ["--port", "0", "--tls-port", str(self.port)]
+            if self.tls
+            else ["--port", str(self.port)]
+        )
         command = [
             str(self.binary),
-            "--port", str(self.port),
+            *ports,
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
@@ -161,7 +170,7 @@ class ServerProcess:
                 log = self._read_log()
                 self._process = None
                 raise FlagsyncError(f"{self.kind} server exited at start: {stderr or log}")
-            if self._answers_ping():
+            if self._accepts_tls() if self.tls else self._answers_ping():
                 _log.debug("server_started", kind=self.kind, port=self.port, pid=self.pid)
                 return self
             time.sleep(0.01)
@@ -234,6 +243,16 @@ class ServerProcess:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
                 conn.sendall(b"PING\r\n")
                 return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))
+        except OSError:
+            return False
+
+    def _accepts_tls(self) -> bool:
+        # No handshake here (that would need the caller's CA). The listener is opened
+        # during start-up and, without persistence, served at once: a connection accepted
+        # a moment early just waits in the backlog.
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
         except OSError:
             return False
 

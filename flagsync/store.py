@@ -214,6 +214,11 @@ def connect(
 
     redis-py 8 changed its defaults (timeouts, 10 retries with backoff, RESP3); being
     explicit keeps behaviour the same across versions. RESP2 is used everywhere.
+
+    Every connection is named (`client_name`, default `flagsync`), which also makes its
+    set-up a round trip: over TLS 1.3 the server sends session tickets right after the
+    handshake, and with RESP2, no AUTH and no name, redis-py's pool found that unread
+    data on the new connection and refused it ("Connection not ready") every time.
     """
     client: redis.Redis = redis.Redis.from_url(
         url,
@@ -222,7 +227,7 @@ def connect(
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
         protocol=2,
-        client_name=client_name,
+        client_name=client_name or "flagsync",
         driver_info=None,  # no CLIENT SETINFO: absent on Redis 7.0, and needs an ACL grant
         **options,
     )

@@ -80,6 +80,10 @@ class Worker:
             context_tokens=int(window),
             fallback=fallback,
         )
+        # The outcome signals a guarded rollout decides on (flushed in the background).
+        client.track("llm-model-version", context, "thumbs_down", float(completion.thumbs_down))
+        client.track("llm-model-version", context, "cost", completion.cost)
+        client.track("llm-model-version", context, "latency_ms", completion.latency_ms)
         row = self.counters[(revision, model.variant or "default", model.rule or "")]
         row[0] += 1
         row[1] += completion.error
@@ -120,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model whose simulated quality worsens on SIGUSR1 (the demo's regression)",
     )
     parser.add_argument("--stop-on-stdin-eof", action="store_true")
+    parser.add_argument(
+        "--metrics-interval", type=float, default=10.0, help="seconds between metric flushes"
+    )
     return parser
 
 
@@ -143,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=stop_at_eof, daemon=True).start()
 
-    with FlagClient.connect(args.url, args.namespace) as client:
+    with FlagClient.connect(
+        args.url, args.namespace, exposures=True, metrics_interval_s=args.metrics_interval
+    ) as client:
         if not client.wait_ready(10):
             log.warning("serving_defaults_until_synced", status=str(client.status().state))
         worker = Worker(client, args.index, backend)

@@ -59,9 +59,9 @@ class TestDemo:
     """`flagsync demo` tells the whole story with measured figures."""
 
     def test_every_step_reached_every_worker(self, summary: dict[str, Any]) -> None:
-        """Each operator step was applied by all three workers, with a measured latency."""
+        """Each step (by hand or by the controller) reached all three workers, measured."""
         steps = [*summary["steps"], summary["regression"]]
-        assert len(steps) == 5
+        assert len(steps) >= 5
         for step in steps:
             assert step["reached"] == step["total"] == 3
             assert step["max_latency_ms"] is not None
@@ -69,24 +69,30 @@ class TestDemo:
 
     def test_shares_follow_the_configured_percentages(self, summary: dict[str, Any]) -> None:
         """Paid users land on the candidate at 0 %, 5 % and 25 % as ramped (within 4 sigma)."""
-        for step, target in zip(summary["steps"][:3], (0.0, 0.05, 0.25), strict=True):
+        ramped = {step["target"]: step for step in summary["steps"] if step["target"] is not None}
+        assert set(ramped) >= {0.0, 5, 25}
+        for target in (0.0, 5, 25):
+            step = ramped[target]
             samples = step["paid_ramp_requests"]
-            assert samples > 200
-            assert abs(step["paid_ramp_share"] - target) <= _tolerance(target, samples), step
+            assert samples > 100
+            share = target / 100
+            assert abs(step["paid_ramp_share"] - share) <= _tolerance(share, samples), step
 
     def test_staff_see_the_candidate_first(self, summary: dict[str, Any]) -> None:
         """With paid traffic at 0 %, the candidate serves only staff (about 2 % of users)."""
         staff_only = summary["steps"][0]["variants"]
         assert 0.005 < staff_only["candidate"]["share"] < 0.05
 
-    def test_the_regression_is_detected_and_killed(self, summary: dict[str, Any]) -> None:
-        """The simulated quality regression is seen in the counters and the flag is killed."""
+    def test_the_controller_rolls_back_by_itself(self, summary: dict[str, Any]) -> None:
+        """The guard sees the simulated regression and the controller kills the flag within
+        one metrics window (plus one flush and one tick) of its start."""
         regression = summary["regression"]
-        assert regression["candidate_rate"] > 2 * regression["current_rate"]
-        assert regression["detected_after_s"] < 10
+        assert regression["guard"].startswith("thumbs_down_rate(candidate)")
+        assert regression["candidate_rate"] > regression["threshold"]
+        assert regression["detected_after_s"] <= regression["window_s"] + 0.75
 
     def test_no_candidate_request_after_the_kill(self, summary: dict[str, Any]) -> None:
-        """Once the kill revision is applied, not one request is served by the candidate."""
+        """Once the rollback revision is applied, not one request is served by the candidate."""
         after = summary["after_kill"]
         assert after["requests"] > 100
         assert after["variants"].get("candidate", {}).get("requests", 0) == 0

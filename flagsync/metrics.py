@@ -1,0 +1,245 @@
+"""Exposure and outcome metrics: counted in process, flushed to Redis in the background.
+
+The hot path only increments numbers in a per-thread table (no lock, no I/O): which
+variant each evaluation served (exposures) and what the application reported about it
+(`client.track(key, context, metric, value)`). A flusher turns the tables into
+*series* — (flag, variant, metric) -> count, sum, sum of squares and a log-scale
+histogram — and appends one entry per flag to the stream `{fs:<ns>}:metrics:<flag>`,
+whose entry ids are the server's millisecond clock, so a controller can read any time
+window. While Redis is down, series wait in memory (bounded); what does not fit is
+dropped and counted, never silently.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+from flagsync.errors import FlagsyncError
+
+if TYPE_CHECKING:
+    from flagsync.compile import CompiledFlag
+
+__all__ = [
+    "EXPOSURES",
+    "HISTOGRAM_BASE",
+    "MetricStat",
+    "MetricsTables",
+    "PendingSeries",
+    "check_metric_name",
+    "decode_entry",
+    "encode_series",
+    "percentile",
+]
+
+EXPOSURES: Final = "exposures"
+"""The metric name under which evaluations (which variant was served) are counted."""
+HISTOGRAM_BASE: Final = 2**0.25
+"""Histogram buckets grow by ~19 %: percentiles are exact to that resolution."""
+_LOG_BASE: Final = math.log(HISTOGRAM_BASE)
+_METRIC_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+
+
+def check_metric_name(metric: str) -> None:
+    """Refuse names that cannot be stored (they become stream field parts)."""
+    if not isinstance(metric, str) or not _METRIC_NAME.match(metric):
+        raise FlagsyncError(
+            f"invalid metric name {metric!r}: use 1-64 of a-z 0-9 . _ - starting with a letter"
+            " or digit"
+        )
+
+
+@dataclass
+class MetricStat:
+    """Running totals of one (flag, variant, metric)."""
+
+    count: int = 0
+    total: float = 0.0
+    squares: float = 0.0
+    histogram: dict[int, int] = field(default_factory=dict)
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.squares += value * value
+        bucket = _bucket(value)
+        self.histogram[bucket] = self.histogram.get(bucket, 0) + 1
+
+    def merge(self, other: MetricStat) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.squares += other.squares
+        for bucket, count in other.histogram.items():
+            self.histogram[bucket] = self.histogram.get(bucket, 0) + count
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+    @property
+    def variance(self) -> float:
+        if self.count < 2:
+            return math.nan
+        return max(0.0, (self.squares - self.total * self.total / self.count) / (self.count - 1))
+
+
+def _bucket(value: float) -> int:
+    """Histogram bucket of a value: 0 for <= 0, else 1 + floor(log_base(value)) + 10_000."""
+    if value <= 0 or not math.isfinite(value):
+        return 0
+    return 10_000 + 1 + math.floor(math.log(value) / _LOG_BASE)
+
+
+def _bucket_upper(bucket: int) -> float:
+    return 0.0 if bucket == 0 else HISTOGRAM_BASE ** (bucket - 10_000)
+
+
+def percentile(stat: MetricStat, percent: float) -> float:
+    """The `percent` percentile from the histogram (upper edge of its bucket)."""
+    if not stat.histogram:
+        return math.nan
+    rank = percent / 100 * sum(stat.histogram.values())
+    seen = 0
+    for bucket in sorted(stat.histogram):
+        seen += stat.histogram[bucket]
+        if seen >= rank:
+            return _bucket_upper(bucket)
+    return _bucket_upper(max(stat.histogram))
+
+
+class MetricsTables:
+    """In-process counts: exposures (lock-free, on the hot path) and tracked outcomes.
+
+    Exposure counters are plain list slots incremented without a lock: under threads an
+    increment that races a thread switch can, rarely, be lost (counts are approximate
+    there, exact in a single thread). Tracked outcomes are rarer and take a lock.
+    """
+
+    def __init__(self) -> None:
+        self.exposures: dict[CompiledFlag, list[int]] = {}
+        self._outcomes: dict[tuple[CompiledFlag, int, str], MetricStat] = {}
+        self._lock = threading.Lock()
+
+    def count_exposure(self, flag: CompiledFlag, index: int) -> None:
+        """One evaluation of `flag` served outcome `index`."""
+        counts = self.exposures.get(flag)
+        if counts is None:
+            counts = self.exposures[flag] = [0] * len(flag.outcomes)
+        counts[index] += 1
+
+    def record(self, flag: CompiledFlag, index: int, metric: str, value: float) -> None:
+        """The application reported `value` of `metric` for a context served outcome `index`."""
+        with self._lock:
+            stat = self._outcomes.get((flag, index, metric))
+            if stat is None:
+                stat = self._outcomes[(flag, index, metric)] = MetricStat()
+            stat.add(value)
+
+    def drain(self) -> dict[tuple[str, str, str], MetricStat]:
+        """Swap out the counts and sum them as (flag, variant, metric) series."""
+        exposures, self.exposures = self.exposures, {}
+        with self._lock:
+            outcomes, self._outcomes = self._outcomes, {}
+        series: dict[tuple[str, str, str], MetricStat] = {}
+        for flag, counts in list(exposures.items()):
+            for index, count in enumerate(counts):
+                if count:
+                    variant = flag.outcomes[index].variant or "default"
+                    stat = series.setdefault((flag.key, variant, EXPOSURES), MetricStat())
+                    stat.count += count
+                    stat.total += count
+                    stat.squares += count
+        for (flag, index, metric), stat in outcomes.items():
+            variant = flag.outcomes[index].variant or "default"
+            series.setdefault((flag.key, variant, metric), MetricStat()).merge(stat)
+        return series
+
+
+class PendingSeries:
+    """Series waiting to be flushed, bounded: beyond `max_series`, new ones are dropped
+    (and counted) rather than growing memory while Redis is down."""
+
+    def __init__(self, max_series: int = 10_000) -> None:
+        self.max_series = max_series
+        self.series: dict[tuple[str, str, str], MetricStat] = {}
+        self.dropped = 0
+
+    def add(self, series: Mapping[tuple[str, str, str], MetricStat]) -> None:
+        for key, stat in series.items():
+            current = self.series.get(key)
+            if current is not None:
+                current.merge(stat)
+            elif len(self.series) < self.max_series:
+                self.series[key] = stat
+            else:
+                self.dropped += stat.count
+
+    def by_flag(self) -> dict[str, dict[str, str]]:
+        """Stream entry fields per flag."""
+        entries: dict[str, dict[str, str]] = {}
+        for (flag, variant, metric), stat in self.series.items():
+            entries.setdefault(flag, {}).update(encode_series(variant, metric, stat))
+        return entries
+
+
+def encode_series(variant: str, metric: str, stat: MetricStat) -> dict[str, str]:
+    """Stream fields of one series: `<variant>|<metric>|c` (count), `|s`, `|q`, `|h`."""
+    prefix = f"{variant}|{metric}|"
+    fields = {prefix + "c": str(stat.count), prefix + "s": repr(stat.total)}
+    if metric != EXPOSURES:
+        fields[prefix + "q"] = repr(stat.squares)
+        fields[prefix + "h"] = ",".join(f"{b}:{n}" for b, n in sorted(stat.histogram.items()))
+    return fields
+
+
+def decode_entry(
+    fields: Mapping[bytes | str, bytes | str], into: dict[tuple[str, str], MetricStat]
+) -> None:
+    """Add one stream entry's series into `into` ((variant, metric) -> stat); unknown or
+    malformed fields are ignored (a metrics entry is never trusted to be well-formed)."""
+    for raw_name, raw_value in fields.items():
+        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        variant, _, rest = name.partition("|")
+        metric, _, part = rest.rpartition("|")
+        if not variant or not metric:
+            continue
+        stat = into.setdefault((variant, metric), MetricStat())
+        try:
+            if part == "c":
+                stat.count += int(value)
+            elif part == "s":
+                stat.total += float(value)
+            elif part == "q":
+                stat.squares += float(value)
+            elif part == "h" and value:
+                for item in value.split(","):
+                    bucket, _, count = item.partition(":")
+                    stat.histogram[int(bucket)] = stat.histogram.get(int(bucket), 0) + int(count)
+        except ValueError:
+            continue
+
+
+def merge_window(
+    entries: Iterable[Mapping[bytes | str, bytes | str]],
+) -> dict[tuple[str, str], MetricStat]:
+    """Sum the series of many stream entries."""
+    totals: dict[tuple[str, str], MetricStat] = {}
+    for fields in entries:
+        decode_entry(fields, totals)
+    return totals
+
+
+def flush_commands(
+    prefix: str, entries: Mapping[str, Mapping[str, str]], retention_ms: int, now_ms: int
+) -> list[tuple[Any, ...]]:
+    """XADD commands for a flush: one entry per flag, trimming entries older than retention."""
+    return [
+        ("XADD", f"{prefix}:metrics:{flag}", "MINID", "~", str(now_ms - retention_ms), "*",
+         *[part for item in fields.items() for part in item])
+        for flag, fields in entries.items()
+    ]  # fmt: skip
