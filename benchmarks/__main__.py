@@ -66,6 +66,13 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
             ratio = engine_results["cases"][case]["ratio_to_floor"]
             if ratio > budget:
                 failures.append(f"engine {case}: {ratio}x the floor > budget {budget}x")
+        metered_budget = budgets["engine"]["metered"]["ratio_to_unmetered"]
+        failures.extend(
+            f"engine {case}: metrics on costs {row['metered_ratio']}x metrics off"
+            f" > budget {metered_budget}x"
+            for case, row in engine_results["cases"].items()
+            if "metered_ratio" in row and row["metered_ratio"] > metered_budget
+        )
         for metric, budget in budgets["engine"]["cold_10k"].items():
             value = engine_results["cold_10k"][metric]
             if value > budget:
@@ -117,7 +124,15 @@ def _print_sync(results: dict[str, Any]) -> None:
 def _print_engine(results: dict[str, Any]) -> None:
     print(f"evaluation (floor: call returning a dict lookup = {results['floor_ns']} ns)")
     for case, row in results["cases"].items():
-        print(f"  {case:<26} {row['median_ns']:>8.1f} ns  {row['ratio_to_floor']:>5.2f}x floor")
+        metered = (
+            f"  metrics on: {row['metered_ns']:.1f} ns ({row['metered_ratio']}x)"
+            if "metered_ns" in row
+            else ""
+        )
+        print(
+            f"  {case:<26} {row['median_ns']:>8.1f} ns  {row['ratio_to_floor']:>5.2f}x floor"
+            + metered
+        )
     cold = results["cold_10k"]
     print(
         f"10,000 flags: validate {cold['validate_ms']} ms + compile all "

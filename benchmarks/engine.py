@@ -18,6 +18,7 @@ import msgspec
 
 from benchmarks._timing import median, ns_per_call, seconds
 from flagsync import FlagClient, Snapshot, load_flags
+from flagsync.client import MeteredFlagClient
 
 SEGMENT_SIZE = 1_000
 
@@ -160,6 +161,17 @@ def run(*, quick: bool) -> dict[str, Any]:
             "ratio_to_floor": round(median(samples) / floor_ns, 2),
         }
     _check_engine_answers(client, users)
+
+    # Metrics on: the same cases through a client that counts every exposure.
+    metered = MeteredFlagClient(client.snapshot)
+    for name, (key, default) in cases.items():
+        samples = ns_per_call(metered.variation, key, users, default, repeats)
+        plain = results["cases"][name]["median_ns"]
+        results["cases"][name]["metered_ns"] = round(median(samples), 1)
+        results["cases"][name]["metered_ratio"] = round(median(samples) / plain, 2)
+    exposures = sum(sum(flag.counts) for flag in metered.snapshot.compiled_flags())
+    if exposures != len(users) * repeats * (len(cases) - 1):  # static (a) is not counted
+        raise AssertionError(f"metered client counted {exposures} exposures")
 
     big = many_flags(10_000)
     rounds = 3 if quick else 5

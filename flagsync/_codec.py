@@ -107,7 +107,70 @@ def decode_definition(blob: bytes, kind: str, key: str) -> StoredDefinition:
         raise MalformedMessageError(
             f"{kind} {key!r}: blob is for {stored.kind} {stored.key!r} (copied or tampered)"
         )
+    # msgspec keeps the last of repeated map keys; flag files refuse them (flagsync.loader),
+    # and so does the store: another decoder could keep the first and serve something else.
+    if _map_pairs(blob) != _STORED_FIELDS + _dict_entries(stored.definition):
+        raise MalformedMessageError(f"{kind} {key!r}: a map in the definition repeats a key")
     return stored
+
+
+_STORED_FIELDS: Final = len(StoredDefinition.__struct_fields__)
+
+# msgpack type bytes -> bytes to skip after them (fixed-size scalars and fixext: type + data).
+_FIXED_SIZE: Final = dict(
+    zip(range(0xCA, 0xD9), [4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 2, 3, 5, 9, 17], strict=True)
+)
+# msgpack type bytes -> (width of the length that follows, bytes to add to it).
+_SIZED: Final = {
+    0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0),  # bin
+    0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),  # ext: one type byte, then the data
+    0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0),  # str
+}  # fmt: skip
+
+
+def _map_pairs(data: bytes) -> int:
+    """How many key-value pairs the maps of a (well-formed) msgpack document declare."""
+    pairs, position, pending = 0, 0, 1
+    while pending:
+        byte = data[position]
+        position += 1
+        pending -= 1
+        if byte <= 0x7F or byte >= 0xE0 or byte in (0xC0, 0xC2, 0xC3):
+            continue  # fixint, nil, bool
+        if byte <= 0x8F:
+            pairs += byte & 0x0F
+            pending += 2 * (byte & 0x0F)
+        elif byte <= 0x9F:
+            pending += byte & 0x0F
+        elif byte <= 0xBF:
+            position += byte & 0x1F
+        elif byte in _FIXED_SIZE:
+            position += _FIXED_SIZE[byte]
+        elif byte in _SIZED:
+            width, extra = _SIZED[byte]
+            position += width + extra + int.from_bytes(data[position : position + width], "big")
+        else:  # 0xDC/0xDD array16/32, 0xDE/0xDF map16/32
+            width = 2 if byte in (0xDC, 0xDE) else 4
+            count = int.from_bytes(data[position : position + width], "big")
+            position += width
+            if byte >= 0xDE:
+                pairs += count
+                count *= 2
+            pending += count
+    return pairs
+
+
+def _dict_entries(value: Any) -> int:
+    """How many key-value pairs the dicts nested in `value` hold, all levels together."""
+    entries, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            entries += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return entries
 
 
 def encode_changeset(changes: ChangeSet) -> bytes:

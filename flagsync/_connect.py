@@ -69,7 +69,7 @@ def start_metrics(
     """Give `client` metrics tables and start their reporter (unless metrics are off)."""
     if not metrics["metrics"] and not metrics["exposures"]:
         return None
-    tables = MetricsTables()
+    tables = client._metrics or MetricsTables()
     client._metrics = tables
     return MetricsReporter(
         tables,

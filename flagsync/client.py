@@ -300,11 +300,27 @@ class MeteredFlagClient(FlagClient):
     """A `FlagClient` that also counts which variant every evaluation served (exposures).
 
     Returned by `FlagClient.connect(..., exposures=True)`; everything else is the same.
-    The count is one dict lookup and one list-slot increment per evaluation, lock-free
-    (under threads a racing increment can rarely be lost: counts are approximate there).
+    The count is one list-slot increment per evaluation (the slot lives on the compiled
+    flag), lock-free: under threads a racing increment can rarely be lost, so counts are
+    approximate there. Flags whose outcome cannot depend on the context (no rules,
+    rollout or prerequisite, or killed) serve one variant to everyone: there is nothing
+    for a guard to compare, so they are not counted and cost nothing extra.
     """
 
     __slots__ = ()
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        super().__init__(snapshot)
+        from flagsync.metrics import MetricsTables  # noqa: PLC0415 - a small pure module
+
+        # A lambda, not a bound method: it must read whichever snapshot is current.
+        self._metrics = MetricsTables(lambda: self._snapshot.compiled_flags())  # noqa: PLW0108
+
+    def _install(self, snapshot: Snapshot) -> None:
+        old = self._snapshot
+        super()._install(snapshot)
+        if self._metrics is not None:  # counts on replaced flags are still to be flushed
+            self._metrics.retire(old.compiled_flags())
 
     def variation(self, key: str, context: Context, default: Any = None) -> Any:
         """`FlagClient.variation`, counting the exposure."""
@@ -312,12 +328,10 @@ class MeteredFlagClient(FlagClient):
             select, value, accepts, values, flag = self._table[key]
             if default.__class__ not in accepts:
                 return default
-            index = 0 if select is None else select(context)
-            counts = self._metrics.exposures.get(flag)  # type: ignore[union-attr]
-            if counts is None:
-                self._exposed(flag, index)
-            else:
-                counts[index] += 1
+            if select is None:  # static: one variant for everyone, nothing to compare
+                return value
+            index = select(context)
+            flag.counts[index] += 1
             value = values[index]
             return default if value is SERVE_DEFAULT else value
         except KeyError:
@@ -346,6 +360,5 @@ class MeteredFlagClient(FlagClient):
             return default
 
     def _exposed(self, flag: CompiledFlag, index: int) -> None:
-        tables = self._metrics
-        if tables is not None:
-            tables.count_exposure(flag, index)
+        if flag.select is not None:
+            flag.counts[index] += 1

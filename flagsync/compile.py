@@ -53,6 +53,7 @@ class CompiledFlag:
 
     __slots__ = (
         "accepts",
+        "counts",
         "definition",
         "entry",
         "key",
@@ -75,6 +76,8 @@ class CompiledFlag:
     """The generated selector's Python source (None for static flags), for debugging."""
     static_outcome: Outcome | None
     entry: TableEntry
+    counts: list[int]
+    """Exposures per outcome, counted by a `MeteredFlagClient` and drained by its reporter."""
 
     def outcome_for(self, context: Mapping[str, Any]) -> Outcome:
         """The outcome for `context` (may raise on a non-mapping context; callers guard)."""
@@ -119,6 +122,7 @@ def compile_flag(
     compiled.values = tuple(outcome.value for outcome in builder.outcomes)
     compiled.select = select
     compiled.static_outcome = None
+    compiled.counts = [0] * len(compiled.outcomes)
     compiled.entry = (select, None, compiled.accepts, compiled.values, compiled)
     return compiled
 
@@ -130,6 +134,7 @@ def _make_static(compiled: CompiledFlag, outcome: Outcome) -> CompiledFlag:
     compiled.outcomes = (outcome,)
     compiled.values = (outcome.value,)
     compiled.static_outcome = outcome
+    compiled.counts = [0]
     compiled.entry = (None, outcome.value, compiled.accepts, compiled.values, compiled)
     return compiled
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -114,22 +114,28 @@ def percentile(stat: MetricStat, percent: float) -> float:
 class MetricsTables:
     """In-process counts: exposures (lock-free, on the hot path) and tracked outcomes.
 
-    Exposure counters are plain list slots incremented without a lock: under threads an
-    increment that races a thread switch can, rarely, be lost (counts are approximate
-    there, exact in a single thread). Tracked outcomes are rarer and take a lock.
+    Exposures live on the compiled flags themselves (`CompiledFlag.counts`, one slot per
+    outcome), so counting costs one list-slot increment; `drain` reads each slot and
+    subtracts what it read. Under threads, an increment that races a thread switch can,
+    rarely, be lost (counts are approximate there, exact in a single thread). Tracked
+    outcomes are rarer and take a lock.
     """
 
-    def __init__(self) -> None:
-        self.exposures: dict[CompiledFlag, list[int]] = {}
+    def __init__(self, flags: Callable[[], Iterable[CompiledFlag]] | None = None) -> None:
+        self.flags: Callable[[], Iterable[CompiledFlag]] = flags or tuple
+        """Where the live compiled flags are (the client's current snapshot)."""
+        self._retired: list[CompiledFlag] = []
         self._outcomes: dict[tuple[CompiledFlag, int, str], MetricStat] = {}
         self._lock = threading.Lock()
 
     def count_exposure(self, flag: CompiledFlag, index: int) -> None:
         """One evaluation of `flag` served outcome `index`."""
-        counts = self.exposures.get(flag)
-        if counts is None:
-            counts = self.exposures[flag] = [0] * len(flag.outcomes)
-        counts[index] += 1
+        flag.counts[index] += 1
+
+    def retire(self, flags: Iterable[CompiledFlag]) -> None:
+        """Flags of a snapshot being replaced: drained once more, then forgotten."""
+        with self._lock:
+            self._retired.extend(flags)
 
     def record(self, flag: CompiledFlag, index: int, metric: str, value: float) -> None:
         """The application reported `value` of `metric` for a context served outcome `index`."""
@@ -141,13 +147,16 @@ class MetricsTables:
 
     def drain(self) -> dict[tuple[str, str, str], MetricStat]:
         """Swap out the counts and sum them as (flag, variant, metric) series."""
-        exposures, self.exposures = self.exposures, {}
         with self._lock:
             outcomes, self._outcomes = self._outcomes, {}
+            retired, self._retired = self._retired, []
         series: dict[tuple[str, str, str], MetricStat] = {}
-        for flag, counts in list(exposures.items()):
-            for index, count in enumerate(counts):
+        for flag in (*self.flags(), *retired):
+            counts = flag.counts
+            for index in range(len(counts)):
+                count = counts[index]
                 if count:
+                    counts[index] -= count  # subtract what was read: racing increments stay
                     variant = flag.outcomes[index].variant or "default"
                     stat = series.setdefault((flag.key, variant, EXPOSURES), MetricStat())
                     stat.count += count

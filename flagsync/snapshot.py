@@ -93,6 +93,10 @@ class Snapshot:
         self._compile([key])
         return self.entries.get(key)
 
+    def compiled_flags(self) -> list[CompiledFlag]:
+        """The flags compiled so far (what a metrics reporter drains exposures from)."""
+        return list(self._compiled.values())
+
     def compile_all(self) -> Snapshot:
         """Compile every flag now (e.g. at worker start, to keep first requests fast)."""
         missing = [key for key in self.definitions.flags if key not in self._compiled]
