@@ -436,12 +436,18 @@ def _controller(args: argparse.Namespace) -> int:
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     with _publisher(args) as publisher:
         finished: set[str] = set()
+        # One controller (one lease owner) per flag for the whole run: a new owner every
+        # tick would find the lease its predecessor took and wait out its TTL each time.
+        controllers: dict[str, RolloutController] = {}
         while deadline is None or time.monotonic() < deadline:
             keys = [
                 key.decode() for key in publisher.client.hkeys(f"{publisher.keys.prefix}:plans")
             ]
             for key in keys:
-                decision = RolloutController(publisher, key).tick()
+                controller = controllers.get(key)
+                if controller is None:
+                    controller = controllers[key] = RolloutController(publisher, key)
+                decision = controller.tick()
                 if decision.decision not in ("hold", "not_leader", "stopped") or (
                     decision.decision == "stopped" and key not in finished
                 ):

@@ -157,6 +157,11 @@ class RolloutController:
         for name in (plan.variant, plan.control):
             if name not in stored.flag.variants:
                 raise InvalidFlagError.single(f"plans.{self.key}", f"flag has no variant {name!r}")
+        rules = [rule.name or f"rules[{i}]" for i, rule in enumerate(stored.flag.rules)]
+        if plan.rule is not None and plan.rule not in rules:  # else every tick would fail
+            raise InvalidFlagError.single(
+                f"plans.{self.key}.rule", f"flag has no rule {plan.rule!r}"
+            )
         self._redis.hset(self._plan_key, self.key, _plan_codec[0].encode(plan))
         self._save_state(RolloutState())
 

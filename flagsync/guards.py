@@ -108,9 +108,9 @@ def parse_guard(text: str, *, path: str = "guards") -> Guard:
 
 def _side(match: re.Match[str], n: str, text: str, path: str) -> Side:
     if match[f"{n}num"] is not None:
-        return Side(number=float(match[f"{n}num"]))
+        return Side(number=_number(match[f"{n}num"], text, path))
     function = match[f"{n}fn"]
-    factor = float(match[f"{n}factor"]) if match[f"{n}factor"] else 1.0
+    factor = _number(match[f"{n}factor"], text, path) if match[f"{n}factor"] else 1.0
     variant = match[f"{n}var"]
     percent = _PERCENTILE.match(function)
     if percent is not None:
@@ -126,12 +126,25 @@ def _side(match: re.Match[str], n: str, text: str, path: str) -> Side:
     )  # fmt: skip
 
 
+def _number(raw: str, text: str, path: str) -> float:
+    """A number of a guard: the pattern admits e.g. `1.2.3` or `1e999`, which are refused."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidFlagError(
+            [ValidationIssue(path, f"cannot parse guard {text!r}: {raw!r} is not a finite number")]
+        )
+    return value
+
+
 def evaluate_guard(
     guard: Guard, window: Mapping[tuple[str, str], MetricStat], min_samples: int
 ) -> GuardResult:
     """Decide `guard` on a window of (variant, metric) -> stats."""
     left_stat = _stat(window, guard.left)
-    left_value = _value(left_stat, guard.left)
+    left_value = _value(left_stat, guard.left) * guard.left.factor
     if guard.right.number is not None:
         right_stat, right_value = None, guard.right.number
     else:
@@ -145,7 +158,7 @@ def evaluate_guard(
         return GuardResult(
             guard.text,
             verdict,
-            None if math.isnan(left_value) else left_value * guard.left.factor,
+            None if math.isnan(left_value) else left_value,
             None if math.isnan(right_value) else right_value,
             left_stat.count,
             None if right_stat is None else right_stat.count,
@@ -153,7 +166,6 @@ def evaluate_guard(
 
     if not enough or math.isnan(left_value) or math.isnan(right_value):
         return result("insufficient")
-    left_value *= guard.left.factor
     difference = left_value - right_value  # the guard wants this <= 0 for `<=`, >= 0 for `>=`
     margin = 0.0
     if guard.left.percentile is None:

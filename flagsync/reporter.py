@@ -97,7 +97,12 @@ class MetricsReporter:
             self.last_error = message
             return False
         if self.last_error is not None:
-            _log.info("metrics_flush_recovered", namespace=self.keys.namespace)
+            # What the outage cost: the failure was logged before anything was dropped.
+            _log.info(
+                "metrics_flush_recovered",
+                namespace=self.keys.namespace,
+                dropped=self.pending.dropped,
+            )
             self.last_error = None
         self.flushed_entries += len(commands)
         self.pending.series.clear()
