@@ -447,7 +447,11 @@ def _controller(args: argparse.Namespace) -> int:
                 controller = controllers.get(key)
                 if controller is None:
                     controller = controllers[key] = RolloutController(publisher, key)
-                decision = controller.tick()
+                try:
+                    decision = controller.tick()
+                except FlagsyncError as error:  # one broken plan must not stop the others
+                    print(f"{key}: error: {error}", file=sys.stderr, flush=True)
+                    continue
                 if decision.decision not in ("hold", "not_leader", "stopped") or (
                     decision.decision == "stopped" and key not in finished
                 ):

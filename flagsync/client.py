@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from flagsync.compile import SERVE_DEFAULT, CompiledFlag, TableEntry
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
 from flagsync.loader import FlagSource, load_flags
+from flagsync.metrics import EXPOSURES, METRIC_NAME
 from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus, SyncState
 
@@ -119,7 +120,14 @@ class FlagClient:
         """The value with its variant, reason, matched rule and error code; never raises."""
         entry = self._entry(key)
         if entry is None:
-            return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.FLAG_NOT_FOUND)
+            # Before the first sync the flag may well exist: say "not ready", not "not found".
+            sync = self._sync
+            code = (
+                ErrorCode.PROVIDER_NOT_READY
+                if sync is not None and not sync.follower.ready.is_set()
+                else ErrorCode.FLAG_NOT_FOUND
+            )
+            return EvaluationDetail(default, None, Reason.ERROR, None, code)
         flag = entry[4]
         if default.__class__ not in flag.accepts:
             return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.TYPE_MISMATCH)
@@ -183,6 +191,8 @@ class FlagClient:
         if tables is None:
             return
         try:
+            if metric == EXPOSURES or not METRIC_NAME.match(metric):
+                return  # a name the stream cannot hold, or one that would fake exposures
             entry = self._entry(key)
             if entry is None or not math.isfinite(value):
                 return

@@ -162,6 +162,14 @@ class RolloutController:
             raise InvalidFlagError.single(
                 f"plans.{self.key}.rule", f"flag has no rule {plan.rule!r}"
             )
+        for index, text in enumerate(plan.guards):  # a typo would hold the rollout forever
+            guard = parse_guard(text)
+            for side in (guard.left, guard.right):
+                if side.variant is not None and side.variant not in stored.flag.variants:
+                    raise InvalidFlagError.single(
+                        f"plans.{self.key}.guards[{index}]",
+                        f"flag has no variant {side.variant!r}",
+                    )
         self._redis.hset(self._plan_key, self.key, _plan_codec[0].encode(plan))
         self._save_state(RolloutState())
 

@@ -167,6 +167,8 @@ def evaluate_guard(
     if not enough or math.isnan(left_value) or math.isnan(right_value):
         return result("insufficient")
     difference = left_value - right_value  # the guard wants this <= 0 for `<=`, >= 0 for `>=`
+    # Rounding must not breach `<=`/`>=` at equality (150 x 0.004 averages 0.004000...03).
+    slack = 1e-9 * max(1.0, abs(right_value))
     margin = 0.0
     if guard.left.percentile is None:
         variance = left_stat.variance * guard.left.factor**2 / left_stat.count
@@ -174,9 +176,9 @@ def evaluate_guard(
             variance += right_stat.variance * guard.right.factor**2 / right_stat.count
         margin = Z_ONE_SIDED_95 * math.sqrt(variance) if not math.isnan(variance) else 0.0
     if guard.op in ("<=", "<"):
-        breached = difference - margin > 0 if guard.op == "<=" else difference - margin >= 0
+        breached = difference - margin > slack if guard.op == "<=" else difference - margin >= 0
     else:
-        breached = difference + margin < 0 if guard.op == ">=" else difference + margin <= 0
+        breached = difference + margin < -slack if guard.op == ">=" else difference + margin <= 0
     return result("breach" if breached else "pass")
 
 

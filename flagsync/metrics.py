@@ -41,12 +41,12 @@ EXPOSURES: Final = "exposures"
 HISTOGRAM_BASE: Final = 2**0.25
 """Histogram buckets grow by ~19 %: percentiles are exact to that resolution."""
 _LOG_BASE: Final = math.log(HISTOGRAM_BASE)
-_METRIC_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
+METRIC_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 
 
 def check_metric_name(metric: str) -> None:
     """Refuse names that cannot be stored (they become stream field parts)."""
-    if not isinstance(metric, str) or not _METRIC_NAME.match(metric):
+    if not isinstance(metric, str) or not METRIC_NAME.match(metric):
         raise FlagsyncError(
             f"invalid metric name {metric!r}: use 1-64 of a-z 0-9 . _ - starting with a letter"
             " or digit"
