@@ -329,26 +329,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _server(args: argparse.Namespace) -> int:
     import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
 
     from flagsync.server import ServerProcess  # noqa: PLC0415
 
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # `kill`, a closed terminal or a supervisor stop the server like Ctrl-C: Python's default
-    # SIGTERM/SIGHUP handling dies without leaving the `with` (no clean stop of the child,
-    # its working directory left behind, exit status -15).
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
+    stopping = threading.Event()
+    # Ctrl-C, `kill`, a closed terminal or a supervisor all stop the server cleanly (the
+    # child server stopped, its directory removed, exit 0). SIGINT is set explicitly: a
+    # shell that starts us in the background makes it "ignored", and Python then never
+    # raises KeyboardInterrupt. A flag, not an exception: a signal that lands while the
+    # server starts must not escape the `with` that stops it.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stopping.set())
     with ServerProcess(kind=args.kind, port=args.port) as server:
         print(f"{args.kind} running at {server.url}", flush=True)
         print(f"  export REDIS_URL={server.url}", flush=True)
         print("press Ctrl-C to stop", file=sys.stderr, flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopped", file=sys.stderr)
+        while not stopping.wait(1.0):
+            pass
+        print("stopped", file=sys.stderr)
     return EXIT_OK
 
 
