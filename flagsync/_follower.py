@@ -112,6 +112,8 @@ class Follower:
         self.closed = False
         self.snapshot_missing = False
         self.last_error: str | None = None
+        self._lost_permanent: bool | None = None
+        """While disconnected: whether the logged loss was permanent (None: not logged)."""
         self.counts = {
             "resyncs": 0,
             "reconnects": 0,
@@ -133,11 +135,15 @@ class Follower:
         if not self.connected and self.last_error is not None:
             _log.info("connection_restored", namespace=self.keys.namespace)
         self.connected = True
+        self._lost_permanent = None
 
-    def on_disconnected(self, error: BaseException, *, permanent: bool) -> None:
-        """A session ended with `error`; logged once per transition."""
-        message = f"{type(error).__name__}: {error}"
-        if self.connected or message != self.last_error:
+    def on_disconnected(self, error: BaseException, *, permanent: bool, hint: str = "") -> None:
+        """A session ended with `error` (`hint`: see `store.connection_hint`); logged once
+        per transition."""
+        message = f"{type(error).__name__}: {error}{hint}"
+        # A transition is losing the connection, or the failure turning from transient to
+        # permanent (or back): retries failing with differently worded errors are not.
+        if self.connected or permanent is not self._lost_permanent:
             log = _log.error if permanent else _log.warning
             log(
                 "connection_lost",
@@ -148,6 +154,7 @@ class Follower:
             )
         self.connected = False
         self.last_error = message
+        self._lost_permanent = permanent
 
     def on_message(self, data: Any) -> str:
         """Handle one channel message: `applied`, `ignored` or `resync`."""
@@ -157,6 +164,8 @@ class Follower:
             self._malformed(str(error))
             return "resync"
         snapshot = self._current()
+        if self.snapshot_missing:
+            return "resync"  # the store lost data we hold: only a whole load shows what is left
         if snapshot.epoch != message.epoch or not snapshot.epoch:
             return "resync"
         if message.revision <= snapshot.revision:
@@ -182,12 +191,22 @@ class Follower:
         """Apply a whole-store read; False when it was refused (LKG kept, status says why)."""
         self.counts["resyncs"] += 1
         current = self._current()
-        if loaded.epoch is None:
-            self.snapshot_missing = True
+        # Every write bumps the revision with its data, so flags that are gone while the
+        # revision is not past ours were deleted behind the protocol's back (`DEL` of the
+        # flags hash): as missing as after a FLUSHALL, never "all flags off".
+        vanished = (
+            not loaded.flags
+            and len(current) > 0
+            and loaded.epoch == current.epoch
+            and loaded.revision <= current.revision
+        )
+        if loaded.epoch is None or vanished:
+            was_missing, self.snapshot_missing = self.snapshot_missing, True
             if len(current) or current.epoch:
-                _log.warning(
-                    "snapshot_missing", namespace=self.keys.namespace, kept=current.revision
-                )
+                if not was_missing:
+                    _log.warning(
+                        "snapshot_missing", namespace=self.keys.namespace, kept=current.revision
+                    )
                 return False
             self._mark_ready()  # a namespace nobody has written to yet: nothing to serve
             self.confirm()

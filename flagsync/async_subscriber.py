@@ -18,7 +18,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from flagsync._follower import Follower, SessionTimers
-from flagsync.store import load_commands, parse_load, parse_revision, revision_command
+from flagsync.store import (
+    connection_hint,
+    load_commands,
+    parse_load,
+    parse_revision,
+    revision_command,
+)
 from flagsync.subscriber import backoff_delay, is_permanent
 
 __all__ = ["AsyncSubscriber"]
@@ -53,7 +59,9 @@ class AsyncSubscriber:
                     if self.follower.connected:
                         attempt = 0
                     permanent = is_permanent(error)
-                    self.follower.on_disconnected(error, permanent=permanent)
+                    self.follower.on_disconnected(
+                        error, permanent=permanent, hint=connection_hint(self.url, error)
+                    )
                     cap = options.backoff_max_permanent_s if permanent else options.backoff_max_s
                     await anyio.sleep(backoff_delay(attempt, options.backoff_initial_s, cap))
                     attempt += 1
@@ -97,12 +105,14 @@ class AsyncSubscriber:
                 if self._stopping:
                     break
                 if timers.check_due():
-                    if await self._check_revision(commands) == "resync":
+                    stored = await self._read_revision(commands)
+                    if follower.on_revision(*stored) == "resync":
                         message = await pubsub.get_message(timeout=0)
                         while message is not None:
+                            timers.heard()  # a pong read here counts for liveness too
                             await self._dispatch(message, commands)
                             message = await pubsub.get_message(timeout=0)
-                        if await self._check_revision(commands) == "resync":
+                        if follower.on_revision(*stored) == "resync":  # see the thread driver
                             await self._resync(commands)
                         timers.changed()
                     timers.checked()
@@ -126,9 +136,9 @@ class AsyncSubscriber:
                 await subscriber.aclose()
                 await commands.aclose()
 
-    async def _check_revision(self, commands: aredis.Redis) -> str:
+    async def _read_revision(self, commands: aredis.Redis) -> tuple[int, str | None]:
         reply = await commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
-        return self.follower.on_revision(*parse_revision(reply))
+        return parse_revision(reply)
 
     async def _dispatch(self, message: dict[str, Any], commands: aredis.Redis) -> str:
         kind = message.get("type")

@@ -49,6 +49,7 @@ from flagsync.store import (
     WRITE_SCRIPT,
     StoreKeys,
     connect,
+    connection_hint,
     parse_write_reply,
     redact_url,
 )
@@ -640,10 +641,15 @@ class Publisher:
         """Turn redis-py's errors into flagsync's, without leaking passwords."""
         try:
             yield
-        except redis.exceptions.NoPermissionError as error:
+        except (redis.exceptions.NoPermissionError, redis.AuthenticationError) as error:
+            # Before ConnectionError: redis-py's AuthenticationError subclasses it, but bad
+            # credentials are not an unreachable store.
             raise PermissionDeniedError(f"{redact_url(self.url)}: {error}") from None
         except (redis.ConnectionError, redis.TimeoutError) as error:
-            raise StoreUnavailableError(f"cannot reach {redact_url(self.url)}: {error}") from None
+            hint = connection_hint(self.url, error)
+            raise StoreUnavailableError(
+                f"cannot reach {redact_url(self.url)}: {error}{hint}"
+            ) from None
         except redis.ResponseError as error:
             if str(error).startswith("NOPERM"):
                 raise PermissionDeniedError(f"{redact_url(self.url)}: {error}") from None

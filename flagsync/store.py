@@ -19,6 +19,7 @@ send exactly the same thing; the I/O stays in the drivers.
 from __future__ import annotations
 
 import re
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
@@ -29,7 +30,7 @@ from redis.retry import Retry
 
 from flagsync.errors import FlagsyncError
 
-__all__ = ["DEFAULT_LOG_MAXLEN", "LoadedStore", "StoreKeys", "redact_url"]
+__all__ = ["DEFAULT_LOG_MAXLEN", "LoadedStore", "StoreKeys", "connection_hint", "redact_url"]
 
 DEFAULT_LOG_MAXLEN: Final = 10_000
 NAMESPACE_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -194,12 +195,40 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@")
+# The password runs to the *last* "@" of the authority (redis-py reads "u:p@ss@host" so),
+# and redis-py also takes one from the query string (`?password=...`).
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^/?#]*@", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.I)
 
 
 def redact_url(url: str) -> str:
     """`url` with any password replaced by `***`, for logs and error messages."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    redacted = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['name']}***", redacted)
+
+
+def connection_hint(url: str, error: BaseException) -> str:
+    """A hint to append to a connection error whose own words hide the likely cause, or "".
+
+    A TLS server that requires client certificates may just end the session after the
+    handshake ("EOF occurred in violation of protocol"), and a TLS-only port resets a
+    plaintext client ("Connection reset by peer"): neither message says "TLS".
+    """
+    causes: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and len(causes) < 8:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    tls = url.lower().startswith("rediss://")
+    if tls and any(isinstance(c, ssl.SSLError) for c in causes):
+        if "certificate" not in str(error).lower():
+            return (
+                " (the server ended the TLS session: if it requires client certificates, "
+                "pass ssl_certfile and ssl_keyfile)"
+            )
+    elif not tls and any(isinstance(c, ConnectionResetError) for c in causes):
+        return " (reset by the server: if it only accepts TLS, use a rediss:// URL)"
+    return ""
 
 
 def connect(

@@ -22,7 +22,14 @@ import redis
 import structlog
 
 from flagsync._follower import Follower, SessionTimers
-from flagsync.store import connect, load_commands, parse_load, parse_revision, revision_command
+from flagsync.store import (
+    connect,
+    connection_hint,
+    load_commands,
+    parse_load,
+    parse_revision,
+    revision_command,
+)
 
 __all__ = ["ThreadSubscriber"]
 
@@ -126,7 +133,9 @@ class ThreadSubscriber:
                 if self.follower.connected:
                     attempt = 0  # the session had been up: start the backoff afresh
                 permanent = is_permanent(error)
-                self.follower.on_disconnected(error, permanent=permanent)
+                self.follower.on_disconnected(
+                    error, permanent=permanent, hint=connection_hint(self.url, error)
+                )
                 self._close_connections()
                 cap = options.backoff_max_permanent_s if permanent else options.backoff_max_s
                 self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap))
@@ -158,22 +167,26 @@ class ThreadSubscriber:
         timers = SessionTimers(options)
         token = uuid.uuid4().hex
         while not self._stop.is_set():
-            message = pubsub.get_message(timeout=timers.wait_s())
+            message = self._next_message(pubsub, timers.wait_s())
             while message is not None and not self._stop.is_set():
                 timers.heard()
                 if self._dispatch(message, commands) != "ignored":
                     timers.changed()
-                message = pubsub.get_message(timeout=0)
+                message = self._next_message(pubsub, 0)
             if self._stop.is_set():
                 return
             if timers.check_due():
-                if self._check_revision(commands) == "resync":
-                    # The nudge may be in flight already: read what is buffered first.
-                    message = pubsub.get_message(timeout=0)
+                stored = self._read_revision(commands)
+                if follower.on_revision(*stored) == "resync":
+                    # The nudge may be in flight already: read what is buffered first, and
+                    # load only if that did not reach the revision just read. (Reading it
+                    # again cost a round trip; on a slow link, a false STALE.)
+                    message = self._next_message(pubsub, 0)
                     while message is not None:
+                        timers.heard()  # a pong read here counts for liveness too
                         self._dispatch(message, commands)
-                        message = pubsub.get_message(timeout=0)
-                    if self._check_revision(commands) == "resync":
+                        message = self._next_message(pubsub, 0)
+                    if follower.on_revision(*stored) == "resync":
                         self._resync(commands)
                     timers.changed()
                 timers.checked()
@@ -187,9 +200,25 @@ class ThreadSubscriber:
             if timers.ping_due():
                 pubsub.ping(token)
 
-    def _check_revision(self, commands: redis.Redis) -> str:
+    def _next_message(self, pubsub: Any, wait_s: float) -> dict[str, Any] | None:
+        """The next channel message, if one begins within `wait_s` (0: only if buffered).
+
+        redis-py's `get_message(timeout)` gives the rest of a frame the same timeout as
+        its start: a frame arriving in pieces (a slow or fragmenting link, a large
+        message) raised TimeoutError mid-frame, and the session was torn down. Once a
+        frame has begun it gets the socket timeout per read to complete, like any reply.
+        """
+        connection = pubsub.connection
+        if connection is None or not connection.can_read(timeout=wait_s):
+            return None
+        message: dict[str, Any] | None = pubsub.get_message(
+            timeout=self.follower.options.socket_timeout_s
+        )
+        return message
+
+    def _read_revision(self, commands: redis.Redis) -> tuple[int, str | None]:
         reply = commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
-        return self.follower.on_revision(*parse_revision(reply))
+        return parse_revision(reply)
 
     def _dispatch(self, message: dict[str, Any], commands: redis.Redis) -> str:
         kind = message.get("type")
