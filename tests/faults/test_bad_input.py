@@ -34,7 +34,6 @@ from flagsync.status import SyncState
 from flagsync.store import StoreKeys
 from tests.faults.acl_users import create_acl_users, delete_acl_users
 from tests.faults.figures import record
-from tests.faults.logs import captured_logs, events
 from tests.integration.conftest import ClientFactory, PublisherFactory, RawFactory
 from tests.integration.support import (
     ANYONE,
@@ -51,6 +50,7 @@ from tests.integration.support import (
     subscriber_threads,
     wait_until,
 )
+from tests.logs import captured_logs, events
 
 MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
 """No periodic revision check within a test: every resync is answered to a message."""

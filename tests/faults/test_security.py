@@ -31,7 +31,6 @@ from tests.faults.acl_users import (
     denied_commands,
 )
 from tests.faults.figures import record
-from tests.faults.logs import captured_logs, events
 from tests.integration.conftest import ClientFactory, RawFactory
 from tests.integration.support import (
     ANYONE,
@@ -47,6 +46,7 @@ from tests.integration.support import (
     stored_epoch,
     wait_until,
 )
+from tests.logs import captured_logs, events
 
 FAST: Final[dict[str, Any]] = {
     "check_interval_s": 0.05,

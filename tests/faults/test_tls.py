@@ -25,7 +25,6 @@ from flagsync.server import ServerNotFoundError, ServerProcess, find_server_bina
 from flagsync.status import SyncState
 from tests.faults.certs import CertificateAuthority, Issued
 from tests.faults.figures import record
-from tests.faults.logs import captured_logs, events
 from tests.integration.conftest import ClientFactory
 from tests.integration.support import (
     ANYONE,
@@ -36,6 +35,7 @@ from tests.integration.support import (
     served,
     wait_until,
 )
+from tests.logs import captured_logs, events
 
 CLIENT_OPTIONS: Final[dict[str, Any]] = {
     "check_interval_s": 0.05,

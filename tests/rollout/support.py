@@ -9,18 +9,15 @@ real client instead.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import redis
-import structlog
 
 from flagsync import FlagClient
 from flagsync.controller import RolloutPlan
@@ -40,7 +37,6 @@ SCRIPT: Final = Path(sys.executable).with_name("flagsync")
 
 Samples = Mapping[tuple[str, str], Sequence[float]]
 """(variant, metric) -> the values a worker tracked."""
-LogEvent = MutableMapping[str, Any]
 
 
 def model_document() -> dict[str, Any]:
@@ -120,24 +116,6 @@ def reporter_of(client: FlagClient) -> MetricsReporter:
     assert handle is not None, "the client is not connected"
     assert handle.reporter is not None, "the client was connected with metrics off"
     return handle.reporter
-
-
-@contextmanager
-def captured_logs() -> Iterator[list[LogEvent]]:
-    """`structlog.testing.capture_logs()` at every level, whatever an earlier test configured
-    (the CLI installs a WARNING filter when run in-process); the configuration is restored."""
-    saved = structlog.get_config()
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with structlog.testing.capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(**saved)
-
-
-def events(logs: Sequence[LogEvent], name: str) -> list[LogEvent]:
-    """The captured events called `name`, in order."""
-    return [entry for entry in list(logs) if entry.get("event") == name]
 
 
 def run_cli(

@@ -26,13 +26,8 @@ from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys
 from tests.integration.conftest import ClientFactory, PublisherFactory, RawFactory
 from tests.integration.support import wait_until
-from tests.rollout.support import (
-    KEY,
-    captured_logs,
-    events,
-    model_document,
-    reporter_of,
-)
+from tests.logs import captured_logs, events
+from tests.rollout.support import KEY, model_document, reporter_of
 
 VARIANTS = {"gpt-4.1": "candidate", "gpt-4o": "current"}
 
