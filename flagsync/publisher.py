@@ -328,6 +328,17 @@ class Publisher:
         if flag is None:
             raise TypeError("put() needs a definition")
         definition = msgspec.to_builtins(flag) if isinstance(flag, Flag) else dict(flag)
+        return self._put(key, definition, expected_version, reason, "put")
+
+    def _put(
+        self,
+        key: str,
+        definition: dict[str, Any],
+        expected_version: int | None,
+        reason: str,
+        op: str,
+    ) -> int:
+        """Validate and write one flag; `op` names the change in the log (put, rollback)."""
         state, versions = self._read_all()
         segments = state["segments"].keys()
         parsed = parse_flag(key, definition, segments)
@@ -343,8 +354,8 @@ class Publisher:
             _Write("flag", other, versions.get(f"flag:{other}", 0), "guard", None)
             for other in parsed.requires
         ]
-        write = _Write("flag", key, current, "put", msgspec.to_builtins(parsed))
-        return self._write([write, *guards], reason, op_name="put")
+        write = _Write("flag", key, current, op, msgspec.to_builtins(parsed))
+        return self._write([write, *guards], reason, op_name=op)
 
     def kill(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """The kill switch: serve every context the `off` variant. Returns the revision."""
@@ -464,7 +475,7 @@ class Publisher:
                 restored = reason or f"rollback to v{target}"
                 if entry.after is None:
                     return self.delete(key, reason=restored, expected_version=current)
-                return self.put(key, entry.after, expected_version=current, reason=restored)
+                return self._put(key, entry.after, current, restored, "rollback")
         raise InvalidFlagError(
             [
                 ValidationIssue(
