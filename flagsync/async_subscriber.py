@@ -14,12 +14,11 @@ from typing import Any
 
 import anyio
 import redis.asyncio as aredis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from flagsync._follower import Follower, SessionTimers
 from flagsync.store import (
     connection_hint,
+    connection_options,
     load_commands,
     parse_load,
     parse_revision,
@@ -74,13 +73,11 @@ class AsyncSubscriber:
         options = self.follower.options
         client: aredis.Redis = aredis.Redis.from_url(
             self.url,
-            socket_timeout=options.socket_timeout_s,
-            socket_connect_timeout=options.connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-            protocol=2,
-            client_name=f"flagsync-{self.follower.worker_id}"[:64],
-            driver_info=None,  # see flagsync.store.connect
+            **connection_options(
+                options.socket_timeout_s,
+                options.connect_timeout_s,
+                f"flagsync-{self.follower.worker_id}"[:64],
+            ),
         )
         return client
 

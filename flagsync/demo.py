@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from flagsync._render import propagation
 from flagsync.controller import Decision, RolloutController, RolloutPlan
 from flagsync.publisher import PropagationReport, Publisher
 from flagsync.server import ServerProcess
@@ -353,10 +354,7 @@ def _propagation(report: PropagationReport) -> dict[str, Any]:
 
 
 def _reached(report: PropagationReport) -> str:
-    total = len(report.reached) + len(report.missing)
-    latency = report.max_latency_ms
-    timing = f"in {latency:.1f} ms" if latency is not None else ""
-    return f"reached {len(report.reached)}/{total} workers {timing} (measured by the workers)"
+    return propagation(report) + " (measured by the workers)"
 
 
 def _narrator(out: IO[str]) -> Callable[[str], None]:

@@ -250,17 +250,24 @@ def connect(
     data on the new connection and refused it ("Connection not ready") every time.
     """
     client: redis.Redis = redis.Redis.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=connect_timeout_s,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-        protocol=2,
-        client_name=client_name or "flagsync",
-        driver_info=None,  # no CLIENT SETINFO: absent on Redis 7.0, and needs an ACL grant
-        **options,
+        url, **connection_options(timeout_s, connect_timeout_s, client_name), **options
     )
     return client
+
+
+def connection_options(
+    timeout_s: float, connect_timeout_s: float, client_name: str | None
+) -> dict[str, Any]:
+    """The keyword options of every flagsync connection, sync (`connect`) or async."""
+    return {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "protocol": 2,
+        "client_name": client_name or "flagsync",
+        "driver_info": None,  # no CLIENT SETINFO: absent on Redis 7.0, needs an ACL grant
+    }
 
 
 def parse_write_reply(reply: Sequence[Any]) -> tuple[str, Any]:
