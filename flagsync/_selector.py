@@ -154,9 +154,13 @@ def _emit_rollout(  # noqa: PLR0917 - see _emit_serve
     source.emit(depth + 1, "_v = _text(_v)")
     source.emit(depth + 1, "if _v is None:")
     source.emit(depth + 2, f"return {missing}")
-    # Encode explicitly (the spec hashes UTF-8 bytes): mmh3 given a str with a lone
-    # surrogate crashes the process, while .encode() raises, and evaluation catches that.
-    source.emit(depth, f"_b = _hash(({prefix} + _v).encode(), 0, False) % {BUCKETS}")
+    # The spec hashes UTF-8 bytes, and mmh3 hashes a str as its UTF-8 bytes, except that
+    # a str with a lone surrogate crashes the process. An ASCII value (the usual user id)
+    # has none and goes as it is; any other is encoded first, which raises on a lone
+    # surrogate, and evaluation catches that. (Validated prefixes hold no surrogates.)
+    # Skipping the encode of an ASCII value saves a bytes object per evaluation.
+    text = f"({prefix} + _v if _v.isascii() else ({prefix} + _v).encode())"
+    source.emit(depth, f"_b = _hash({text}, 0, False) % {BUCKETS}")
     if len(indices) == 1:
         source.emit(depth, f"return {indices[0]}")
     elif len(indices) == 2:

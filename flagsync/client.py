@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
+from flagsync._hot_path import add_evaluation_methods
 from flagsync.compile import SERVE_DEFAULT, CompiledFlag, TableEntry
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
 from flagsync.loader import FlagSource, load_flags
@@ -30,9 +31,6 @@ Context = Mapping[str, Any]
 
 def _never_stale() -> bool:
     return False
-
-
-_JSON_KINDS: Final = frozenset({"object", "array"})
 
 
 class FlagClient:
@@ -74,52 +72,18 @@ class FlagClient:
         """The keys of every flag in the current snapshot."""
         return iter(self._snapshot)
 
-    def variation(self, key: str, context: Context, default: Any = None) -> Any:
-        """The flag's value for `context`, or `default`.
+    if TYPE_CHECKING:  # generated from one template: see flagsync._hot_path
 
-        When `default` is not None it also states the expected JSON type: a flag of
-        another type serves `default` (see `detail()` for the reason).
-        """
-        # The fast path: one dict lookup, one tuple unpack. Keep `_evaluate` in step.
-        try:
-            select, value, accepts, values, _ = self._table[key]
-            if default.__class__ not in accepts:
-                return default
-            if select is None:
-                return value
-            value = values[select(context)]
-            return default if value is SERVE_DEFAULT else value
-        except KeyError:  # not compiled yet (or unknown): costs nothing until raised
-            return self._evaluate(self._entry(key), context, default, None)
-        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
-            return default
-
-    def bool_value(self, key: str, context: Context, default: bool) -> bool:
-        """A boolean flag's value, or `default` (also when the flag is not boolean)."""
-        result: bool = self._typed(key, context, default, "boolean")
-        return result
-
-    def string_value(self, key: str, context: Context, default: str) -> str:
-        """A string flag's value, or `default` (also when the flag is not a string)."""
-        result: str = self._typed(key, context, default, "string")
-        return result
-
-    def number_value(self, key: str, context: Context, default: float) -> float:
-        """A number flag's value (int or float), or `default` (also when it is not a number)."""
-        result: float = self._typed(key, context, default, "number")
-        return result
-
-    def json_value(self, key: str, context: Context, default: Any) -> Any:
-        """An object or array flag's value, or `default` (also for boolean/number/string flags)."""
-        entry = self._entry(key)
-        if entry is None or entry[4].kind not in _JSON_KINDS:
-            return default
-        return self._typed(key, context, default, entry[4].kind)
+        def variation(self, key: str, context: Context, default: Any = None) -> Any: ...
+        def bool_value(self, key: str, context: Context, default: bool) -> bool: ...
+        def string_value(self, key: str, context: Context, default: str) -> str: ...
+        def number_value(self, key: str, context: Context, default: float) -> float: ...
+        def json_value(self, key: str, context: Context, default: Any) -> Any: ...
 
     def detail(self, key: str, context: Context, default: Any = None) -> EvaluationDetail:
         """The value with its variant, reason, matched rule and error code; never raises."""
-        entry = self._entry(key)
-        if entry is None:
+        flag = self._flag(key)
+        if flag is None:
             # Before the first sync the flag may well exist: say "not ready", not "not found".
             sync = self._sync
             code = (
@@ -128,7 +92,6 @@ class FlagClient:
                 else ErrorCode.FLAG_NOT_FOUND
             )
             return EvaluationDetail(default, None, Reason.ERROR, None, code)
-        flag = entry[4]
         if default.__class__ not in flag.accepts:
             return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.TYPE_MISMATCH)
         return self._explain(flag, context, default)
@@ -140,31 +103,12 @@ class FlagClient:
         except TypeError:  # an unhashable key names no flag; evaluation never raises
             return None
 
-    def _typed(self, key: str, context: Context, default: Any, kind: str) -> Any:
-        entry = self._table.get(key) if key.__class__ is str else None
-        return self._evaluate(entry or self._entry(key), context, default, kind)
-
-    @staticmethod
-    def _evaluate(
-        entry: TableEntry | None, context: Context, default: Any, kind: str | None
-    ) -> Any:
-        """Evaluate one entry: the typed getters' path and `variation`'s slow path.
-
-        `kind` None checks the default's type against the flag's, as `variation` does;
-        otherwise the flag must be of that kind.
-        """
-        if entry is None:
-            return default
+    def _flag(self, key: str) -> CompiledFlag | None:
+        """The compiled flag (compiled on first use); None for an unknown (or unhashable) key."""
         try:
-            select, value, accepts, values, flag = entry
-            if default.__class__ not in accepts if kind is None else flag.kind != kind:
-                return default
-            if select is None:
-                return value
-            value = values[select(context)]
-            return default if value is SERVE_DEFAULT else value
-        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
-            return default
+            return self._snapshot.flag(key)
+        except TypeError:  # an unhashable key names no flag; evaluation never raises
+            return None
 
     def _explain(self, flag: CompiledFlag, context: Context, default: Any) -> EvaluationDetail:
         try:
@@ -193,10 +137,9 @@ class FlagClient:
         try:
             if metric == EXPOSURES or not METRIC_NAME.match(metric):
                 return  # a name the stream cannot hold, or one that would fake exposures
-            entry = self._entry(key)
-            if entry is None or not math.isfinite(value):
+            flag = self._flag(key)
+            if flag is None or not math.isfinite(value):
                 return
-            flag = entry[4]
             tables.record(flag, flag.index_for(context), metric, float(value))
         except Exception:  # noqa: BLE001, S110 - metrics never break the request path
             pass
@@ -332,43 +275,10 @@ class MeteredFlagClient(FlagClient):
         if self._metrics is not None:  # counts on replaced flags are still to be flushed
             self._metrics.retire(old.compiled_flags())
 
-    def variation(self, key: str, context: Context, default: Any = None) -> Any:
-        """`FlagClient.variation`, counting the exposure."""
-        try:
-            select, value, accepts, values, flag = self._table[key]
-            if default.__class__ not in accepts:
-                return default
-            if select is None:  # static: one variant for everyone, nothing to compare
-                return value
-            index = select(context)
-            flag.counts[index] += 1
-            value = values[index]
-            return default if value is SERVE_DEFAULT else value
-        except KeyError:
-            return self._evaluate_counted(self._entry(key), context, default, None)
-        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
-            return default
-
-    def _typed(self, key: str, context: Context, default: Any, kind: str) -> Any:
-        entry = self._table.get(key) if key.__class__ is str else None
-        return self._evaluate_counted(entry or self._entry(key), context, default, kind)
-
-    def _evaluate_counted(
-        self, entry: TableEntry | None, context: Context, default: Any, kind: str | None
-    ) -> Any:
-        if entry is None:
-            return default
-        try:
-            _, _, accepts, values, flag = entry
-            if default.__class__ not in accepts if kind is None else flag.kind != kind:
-                return default
-            index = flag.index_for(context)
-            self._exposed(flag, index)
-            value = values[index]
-            return default if value is SERVE_DEFAULT else value
-        except Exception:  # noqa: BLE001 - evaluation never raises, by contract
-            return default
-
     def _exposed(self, flag: CompiledFlag, index: int) -> None:
         if flag.select is not None:
             flag.counts[index] += 1
+
+
+add_evaluation_methods(FlagClient, counted=False)
+add_evaluation_methods(MeteredFlagClient, counted=True)
