@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from flagsync._bulk_load import decode_store_fast
 from flagsync._codec import (
     MalformedMessageError,
     Message,
@@ -414,6 +415,9 @@ def _decode_changes(
 
 def _decode_store(loaded: LoadedStore) -> FlagSet:
     """Decode and validate a whole store as one document (all or nothing)."""
+    fast = decode_store_fast(loaded.flags, loaded.segments)  # None: something to report
+    if fast is not None:
+        return fast
     document: dict[str, dict[str, Any]] = {"flags": {}, "segments": {}}
     for kind, blobs, section in (
         ("flag", loaded.flags, "flags"),

@@ -1,0 +1,205 @@
+"""Decode and validate a whole stored namespace fast, for cold starts and resyncs.
+
+The general path (`_decode_store` in the follower) decodes each blob to plain data and
+validates the document with `parse_flagset`, collecting every problem with its path.
+That is what an operator needs when something is wrong, and ~25 µs a flag when nothing
+is. Here each blob is decoded straight into the model's Structs by msgspec (the shape
+checks run in C), proved canonical by re-encoding (so no map repeats a key), and put
+through the same relational checks without building their messages.
+
+The verdict is per flag (`flag_problem`), so a caller may one day set a bad flag aside
+alone; today any problem anywhere returns None and the caller takes the general path,
+which rejects the store as a whole and says why. Validation is never weaker here: this
+path only ever *accepts* a store the general path would accept identically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from typing import Final, TypeVar
+
+import msgspec
+
+from flagsync._gc import gc_paused
+from flagsync._validation import (
+    _check_segment,
+    _is_key,
+    _operand_problem,
+    _value_problem,
+    cycle_issues,
+    json_kind,
+)
+from flagsync.model import (
+    MAX_CLAUSE_VALUES,
+    MAX_CLAUSES,
+    MAX_FLAG_BYTES,
+    MAX_FLAGS,
+    MAX_RULES,
+    MAX_SEGMENTS,
+    MAX_TEXT_CHARS,
+    MAX_VARIANTS,
+    OPERATORS,
+    ROLLOUT_DECIMALS,
+    Flag,
+    FlagSet,
+    Rollout,
+    Segment,
+    Serve,
+)
+
+__all__ = ["decode_store_fast", "flag_problem"]
+
+
+class _StoredFlag(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`_codec.StoredDefinition` with the definition typed, so msgspec validates its shape."""
+
+    kind: str
+    key: str
+    version: int
+    definition: Flag
+
+
+class _StoredSegment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: str
+    key: str
+    version: int
+    definition: Segment
+
+
+_S = TypeVar("_S", _StoredFlag, _StoredSegment)
+
+_flag_decoder: Final = msgspec.msgpack.Decoder(_StoredFlag)
+_segment_decoder: Final = msgspec.msgpack.Decoder(_StoredSegment)
+_encoder: Final = msgspec.msgpack.Encoder()
+_WEIGHT_SCALE: Final = 10**ROLLOUT_DECIMALS
+_SIMPLE_KINDS: Final = {str: "string", bool: "boolean", int: "number"}
+
+
+def decode_store_fast(
+    flag_blobs: Mapping[str, bytes], segment_blobs: Mapping[str, bytes]
+) -> FlagSet | None:
+    """The validated definitions of a stored namespace, or None if anything needs the
+    general path (a malformed blob, an invalid definition, or a blob we did not write)."""
+    with gc_paused():  # thousands of small acyclic objects: see flagsync._gc
+        return _decode_store(flag_blobs, segment_blobs)
+
+
+def _decode_store(
+    flag_blobs: Mapping[str, bytes], segment_blobs: Mapping[str, bytes]
+) -> FlagSet | None:
+    if len(flag_blobs) > MAX_FLAGS or len(segment_blobs) > MAX_SEGMENTS:
+        return None
+    segments: dict[str, Segment] = {}
+    for key, blob in segment_blobs.items():
+        stored_segment = _decode(_segment_decoder, blob, "segment", key)
+        if stored_segment is None or not _is_key(key):
+            return None
+        segment = stored_segment.definition
+        if next(_check_segment(key, segment), None) is not None:
+            return None
+        segments[key] = segment
+    flags: dict[str, Flag] = {}
+    for key, blob in flag_blobs.items():
+        stored_flag = _decode(_flag_decoder, blob, "flag", key)
+        if stored_flag is None or not _is_key(key):
+            return None
+        flag = stored_flag.definition
+        if flag_problem(key, flag, segments, len(blob)):
+            return None
+        flags[key] = flag
+    if not _prerequisites_hold(flags):
+        return None
+    return FlagSet(flags=flags, segments=segments)
+
+
+def _decode(decoder: msgspec.msgpack.Decoder[_S], blob: bytes, kind: str, key: str) -> _S | None:
+    try:
+        stored = decoder.decode(blob)
+        # Re-encoding to the very same bytes proves the blob canonical: no repeated map
+        # key, no default spelled out, nothing another decoder could read differently.
+        if stored.kind != kind or stored.key != key or _encoder.encode(stored) != blob:
+            return None
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
+        return None
+    return stored
+
+
+def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_bytes: int) -> bool:
+    """Whether `flag` (decoded from a canonical blob of `stored_bytes`) fails any check of
+    `_validation.check_flag`; True may also mean "not sure": ask `check_flag` for why."""
+    if len(flag.description) > MAX_TEXT_CHARS:
+        return True
+    variants = flag.variants
+    if not variants or len(variants) > MAX_VARIANTS:
+        return True
+    kind = None
+    for name, value in variants.items():
+        if not _is_key(name):
+            return True
+        value_kind = _SIMPLE_KINDS.get(value.__class__)
+        if value_kind is None:
+            if _value_problem(value) is not None:
+                return True
+            value_kind = json_kind(value)
+        elif value.__class__ is float and not math.isfinite(value):
+            return True
+        if kind is None:
+            kind = value_kind
+        elif kind != value_kind:
+            return True
+    if flag.off not in variants or _serve_problem(flag.default, variants):
+        return True
+    if len(flag.rules) > MAX_RULES:
+        return True
+    names: set[str] = set()
+    for rule in flag.rules:
+        if rule.name is not None:
+            if not _is_key(rule.name) or rule.name in names:
+                return True
+            names.add(rule.name)
+        if len(rule.when) > MAX_CLAUSES or _serve_problem(rule.serve, variants):
+            return True
+        for clause in rule.when:
+            op, values = clause.op, clause.values
+            if not clause.attr or op not in OPERATORS:
+                return True
+            if not values or len(values) > MAX_CLAUSE_VALUES:
+                return True
+            for value in values:
+                if _operand_problem(op, value, segment_names) is not None:
+                    return True
+    for other, variant in flag.requires.items():
+        if not _is_key(other) or other == key or not isinstance(variant, str) or not variant:
+            return True
+    # The flag's own encoding is part of its stored blob, so never longer. (No lone
+    # surrogate either: msgpack text is valid UTF-8, and the blob re-encoded.)
+    return stored_bytes > MAX_FLAG_BYTES
+
+
+def _serve_problem(serve: Serve, variants: Collection[str]) -> bool:
+    """`_validation._check_serve` would report something (a rollout's checks, inlined)."""
+    if serve.__class__ is str:
+        return serve not in variants
+    if not isinstance(serve, Rollout) or not serve.rollout or not serve.by or serve.salt == "":
+        return True
+    total = 0
+    for name, weight in serve.rollout.items():
+        if name not in variants or not math.isfinite(weight) or not 0 <= weight <= 100:
+            return True
+        scaled = weight * _WEIGHT_SCALE
+        if abs(scaled - round(scaled)) > 1e-6:
+            return True
+        total += round(scaled)
+    return total != 100 * _WEIGHT_SCALE
+
+
+def _prerequisites_hold(flags: Mapping[str, Flag]) -> bool:
+    """`_validation._check_prerequisites` finds nothing (cycles need flags that require)."""
+    requiring = {key: flag for key, flag in flags.items() if flag.requires}
+    for flag in requiring.values():
+        for other, variant in flag.requires.items():
+            required = flags.get(other)
+            if required is None or variant not in required.variants:
+                return False
+    return not cycle_issues(requiring)
