@@ -73,6 +73,12 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
             for case, row in engine_results["cases"].items()
             if "metered_ratio" in row and row["metered_ratio"] > metered_budget
         )
+        hot = engine_results["hot_path"]
+        failures.extend(
+            f"engine hot path {metric}: {hot[metric]}x > budget {budget}x"
+            for metric, budget in budgets["engine"]["hot_path"].items()
+            if hot[metric] > budget
+        )
         for metric, budget in budgets["engine"]["cold_10k"].items():
             value = engine_results["cold_10k"][metric]
             if value > budget:
@@ -133,6 +139,19 @@ def _print_engine(results: dict[str, Any]) -> None:
             f"  {case:<26} {row['median_ns']:>8.1f} ns  {row['ratio_to_floor']:>5.2f}x floor"
             + metered
         )
+    hot = results["hot_path"]
+    ns = hot["median_ns"]
+    print(
+        f"hot path ({hot['users']:,} users, medians of {hot['rounds']} interleaved rounds):\n"
+        f"  bool flag        minimal evaluator {ns['minimal_bool']:>6.1f} ns"
+        f" | variation {ns['variation_bool']:>6.1f} ns ({hot['bool_ratio_to_minimal']}x)"
+        f" | bool_value {ns['bool_value']:>6.1f} ns"
+        f" ({hot['bool_value_ratio_to_variation']}x variation)\n"
+        f"  rule + 50/50     minimal evaluator {ns['minimal_rollout']:>6.1f} ns"
+        f" | variation {ns['variation_rollout']:>6.1f} ns ({hot['rollout_ratio_to_minimal']}x)"
+        f" | string_value {ns['string_value']:>6.1f} ns"
+        f" ({hot['string_value_ratio_to_variation']}x variation)"
+    )
     cold = results["cold_10k"]
     print(
         f"10,000 flags: validate {cold['validate_ms']} ms + compile all "

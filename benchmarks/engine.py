@@ -5,6 +5,10 @@ rules and a percentage rollout, (c) a flag with a segment and a prerequisite, (d
 flags: cold validate+compile time, retained memory, and evaluation in that big snapshot.
 The floor is a plain function call returning a dict lookup, timed the same way, so the
 ratios hold on a slow or noisy machine. Every case also checks its answers.
+
+The hot-path rows (issue #10) compare `variation` with the *minimal evaluator*
+(benchmarks/minimal.py) on a bool flag and on a rule + 50/50 rollout, and the typed
+getters with `variation`, interleaved round by round in the same process.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from typing import Any
 
 import msgspec
 
-from benchmarks._timing import median, ns_per_call, seconds
+from benchmarks._timing import Evaluate, median, ns_per_call, seconds
+from benchmarks.minimal import Table, minimal_evaluator
 from flagsync import FlagClient, Snapshot, load_flags
 from flagsync.client import MeteredFlagClient
 
@@ -133,6 +138,92 @@ def many_flags(count: int) -> dict[str, Any]:
     return {"flags": flags}
 
 
+HOT_PATH_FLAGS: dict[str, Any] = {
+    "flags": {
+        "plain-bool": {"variants": {"on": True, "off": False}, "off": "off", "default": "on"},
+        "paid-split": {
+            "variants": {"current": "gpt-4o", "candidate": "gpt-4.1"},
+            "off": "current",
+            "rules": [
+                {
+                    "name": "paid",
+                    "when": [{"attr": "plan", "op": "in", "values": ["paid"]}],
+                    "serve": {"rollout": {"candidate": 50, "current": 50}},
+                }
+            ],
+            "default": "current",
+        },
+    }
+}
+"""The issue's two columns: a bool flag with no rule, and one rule serving a 50/50 rollout."""
+
+MINIMAL_TABLE: Table = {
+    "plain-bool": (True, None),
+    "paid-split": ("gpt-4o", ("plan", "paid", ("gpt-4.1", "gpt-4o"), (50_000, 100_000))),
+}
+"""The same two flags for the minimal evaluator."""
+
+
+def hot_path(users: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """`variation` against the minimal evaluator, and the typed getters against `variation`.
+
+    Each round times every function once over all users, alternating the order, so a
+    machine that gets busier or quieter during the run moves all of them alike.
+    """
+    client = FlagClient.offline(HOT_PATH_FLAGS)
+    minimal = minimal_evaluator(MINIMAL_TABLE)
+    _check_hot_path_answers(client, minimal, users)
+    rows: dict[str, tuple[Evaluate, str, Any]] = {
+        "minimal_bool": (minimal, "plain-bool", False),
+        "variation_bool": (client.variation, "plain-bool", False),
+        "bool_value": (client.bool_value, "plain-bool", False),
+        "minimal_rollout": (minimal, "paid-split", "fallback"),
+        "variation_rollout": (client.variation, "paid-split", "fallback"),
+        "string_value": (client.string_value, "paid-split", "fallback"),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in rows}
+    names = list(rows)
+    for round_number in range(repeats):
+        for name in names if round_number % 2 else reversed(names):
+            evaluate, key, default = rows[name]
+            samples[name].extend(ns_per_call(evaluate, key, users, default, 1))
+    ns = {name: median(values) for name, values in samples.items()}
+    return {
+        "users": len(users),
+        "rounds": repeats,
+        "median_ns": {name: round(value, 1) for name, value in ns.items()},
+        "bool_ratio_to_minimal": round(ns["variation_bool"] / ns["minimal_bool"], 2),
+        "rollout_ratio_to_minimal": round(ns["variation_rollout"] / ns["minimal_rollout"], 2),
+        "bool_value_ratio_to_variation": round(ns["bool_value"] / ns["variation_bool"], 2),
+        "string_value_ratio_to_variation": round(ns["string_value"] / ns["variation_rollout"], 2),
+    }
+
+
+def _check_hot_path_answers(client: FlagClient, minimal: Any, users: list[dict[str, Any]]) -> None:
+    """Every timed function must give the minimal evaluator's answer for every user."""
+    split: Counter[str] = Counter()
+    for user in users:
+        expected = minimal("paid-split", user, "fallback")
+        found = (
+            client.variation("paid-split", user, "fallback"),
+            client.string_value("paid-split", user, "fallback"),
+            client.detail("paid-split", user, "fallback").value,
+        )
+        if found != (expected, expected, expected):
+            raise AssertionError(f"hot path: {found} for {user['key']}, minimal gives {expected}")
+        if user["plan"] == "paid":
+            split[expected] += 1
+        bools = (
+            client.variation("plain-bool", user, False),
+            client.bool_value("plain-bool", user, False),
+        )
+        if bools != (True, True) or minimal("plain-bool", user, False) is not True:
+            raise AssertionError(f"hot path: the bool flag served {bools} to {user['key']}")
+    share = split["gpt-4.1"] / max(1, sum(split.values()))
+    if not 0.47 <= share <= 0.53:
+        raise AssertionError(f"hot path: the 50/50 rollout gave the candidate {share:.3f}")
+
+
 def _floor(table: Mapping[str, int]) -> Any:
     def floor(key: str, context: Mapping[str, Any], default: Any) -> Any:
         return table[key]
@@ -149,6 +240,7 @@ def run(*, quick: bool) -> dict[str, Any]:
     floor_ns = median(floor_samples)
 
     results: dict[str, Any] = {"floor_ns": round(floor_ns, 1), "cases": {}}
+    results["hot_path"] = hot_path(users[:10_000], 15 if quick else 41)
     cases = {
         "a_bool_no_rules": ("bool-static", False),
         "b_two_rules_rollout": ("model-routing", "fallback"),
