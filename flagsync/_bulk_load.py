@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping
-from typing import Final, TypeVar
+from typing import Final
 
 import msgspec
 
@@ -52,24 +52,25 @@ __all__ = ["decode_store_fast", "flag_problem"]
 
 
 class _StoredFlag(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """`_codec.StoredDefinition` with the definition typed, so msgspec validates its shape."""
+    """`_codec.StoredDefinition` with the definition left encoded, to decode it once."""
 
     kind: str
     key: str
     version: int
-    definition: Flag
+    definition: msgspec.Raw
 
 
 class _StoredSegment(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`_codec.StoredDefinition` with the definition typed, so msgspec validates its shape."""
+
     kind: str
     key: str
     version: int
     definition: Segment
 
 
-_S = TypeVar("_S", _StoredFlag, _StoredSegment)
-
-_flag_decoder: Final = msgspec.msgpack.Decoder(_StoredFlag)
+_raw_flag_decoder: Final = msgspec.msgpack.Decoder(_StoredFlag)
+_definition_decoder: Final = msgspec.msgpack.Decoder(Flag)
 _segment_decoder: Final = msgspec.msgpack.Decoder(_StoredSegment)
 _encoder: Final = msgspec.msgpack.Encoder()
 _WEIGHT_SCALE: Final = 10**ROLLOUT_DECIMALS
@@ -92,7 +93,7 @@ def _decode_store(
         return None
     segments: dict[str, Segment] = {}
     for key, blob in segment_blobs.items():
-        stored_segment = _decode(_segment_decoder, blob, "segment", key)
+        stored_segment = _decode_segment(blob, key)
         if stored_segment is None or not _is_key(key):
             return None
         segment = stored_segment.definition
@@ -100,12 +101,26 @@ def _decode_store(
             return None
         segments[key] = segment
     flags: dict[str, Flag] = {}
+    # Fleets hold many flags with one definition (release toggles, one routing flag per
+    # product surface): each distinct definition is decoded and checked once, and the
+    # flags that share it share one immutable Flag.
+    checked: dict[bytes, Flag] = {}
     for key, blob in flag_blobs.items():
-        stored_flag = _decode(_flag_decoder, blob, "flag", key)
-        if stored_flag is None or not _is_key(key):
+        try:
+            stored = _raw_flag_decoder.decode(blob)
+            if stored.kind != "flag" or stored.key != key or _encoder.encode(stored) != blob:
+                return None  # (canonical: see _decode)
+            definition = bytes(stored.definition)
+            flag = checked.get(definition)
+            if flag is None:
+                flag = _definition_decoder.decode(definition)
+                if _encoder.encode(flag) != definition or flag_problem("", flag, segments, 0):
+                    return None
+                checked[definition] = flag
+        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
             return None
-        flag = stored_flag.definition
-        if flag_problem(key, flag, segments, len(blob)):
+        # What flag_problem checks that depends on the key or the blob, not the definition:
+        if not _is_key(key) or key in flag.requires or len(blob) > MAX_FLAG_BYTES:
             return None
         flags[key] = flag
     if not _prerequisites_hold(flags):
@@ -113,12 +128,12 @@ def _decode_store(
     return FlagSet(flags=flags, segments=segments)
 
 
-def _decode(decoder: msgspec.msgpack.Decoder[_S], blob: bytes, kind: str, key: str) -> _S | None:
+def _decode_segment(blob: bytes, key: str) -> _StoredSegment | None:
     try:
-        stored = decoder.decode(blob)
+        stored = _segment_decoder.decode(blob)
         # Re-encoding to the very same bytes proves the blob canonical: no repeated map
         # key, no default spelled out, nothing another decoder could read differently.
-        if stored.kind != kind or stored.key != key or _encoder.encode(stored) != blob:
+        if stored.kind != "segment" or stored.key != key or _encoder.encode(stored) != blob:
             return None
     except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
         return None
@@ -127,7 +142,8 @@ def _decode(decoder: msgspec.msgpack.Decoder[_S], blob: bytes, kind: str, key: s
 
 def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_bytes: int) -> bool:
     """Whether `flag` (decoded from a canonical blob of `stored_bytes`) fails any check of
-    `_validation.check_flag`; True may also mean "not sure": ask `check_flag` for why."""
+    `_validation.check_flag`; True may also mean "not sure": ask `check_flag` for why.
+    (An empty `key` or `stored_bytes` of 0 leaves out the checks that depend on them.)"""
     if len(flag.description) > MAX_TEXT_CHARS:
         return True
     variants = flag.variants

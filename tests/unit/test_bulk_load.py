@@ -95,6 +95,7 @@ BAD_FLAGS: dict[str, dict[str, Any]] = {
     "unknown-prerequisite": _model(requires={"ghost": "on"}),
     "self-prerequisite": _model(requires={"model": "current"}),
     "long-description": _model(description="x" * 1_001),
+    "too-large": _model({"a": "x" * 300_000}, off="a", default="a"),
     "unknown-field": _model(colour="blue"),
     "wrong-shape": {"variants": ["a"], "off": "a", "default": "a"},
 }
