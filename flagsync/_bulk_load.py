@@ -16,7 +16,7 @@ path only ever *accepts* a store the general path would accept identically.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Final
 
 import msgspec
@@ -38,6 +38,7 @@ from flagsync.model import (
     MAX_RULES,
     MAX_SEGMENTS,
     MAX_TEXT_CHARS,
+    MAX_VALUE_DEPTH,
     MAX_VARIANTS,
     OPERATORS,
     ROLLOUT_DECIMALS,
@@ -73,6 +74,9 @@ _raw_flag_decoder: Final = msgspec.msgpack.Decoder(_StoredFlag)
 _definition_decoder: Final = msgspec.msgpack.Decoder(Flag)
 _segment_decoder: Final = msgspec.msgpack.Decoder(_StoredSegment)
 _encoder: Final = msgspec.msgpack.Encoder()
+_AFFIX_OPS: Final = frozenset({"starts_with", "ends_with", "contains"})
+_TEXT_OPS: Final = _AFFIX_OPS | {"in", "not_in", "eq", "neq"}
+"""Operators whose string operands `_operand_problem` checks for length at most."""
 _WEIGHT_SCALE: Final = 10**ROLLOUT_DECIMALS
 _SIMPLE_KINDS: Final = {str: "string", bool: "boolean", int: "number"}
 
@@ -155,7 +159,7 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
             return True
         value_kind = _SIMPLE_KINDS.get(value.__class__)
         if value_kind is None:
-            if _value_problem(value) is not None:
+            if not _plain_json(value, 1) and _value_problem(value) is not None:
                 return True
             value_kind = json_kind(value)
         elif value.__class__ is float and not math.isfinite(value):
@@ -183,7 +187,10 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
             if not values or len(values) > MAX_CLAUSE_VALUES:
                 return True
             for value in values:
-                if _operand_problem(op, value, segment_names) is not None:
+                if value.__class__ is str and op in _TEXT_OPS:
+                    if op in _AFFIX_OPS and len(value) > MAX_TEXT_CHARS:
+                        return True
+                elif _operand_problem(op, value, segment_names) is not None:
                     return True
     for other, variant in flag.requires.items():
         if not _is_key(other) or other == key or not isinstance(variant, str) or not variant:
@@ -191,6 +198,29 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
     # The flag's own encoding is part of its stored blob, so never longer. (No lone
     # surrogate either: msgpack text is valid UTF-8, and the blob re-encoded.)
     return stored_bytes > MAX_FLAG_BYTES
+
+
+def _plain_json(value: object, depth: int) -> bool:
+    """A quick yes for a JSON object or array of plain values nested no deeper than the
+    limit; False means "ask `_validation._value_problem`"."""
+    if depth > MAX_VALUE_DEPTH:
+        return False
+    if value.__class__ is dict:
+        items: Iterable[object] = value.values()
+        if not all(name.__class__ is str for name in value):
+            return False
+    elif value.__class__ is list:
+        items = value
+    else:
+        return False
+    for item in items:
+        kind = item.__class__
+        if kind is float:
+            if not math.isfinite(item):  # type: ignore[arg-type]
+                return False
+        elif not (kind in _SIMPLE_KINDS or item is None or _plain_json(item, depth + 1)):
+            return False
+    return True
 
 
 def _serve_problem(serve: Serve, variants: Collection[str]) -> bool:

@@ -202,6 +202,14 @@ MUTATIONS: dict[str, Any] = {
     "number-operand": lambda f: f["rules"][0]["when"].append(
         {"attr": "a", "op": "gt", "values": [True]}
     ),
+    "long-affix": lambda f: f["rules"][0]["when"].append(
+        {"attr": "a", "op": "ends_with", "values": ["x" * 1_001]}
+    ),
+    "long-equality-operand-is-fine": lambda f: f["rules"][0]["when"].append(
+        {"attr": "a", "op": "in", "values": ["x" * 1_001]}
+    ),
+    "nested-null-is-fine": lambda f: f["variants"].update(a={"t": [None, {"u": 1.5}]}, b={"t": []}),
+    "nested-nan": lambda f: f["variants"].update(a={"t": [float("nan")]}, b={"t": []}),
     "equality-operand": lambda f: f["rules"][0]["when"].append(
         {"attr": "a", "op": "in", "values": [None]}
     ),
