@@ -9,7 +9,9 @@ with its test and its counting filled in.
 
 The fast path is one dict lookup and one tuple unpack (see `compile.TableEntry`). A
 flag that is not compiled yet (or unknown) misses the table, raises KeyError, and the
-same body runs on the entry the snapshot compiles for it.
+same body runs on the entry the snapshot compiles for it. A rollout without its
+bucketing attribute raises `TargetingKeyMissing` from the selector: the caller's
+default, at no cost to the other evaluations (3.11's `try` is free until raised).
 
 Safety: the generated source is made only from the fixed strings in this module.
 """
@@ -19,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-from flagsync.compile import ACCEPTED_BY_USUAL_TYPE, SERVE_DEFAULT
+from flagsync._selector import TargetingKeyMissing
+from flagsync.compile import ACCEPTED_BY_USUAL_TYPE
 
 __all__ = ["add_evaluation_methods"]
 
@@ -31,7 +34,6 @@ if {refuse}:
 if select is None:
     return served
 {pick}
-return default if value is _SERVE_DEFAULT else value
 """
 
 _TEMPLATE: Final = """\
@@ -42,19 +44,26 @@ def {name}(self, key, context, default{default_value}):
     except KeyError:  # not compiled yet, or unknown (then unpacking None fails below)
         try:
             {unpack}self._entry(key)
-{body_first_use}
+{body_first_use}{missing_first_use}
         except Exception:
-            return default
+            return default{missing}
     except Exception:
         return default
 """
 
-_PICK: Final = "value = served[select(context)]"
+_PICK: Final = "return served[select(context)]"
 _PICK_COUNTED: Final = """\
 index = select(context)
 counts[index] += 1
-value = served[index]"""
+return served[index]"""
 """Static flags returned above: one variant for everyone, nothing for a guard to compare."""
+
+
+_MISSING: Final = """\
+except _TargetingKeyMissing as missing:  # no bucketing key: the caller's default
+    counts[missing.index] += 1
+    return default"""
+"""What a counted method adds: the default served for want of a key counts too."""
 
 
 class _Method(NamedTuple):
@@ -109,6 +118,8 @@ def method_source(name: str, *, counted: bool) -> str:
         unpack=_UNPACK,
         body_fast=_indent(body, 2),
         body_first_use=_indent(body, 3),
+        missing="\n" + _indent(_MISSING, 1) if counted else "",
+        missing_first_use="\n" + _indent(_MISSING, 2) if counted else "",
     )
 
 
@@ -116,8 +127,8 @@ def add_evaluation_methods(cls: type, *, counted: bool) -> None:
     """Give `cls` every evaluation method, counting exposures when `counted`."""
     for name, method in _METHODS.items():
         namespace: dict[str, Any] = {
-            "_SERVE_DEFAULT": SERVE_DEFAULT,
             "_ACCEPTED": ACCEPTED_BY_USUAL_TYPE,
+            "_TargetingKeyMissing": TargetingKeyMissing,
         }
         code = compile(method_source(name, counted=counted), f"<flagsync {name}>", "exec")
         exec(code, namespace)  # noqa: S102 - generated from this module's fixed strings

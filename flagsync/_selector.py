@@ -7,6 +7,9 @@ of a single function, with the common case of each clause inlined (a string attr
 tested by `in`, `endswith`, ...) and the rare cases (lists, other types, None) handed
 to the general clause matcher.
 
+A rollout whose bucketing attribute is missing raises `TargetingKeyMissing` (carrying
+its outcome index) rather than returning it, so the value path never tests for it.
+
 Safety: the generated source contains only identifiers made here and small integers
 (outcome indices); every
 value that comes from a flag definition (attribute names, operands, salts, variants)
@@ -33,6 +36,24 @@ if TYPE_CHECKING:
     from flagsync.compile import CompiledFlag
 
 Selector = Callable[[Mapping[str, Any]], int]
+
+
+class TargetingKeyMissing(Exception):  # noqa: N818 - a signal inside evaluation, not an error
+    """Raised by a selector when a rollout's bucketing attribute is missing or unusable.
+
+    `index` is the outcome that explains it (`TARGETING_KEY_MISSING`). Raising instead of
+    returning that index spares every evaluation `variation`'s test for "serve the
+    caller's default": the value path catches it for free (3.11's zero-cost `try`), and
+    `CompiledFlag.index_for` turns it back into the index for `detail()` and metrics.
+    """
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 AddOutcome = Callable[[str | None, Reason, str | None, ErrorCode | None], int]
 
 
@@ -47,6 +68,7 @@ class _Source:
             "_hash": mmh3.hash,
             "_bisect": bisect_right,
             "_text": bucketing_text,
+            "_missing": TargetingKeyMissing,
         }
 
     def bind(self, value: Any) -> str:
@@ -111,7 +133,11 @@ def _emit_prerequisite(
     else:
         variants = source.bind(tuple(outcome.variant for outcome in prerequisite.outcomes))
         select = source.bind(prerequisite.select)
-        source.emit(1, f"if {variants}[{select}(context)] != {source.bind(wanted)}:")
+        source.emit(1, "try:")
+        source.emit(2, f"_p = {variants}[{select}(context)]")
+        source.emit(1, "except _missing:")  # the prerequisite served no variant
+        source.emit(2, "_p = None")
+        source.emit(1, f"if _p != {source.bind(wanted)}:")
         source.emit(2, f"return {failed}")
 
 
@@ -153,7 +179,7 @@ def _emit_rollout(  # noqa: PLR0917 - see _emit_serve
     source.emit(depth, "if _v.__class__ is not str:")
     source.emit(depth + 1, "_v = _text(_v)")
     source.emit(depth + 1, "if _v is None:")
-    source.emit(depth + 2, f"return {missing}")
+    source.emit(depth + 2, f"raise _missing({missing})")
     # The spec hashes UTF-8 bytes, and mmh3 hashes a str as its UTF-8 bytes, except that
     # a str with a lone surrogate crashes the process. An ASCII value (the usual user id)
     # has none and goes as it is; any other is encoded first, which raises on a lone

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
-from flagsync._selector import Selector, build_selector
+from flagsync._selector import Selector, TargetingKeyMissing, build_selector
 from flagsync._validation import json_kind
 from flagsync.evaluation import ErrorCode, Reason
 from flagsync.model import Flag
@@ -107,13 +107,16 @@ class CompiledFlag:
 
     def outcome_for(self, context: Mapping[str, Any]) -> Outcome:
         """The outcome for `context` (may raise on a non-mapping context; callers guard)."""
-        if self.select is None:
-            return self.static_outcome  # type: ignore[return-value]
-        return self.outcomes[self.select(context)]
+        return self.outcomes[self.index_for(context)]
 
     def index_for(self, context: Mapping[str, Any]) -> int:
         """The index in `outcomes` for `context` (0 for a static flag; may raise likewise)."""
-        return 0 if self.select is None else self.select(context)
+        if self.select is None:
+            return 0
+        try:
+            return self.select(context)
+        except TargetingKeyMissing as missing:
+            return missing.index
 
     def __repr__(self) -> str:
         shape = "static" if self.select is None else f"{len(self.outcomes)} outcomes"
