@@ -118,7 +118,7 @@ def _print_sync(results: dict[str, Any]) -> None:
         print(
             f"cold start {name}: connect+load {row['connect_load_ms']} ms "
             f"(+compile all: {row['connect_load_compile_all_ms']} ms; "
-            f"HGETALL alone {row['hgetall_floor_ms']} ms)"
+            f"HGETALL alone {row['hgetall_floor_ms']} ms; {row['ratio_to_hgetall']}x)"
         )
     publisher = results["publisher"]
     print(
@@ -142,7 +142,8 @@ def _print_engine(results: dict[str, Any]) -> None:
     hot = results["hot_path"]
     ns = hot["median_ns"]
     print(
-        f"hot path ({hot['users']:,} users, medians of {hot['rounds']} interleaved rounds):\n"
+        f"hot path ({hot['users']:,} users x {hot['rounds']} rounds, median ratio over slices timed"
+        " back to back):\n"
         f"  bool flag        minimal evaluator {ns['minimal_bool']:>6.1f} ns"
         f" | variation {ns['variation_bool']:>6.1f} ns ({hot['bool_ratio_to_minimal']}x)"
         f" | bool_value {ns['bool_value']:>6.1f} ns"

@@ -26,7 +26,7 @@ from flagsync.compile import ACCEPTED_BY_USUAL_TYPE
 
 __all__ = ["add_evaluation_methods"]
 
-_UNPACK: Final = "select, served, usual, counts = "
+_UNPACK: Final = "select, served, usual = "
 
 _BODY: Final = """\
 if {refuse}:
@@ -54,14 +54,14 @@ def {name}(self, key, context, default{default_value}):
 _PICK: Final = "return served[select(context)]"
 _PICK_COUNTED: Final = """\
 index = select(context)
-counts[index] += 1
+select.counts[index] += 1
 return served[index]"""
 """Static flags returned above: one variant for everyone, nothing for a guard to compare."""
 
 
 _MISSING: Final = """\
 except _TargetingKeyMissing as missing:  # no bucketing key: the caller's default
-    counts[missing.index] += 1
+    select.counts[missing.index] += 1
     return default"""
 """What a counted method adds: the default served for want of a key counts too."""
 

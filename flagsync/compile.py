@@ -59,15 +59,17 @@ ACCEPTED_BY_USUAL_TYPE: Final[Mapping[type, frozenset[type]]] = {
 }
 """Every default type a flag accepts, from its usual default type (`CompiledFlag.default_type`)."""
 
-TableEntry = tuple[Selector | None, Any, type, list[int]]
+TableEntry = tuple[Selector | None, Any, type]
 """What the client's lookup table holds per flag, unpacked in one step on the hot path:
 (select, or None for a static flag; the static value, or the value per outcome index;
-the usual default type; exposure counts per outcome index).
+the usual default type).
 
-Four items because every item costs the hot path: an eight-item entry is 10 % slower.
-The usual default type serves both checks: `variation` accepts the common call with one
-identity test (other accepted types are looked up in `ACCEPTED_BY_USUAL_TYPE` only
-then), and a typed getter tests it for its kind (`bool_value`: `is bool`)."""
+Three items because every item costs the hot path (an eight-item entry made a bool
+evaluation 10 % slower). The usual default type serves both checks: `variation`
+accepts the common call with one identity test (other accepted types are looked up in
+`ACCEPTED_BY_USUAL_TYPE` only then), and a typed getter tests it for its kind
+(`bool_value`: `usual is bool`). A metered client finds the exposure counts on the
+selector itself (`select.counts`, the flag's `counts`), off the unmetered path."""
 
 
 class CompiledFlag:
@@ -170,8 +172,10 @@ def _make_static(compiled: CompiledFlag, outcome: Outcome) -> CompiledFlag:
 
 
 def _entry_of(compiled: CompiledFlag, select: Selector | None, value: Any) -> TableEntry:
-    served = compiled.values if select is not None else value
-    return (select, served, compiled.default_type, compiled.counts)
+    if select is None:
+        return (None, value, compiled.default_type)
+    select.counts = compiled.counts  # type: ignore[attr-defined]  # see TableEntry
+    return (select, compiled.values, compiled.default_type)
 
 
 def _usual_default(kind: str, flag: Flag) -> type:
