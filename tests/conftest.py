@@ -3,7 +3,7 @@
 `FLAGSYNC_REQUIRE` is checked once at start-up, so a misspelt part name stops the run
 instead of letting the tests it meant to require skip. `@pytest.mark.requires(name, ...)`
 skips (or, when required, fails) a test before its fixtures start. The report header says
-which parts this run has, so a reader of a log sees what was skipped and why.
+which parts this run has, and the summary counts what each missing part skipped.
 """
 
 from __future__ import annotations
@@ -39,3 +39,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in item.iter_markers("requires"):
         for name in marker.args:
             require_part(name)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """For each missing part that skipped tests: how many, and how to get it."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    lines = []
+    for name, part in PARTS.items():
+        count = sum(1 for report in skipped if part.skip_reason in str(report.longrepr))
+        if count:
+            lines.append(f"{name}: {count} tests skipped, {part.what} is missing ({part.how})")
+    if lines:
+        terminalreporter.write_sep("-", "optional parts")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -48,6 +48,14 @@ class OptionalPart:
     find: Callable[[], Path | None]
     """Where the part is on this machine, or None."""
 
+    @property
+    def skip_reason(self) -> str:
+        """Why a test needing this part skipped, and how to get the part."""
+        return (
+            f"{self.what} is not installed ({self.how}; "
+            f"set {REQUIRE_ENV}={self.name} to fail instead of skipping)"
+        )
+
 
 def _redis_server() -> Path | None:
     try:
@@ -112,7 +120,4 @@ def require_part(name: str, environ: Mapping[str, str] | None = None) -> Path:
             f"{part.what} is missing and {REQUIRE_ENV} requires {name!r}: {part.how}",
             pytrace=False,
         )
-    pytest.skip(
-        f"{part.what} is not installed ({part.how}; "
-        f"set {REQUIRE_ENV}={name} to fail instead of skipping)"
-    )
+    pytest.skip(part.skip_reason)
