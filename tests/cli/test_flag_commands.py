@@ -152,17 +152,19 @@ class TestKillEnable:
     def test_killing_a_killed_flag_writes_nothing(
         self, cli: Cli, store: Publisher, example: int
     ) -> None:
-        """A second `kill` is a no-op: same revision, same version, no change-log entry."""
+        """A second `kill` is a no-op reported as one (`changed: false`): same revision, same
+        version, no change-log entry."""
         first = cli.ok("kill", "sampling-params", "--json").json()
         second = cli.ok("kill", "sampling-params", "--json").json()
 
         assert first == {
             "action": "kill",
             "key": "sampling-params",
+            "changed": True,
             "version": 2,
             "revision": example + 1,
         }
-        assert second == first
+        assert second == {**first, "changed": False}
         assert len(store.history("sampling-params")) == 2
 
 

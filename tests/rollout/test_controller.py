@@ -352,7 +352,7 @@ class TestRollback:
             assert weight_of(store) == 0.0
         change = store.history(KEY, limit=1)[0]
         assert change.revision == decision.revision
-        assert change.reason == f"rollout: guard breached: breach: {guard}  {numbers}"
+        assert change.reason == f"rollout: guard breached: {guard}  {numbers}"
         assert controller.state().status == "rolled_back"
         after = controller.tick()
         assert (after.decision, after.note) == ("stopped", "rollout is rolled_back")
