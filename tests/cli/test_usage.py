@@ -161,7 +161,7 @@ class TestRegistry:
     def test_topic_modules_do_not_import_the_parser(self) -> None:
         """No topic or helper module imports names from `flagsync.cli` itself (only its
         private submodules), so there is no cycle between the parser and the handlers."""
-        offenders = []
+        offenders: list[str] = []
         modules = [p for p in CLI_PACKAGE.glob("_*.py") if not p.name.startswith("__")]
         assert len(modules) >= 8
         for path in sorted(modules):
