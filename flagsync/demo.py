@@ -70,7 +70,11 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
     """Run the scenario, narrating to `out`; returns the measured summary."""
     phase_s = max(1.0, options.duration_s / 6)
     say = _narrator(out)
-    summary: dict[str, Any] = {"workers": options.workers, "steps": []}
+    summary: dict[str, Any] = {
+        "workers": options.workers,
+        "namespace": options.namespace,
+        "steps": [],
+    }
     with ExitStack() as stack:
         url = options.url or os.environ.get("REDIS_URL")
         if url is None:
@@ -81,7 +85,7 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
             say(f"server: {_redacted(url)}")
         publisher = stack.enter_context(Publisher(url, options.namespace, actor="demo-operator"))
         revision = publisher.apply(DEMO_FLAGS, prune=True, reason="demo setup")
-        say(f"applied {DEMO_FLAGS.name} as revision {revision}")
+        say(f"applied {DEMO_FLAGS.name} to namespace {options.namespace!r} as revision {revision}")
         fleet = stack.enter_context(_workers(url, options))
         _wait_for_workers(publisher, options.workers, revision)
         say(f"{options.workers} workers running (SIMULATED LLM backends; the flags are real)\n")
