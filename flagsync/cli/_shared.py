@@ -79,7 +79,12 @@ def publisher(args: argparse.Namespace) -> Publisher:
     url = server_url(args)
     from flagsync.publisher import Publisher  # noqa: PLC0415 - only commands that talk to Redis
 
-    return Publisher(url, args.namespace, actor=getattr(args, "actor", None))
+    try:
+        return Publisher(url, args.namespace, actor=getattr(args, "actor", None))
+    except ValueError as error:  # redis-py's URL parsing (e.g. a database that is not a number)
+        raise UsageError(
+            f"{'--url' if args.url else 'REDIS_URL'} {display_url(args)!r}: {error}"
+        ) from None
 
 
 def emit(args: argparse.Namespace, payload: dict[str, Any], text: Callable[[], str]) -> None:
