@@ -79,15 +79,19 @@ class GuardResult(msgspec.Struct, frozen=True):
     right_samples: int | None
 
     def __str__(self) -> str:
+        return f"{self.verdict}: {self.summary}"
+
+    @property
+    def summary(self) -> str:
+        """The guard and its numbers, without the verdict (for a line that states it)."""
+
         def show(value: float | None) -> str:
             return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"
 
         right = show(self.right) + (
             f" [n={self.right_samples}]" if self.right_samples is not None else ""
         )
-        return (
-            f"{self.verdict}: {self.guard}  ({show(self.left)} [n={self.left_samples}] vs {right})"
-        )
+        return f"{self.guard}  ({show(self.left)} [n={self.left_samples}] vs {right})"
 
 
 def parse_guard(text: str, *, path: str = "guards") -> Guard:

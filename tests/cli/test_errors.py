@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from flagsync.publisher import Publisher
-from tests.cli.support import INVALID, Cli
+from tests.cli.support import INVALID, RUN_TIMEOUT_S, Cli, command_prefix
 
 _DOWN = "redis://127.0.0.1:1"
 _SECRET_URL = "redis://operator:s3cr3t-pa55@127.0.0.1:1"  # noqa: S105 - must never be printed
@@ -56,7 +62,8 @@ class TestInvalidInput:
 
         assert result.code == 2, str(result)
         assert result.stderr.startswith(f"{path}: invalid yaml")
-        assert "line " in result.stderr
+        assert "(line " in result.stderr
+        assert "<unicode string>" not in result.stderr
 
     def test_missing_file_is_a_usage_error(self, cli: Cli, tmp_path: Path) -> None:
         """A file that does not exist exits 2 naming it, before connecting anywhere."""
@@ -81,6 +88,7 @@ class TestInvalidInput:
 
         assert result.code == 2, str(result)
         assert result.stderr.startswith(f"{option}: ")
+        assert "nothing was changed" not in result.stderr
 
     def test_ramp_beyond_100_percent_is_refused(
         self, cli: Cli, store: Publisher, example: int
@@ -154,12 +162,15 @@ class TestStoreDown:
         assert "redis://operator:***@127.0.0.1:1" in result.stdout + result.stderr
 
     def test_no_url_at_all_is_a_usage_error(self, cli: Cli) -> None:
-        """Without --url or REDIS_URL a command exits 2 saying how to give a URL."""
+        """Without --url or REDIS_URL a command exits 2 naming the option, the variable and
+        `flagsync server`, in the CLI's words (not the Python API's)."""
         result = cli("list", env={"REDIS_URL": None})
 
         assert result.code == 2, str(result)
-        assert "no server URL" in result.stderr
-        assert "REDIS_URL" in result.stderr
+        assert result.stderr == (
+            "error: no server URL: pass --url redis://HOST:PORT or set REDIS_URL "
+            "(`flagsync server` starts a local server and prints its URL)\n"
+        )
 
     def test_store_error_as_json(self, cli: Cli) -> None:
         """With --json a store error is also one JSON document on stdout."""
@@ -169,3 +180,166 @@ class TestStoreDown:
         document = json.loads(result.stdout)
         assert document["error"] == "store"
         assert document["messages"][0].startswith(f"cannot reach {_DOWN}")
+
+
+@pytest.fixture
+def http_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where an HTTP server (not Redis) answers every connection with
+    `400 Bad Request`; stopped (socket closed, thread joined) after the test."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(2)
+                with contextlib.suppress(OSError):
+                    connection.recv(4096)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=serve, name="http-server", daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+class TestOperatorMistakes:
+    """What a new operator tripped over: each ends in one clear line and exit 2 or 1."""
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            ("http://127.0.0.1:6390", "'http://127.0.0.1:6390' is not a Redis URL: use redis://"),
+            ("127.0.0.1:6390", "e.g. redis://127.0.0.1:6390"),
+            ("redis://127.0.0.1:abc", "Port could not be cast to integer value as 'abc'"),
+            ("redis://127.0.0.1:99999", "Port out of range"),
+        ],
+        ids=["http-scheme", "no-scheme", "port-not-a-number", "port-out-of-range"],
+    )
+    def test_a_url_redis_cannot_use_is_a_usage_error(
+        self, cli: Cli, url: str, expected: str
+    ) -> None:
+        """A URL without the redis scheme or with a bad port exits 2 naming --url and how
+        to write it, before connecting anywhere; no traceback."""
+        result = cli("list", "--url", url)
+
+        assert result.code == 2, str(result)
+        assert result.stderr.startswith("error: --url ")
+        assert expected in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+    def test_a_bad_redis_url_variable_is_named(self, cli: Cli) -> None:
+        """A bad REDIS_URL is reported as REDIS_URL, not as an option the user never gave."""
+        result = cli("list", env={"REDIS_URL": "localhost:6379"})
+
+        assert result.code == 2, str(result)
+        assert result.stderr.startswith("error: REDIS_URL 'localhost:6379' is not a Redis URL")
+
+    def test_a_port_where_something_else_answers(self, cli: Cli, http_port: int) -> None:
+        """A port where an HTTP server answers exits 1 saying the server did not answer as
+        Redis, naming the URL; no traceback."""
+        url = f"redis://127.0.0.1:{http_port}"
+
+        result = cli("list", "--url", url)
+
+        assert result.code == 1, str(result)
+        assert result.stderr.startswith("store: "), str(result)
+        assert url in result.stderr
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.splitlines()) == 1
+
+    def test_history_into_a_closed_pipe_ends_quietly(
+        self, cli: Cli, store: Publisher, tmp_path: Path
+    ) -> None:
+        """`flagsync history | head -1`: once the reader goes away the command stops
+        without a word on stderr, with the shell status of a Unix tool killed by SIGPIPE."""
+        flags = {f"flag-{n:04d}": {"variants": {"on": True, "off": False}, "off": "off",
+                                   "default": "on"} for n in range(1500)}  # fmt: skip
+        store.apply({"flags": flags})  # 1,500 log entries: far more than a pipe buffer
+        pipeline = f"{shlex.join([*command_prefix(), 'history', '--limit', '1500'])} | head -1"
+
+        completed = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", pipeline],
+            env=cli.env(),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+
+        assert completed.stdout.startswith("r1 "), completed
+        assert completed.stderr == ""
+        assert completed.returncode == 141
+
+    @pytest.mark.parametrize(
+        ("syntax", "text"),
+        [
+            ("json", "[" * 100_000 + "]" * 100_000),
+            ("yaml", "flags:\n  x:\n    variants: " + "[" * 5_000 + "]" * 5_000),
+        ],
+        ids=["json", "yaml"],
+    )
+    def test_deeply_nested_flag_file_is_refused(
+        self, cli: Cli, tmp_path: Path, syntax: str, text: str
+    ) -> None:
+        """A flag file nested far too deeply exits 2 naming the file, not a RecursionError."""
+        path = tmp_path / f"deep.{syntax}"
+        path.write_text(text)
+
+        result = cli("apply", "-f", str(path))
+
+        assert result.code == 2, str(result)
+        assert result.stderr.startswith(f"{path}")
+        assert "nested deeper than 64 levels" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_integer_beyond_64_bits_is_refused_with_its_path(
+        self, cli: Cli, store: Publisher, tmp_path: Path
+    ) -> None:
+        """A variant value above 2**64 exits 2 naming the file and the value's path, and
+        nothing is written (not an OverflowError)."""
+        path = tmp_path / "big.yaml"
+        path.write_text(
+            "flags:\n  big:\n    variants: {small: 1, huge: 18446744073709551616}\n"
+            "    off: small\n    default: small\n"
+        )
+
+        result = cli("apply", "-f", str(path))
+
+        assert result.code == 2, str(result)
+        assert result.stderr.splitlines() == [
+            f"{path} at flags.big.variants.huge: integer out of range (-2**63 .. 2**64-1)",
+            "nothing was changed",
+        ]
+        assert store.revision() == (None, 0)
+
+    @pytest.mark.parametrize(
+        ("option", "value", "expected"),
+        [
+            ("--context", "[" * 20_000 + "]" * 20_000, "--context: JSON nested too deeply"),
+            ("--context", '{"a":' * 40 + "1" + "}" * 40, "--context at a.a.a.a"),
+            ("--default", str(2**70), "--default: integer out of range"),
+        ],
+        ids=["deep-context", "nested-context", "huge-default"],
+    )
+    def test_unusable_eval_json_says_nothing_about_changes(
+        self, cli: Cli, example: int, option: str, value: str, expected: str
+    ) -> None:
+        """`eval` (a read-only command) refuses unusable JSON with exit 2 naming the option,
+        and does not claim "nothing was changed"."""
+        result = cli("eval", "llm-model-version", option, value)
+
+        assert result.code == 2, str(result)
+        assert result.stderr.startswith(expected)
+        assert "nothing was changed" not in result.stderr
+        assert "Traceback" not in result.stderr
