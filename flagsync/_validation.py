@@ -447,3 +447,31 @@ def parse_segment(key: str, data: object) -> Segment:
     if issues or segment is None:
         raise InvalidFlagError(issues)
     return segment
+
+
+def check_references(
+    key: str, flag: Flag, flags: Mapping[str, Mapping[str, Any]], segments: Collection[str]
+) -> None:
+    """A flag written on its own: its prerequisites must exist in `flags` (the store's
+    definitions with this flag in place) with the variant named, and form no cycle."""
+    issues: list[ValidationIssue] = []
+    for other, variant in flag.requires.items():
+        if other not in flags:
+            issues.append(
+                ValidationIssue(f"flags.{key}.requires.{other}", f"unknown flag {other!r}")
+            )
+        elif variant not in (flags[other].get("variants") or {}):
+            issues.append(
+                ValidationIssue(
+                    f"flags.{key}.requires.{other}", f"flag {other!r} has no variant {variant!r}"
+                )
+            )
+    if not issues and flag.requires:
+        graph = {
+            name: parse_flag(name, definition, segments)
+            for name, definition in flags.items()
+            if definition.get("requires")
+        }
+        issues.extend(cycle_issues(graph))
+    if issues:
+        raise InvalidFlagError(issues)
