@@ -60,29 +60,28 @@ __all__ = [
     "HistoryEntry",
     "PropagationReport",
     "Publisher",
-    "Revision",
     "StoredFlag",
     "WorkerAck",
+    "WriteResult",
 ]
 
 _log = structlog.get_logger("flagsync.publisher")
 _INTENT_RETRIES: Final = 5
 
 
-class Revision(int):
-    """The store revision a write left, as an `int`; `changed` is False when the write
-    changed nothing (enable of an enabled flag, the same weights, the same file), so no
-    revision was issued and this is the store's current one."""
+class WriteResult(msgspec.Struct, frozen=True):
+    """What the last write call did (`Publisher.last_write`).
 
+    `changed` is False for a write that had nothing to change (enable of an enabled
+    flag, a ramp to the same weights, applying the same file): no revision was issued,
+    and `revision` is the store's current one, as the call returned.
+    """
+
+    op: str
+    key: str | None
+    """The flag written, or None for `apply`."""
+    revision: int
     changed: bool
-
-    def __new__(cls, revision: int, *, changed: bool = True) -> Revision:
-        value = super().__new__(cls, revision)
-        value.changed = changed
-        return value
-
-    def __repr__(self) -> str:
-        return f"Revision({int(self)}, changed={self.changed})"
 
 
 class StoredFlag(msgspec.Struct, frozen=True):
@@ -140,6 +139,8 @@ class Publisher:
         self._published_us: dict[tuple[str, int], int] = {}
         self.fleet = Fleet(self.url, namespace, client=self._redis, published_us=self._published_us)
         """The read side on the same connection: history, live workers, propagation."""
+        self.last_write: WriteResult | None = None
+        """What the last write call did; tells a no-op from a change (see `WriteResult`)."""
 
     @property
     def client(self) -> Any:
@@ -197,16 +198,17 @@ class Publisher:
         """What `apply(source)` would change, without writing anything (the dry run)."""
         return self._plan(load_flags(source), prune)[0]
 
-    def apply(self, source: FlagSource, *, prune: bool = False, reason: str = "") -> Revision:
+    def apply(self, source: FlagSource, *, prune: bool = False, reason: str = "") -> int:
         """Make the store match a flag file (or mapping) as one atomic revision.
 
         Flags and segments in `source` are added or replaced; with `prune`, the ones
-        not in it are deleted. Returns the new revision, or the current one with
-        `changed=False` when nothing differs (applying the same file twice writes nothing).
+        not in it are deleted. Returns the new revision, or the current one (and
+        `last_write.changed` is False) when nothing differs: applying the same file
+        twice writes nothing.
         """
         changes, writes = self._plan(load_flags(source), prune)
         if not changes:
-            return self._unchanged()
+            return self._unchanged("apply", None)
         return self._write(writes, reason, op_name="apply")
 
     def put(
@@ -216,8 +218,8 @@ class Publisher:
         *,
         expected_version: int | None = None,
         reason: str = "",
-    ) -> Revision:
-        """Create or replace one flag; returns the new revision (see `Revision.changed`).
+    ) -> int:
+        """Create or replace one flag; returns the new revision (see `last_write`).
 
         `put("key", definition)`, or `put({"key": definition})` in the file's `flags:`
         shape. With `expected_version`, a flag changed since that version is refused
@@ -238,7 +240,7 @@ class Publisher:
         expected_version: int | None,
         reason: str,
         op: str,
-    ) -> Revision:
+    ) -> int:
         """Validate and write one flag; `op` names the change in the log (put, rollback)."""
         state, versions = self._read_all()
         segments = state["segments"].keys()
@@ -251,7 +253,7 @@ class Publisher:
         if expected_version is not None and expected_version != current:
             raise ConflictError("flag", key, expected_version, current)
         if key in state["flags"] and state["flags"][key] == stored:
-            return self._unchanged()
+            return self._unchanged(op, key)
         guards = [
             _Write("flag", other, versions.get(f"flag:{other}", 0), GUARD_OP, None)
             for other in parsed.requires
@@ -259,15 +261,13 @@ class Publisher:
         write = _Write("flag", key, current, op, stored)
         return self._write([write, *guards], reason, op_name=op)
 
-    def kill(self, key: str, *, reason: str = "", expected_version: int | None = None) -> Revision:
+    def kill(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """The kill switch: serve every context the `off` variant. Returns the revision."""
         return self._modify(
             key, "kill", reason, expected_version, lambda f: _replace(f, enabled=False)
         )
 
-    def enable(
-        self, key: str, *, reason: str = "", expected_version: int | None = None
-    ) -> Revision:
+    def enable(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Undo `kill`: evaluate rules and default again. Returns the revision."""
         return self._modify(
             key, "enable", reason, expected_version, lambda f: _replace(f, enabled=True)
@@ -281,7 +281,7 @@ class Publisher:
         *,
         reason: str = "",
         expected_version: int | None = None,
-    ) -> Revision:
+    ) -> int:
         """Set the percentage split of the default (or of the rule named `rule`).
 
         A fixed serve becomes a rollout; an existing rollout keeps its `by` and `salt`,
@@ -305,7 +305,7 @@ class Publisher:
         *,
         reason: str = "",
         expected_version: int | None = None,
-    ) -> Revision:
+    ) -> int:
         """Give `variant` `percent` % of the default's (or rule's) traffic, the other
         variants keeping their proportions (see `flagsync.weights.ramp_weights`)."""
 
@@ -324,15 +324,13 @@ class Publisher:
 
     def set_default(
         self, key: str, variant: str, *, reason: str = "", expected_version: int | None = None
-    ) -> Revision:
+    ) -> int:
         """Serve one fixed variant as the fallthrough. Returns the revision."""
         return self._modify(
             key, "set_default", reason, expected_version, lambda f: _replace(f, default=variant)
         )
 
-    def delete(
-        self, key: str, *, reason: str = "", expected_version: int | None = None
-    ) -> Revision:
+    def delete(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Delete a flag (refused while another flag requires it). Returns the revision."""
         state, versions = self._read_all()
         if key not in state["flags"]:
@@ -358,7 +356,7 @@ class Publisher:
         to_version: int | None = None,
         steps: int | None = None,
         reason: str = "",
-    ) -> Revision:
+    ) -> int:
         """Restore the definition a flag had at `to_version` (or `steps` changes ago) as a
         new revision; the change log keeps both. Returns the revision."""
         if (to_version is None) == (steps is None):
@@ -372,7 +370,7 @@ class Publisher:
         if not 1 <= target <= current:
             raise InvalidFlagError.single(f"flags.{key}", _no_version(target, current, steps))
         if target == current:
-            return self._unchanged()
+            return self._unchanged("rollback", key)
         for entry in self.history(key, limit=self.log_maxlen):
             # A segment may share the flag's key: only the flag's own entries count.
             if entry.kind == "flag" and entry.version == target:
@@ -414,7 +412,7 @@ class Publisher:
         reason: str,
         expected_version: int | None,
         change: Callable[[Flag], Flag],
-    ) -> Revision:
+    ) -> int:
         """Read-modify-write one flag; an intent (kill, ramp) is re-applied on a conflict."""
         for attempt in range(_INTENT_RETRIES):
             with store_errors(self.url):
@@ -431,7 +429,7 @@ class Publisher:
             after_data = msgspec.to_builtins(after)
             parse_flag(key, after_data, segments)
             if after == before:
-                return self._unchanged()
+                return self._unchanged(op, key)
             try:
                 return self._write(
                     [_Write("flag", key, current, op, after_data)], reason, op_name=op
@@ -493,11 +491,13 @@ class Publisher:
                 )
         return changes, writes
 
-    def _unchanged(self) -> Revision:
+    def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""
-        return Revision(self.revision()[1], changed=False)
+        revision = self.revision()[1]
+        self.last_write = WriteResult(op, key, revision, changed=False)
+        return revision
 
-    def _write(self, writes: list[_Write], reason: str, *, op_name: str) -> Revision:
+    def _write(self, writes: list[_Write], reason: str, *, op_name: str) -> int:
         blobs = [
             b""
             if write.definition is None
@@ -544,7 +544,11 @@ class Publisher:
             keys=[write.key for write in writes if write.op != GUARD_OP],
             actor=self.actor,
         )
-        return Revision(revision)
+        written = [write.key for write in writes if write.op != GUARD_OP]
+        self.last_write = WriteResult(
+            op_name, None if op_name == "apply" else written[0], revision, changed=True
+        )
+        return revision
 
 
 def _decode_stored(kind: str, key: str, blob: bytes) -> tuple[dict[str, Any], int]:
