@@ -194,8 +194,8 @@ def store_error(url: str, error: redis.RedisError, doing: str = "") -> StoreErro
         return StoreUnavailableError(f"{prefix}cannot reach {where}: {text}{hint}")
     if isinstance(error, redis.exceptions.InvalidResponse):
         return StoreUnavailableError(
-            f"{prefix}{where} answered, but not in the Redis protocol ({text}): is this the "
-            "port of a Redis or Valkey server? (`flagsync server` prints its URL)"
+            f"{prefix}{where} answered, but not as a Redis or Valkey server would ({text}): "
+            "check the port"
         )
     if text.startswith(_UNAVAILABLE_REPLIES):
         return StoreUnavailableError(f"{prefix}{where} cannot serve this now: {text}")

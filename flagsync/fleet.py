@@ -20,7 +20,7 @@ from flagsync._connection import connect, resolve_url, store_errors
 from flagsync.diff import FieldChange, definition_changes
 from flagsync.store import StoreKeys, parse_revision, revision_command
 
-__all__ = ["Fleet", "HistoryEntry", "PropagationReport", "WorkerAck"]
+__all__ = ["Fleet", "HistoryEntry", "PropagationReport", "WorkerAck", "WorkerInfo"]
 
 _log = structlog.get_logger("flagsync.fleet")
 _LOG_BATCH: Final = 500

@@ -34,6 +34,8 @@ __all__ = [
     "check_metric_name",
     "decode_entry",
     "encode_series",
+    "flush_commands",
+    "merge_window",
     "percentile",
 ]
 
