@@ -584,7 +584,7 @@ def _no_version(target: int, current: int, steps: int | None) -> str:
             f"cannot go back {steps} step{'s' if steps != 1 else ''}: only {earlier} earlier "
             f"{plural} (current is v{current})"
         )
-    return f"no version {target}: versions run from v1 to v{current}"
+    return f"no version {target} (current is v{current})"
 
 
 def _os_user() -> str:

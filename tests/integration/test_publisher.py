@@ -564,10 +564,10 @@ class TestRollbackRange:
             publisher.rollback("model", steps=1)
 
     def test_unknown_version(self, publisher: Publisher) -> None:
-        """`to_version` beyond the current one names the range that exists."""
+        """`to_version` beyond the current one names the current version."""
         publisher.apply(base_document())
         publisher.kill("model")
-        with pytest.raises(InvalidFlagError, match="no version 9: versions run from v1 to v2"):
+        with pytest.raises(InvalidFlagError, match=r"no version 9 \(current is v2\)"):
             publisher.rollback("model", to_version=9)
 
 
