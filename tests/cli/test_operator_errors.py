@@ -1,5 +1,6 @@
-"""What an operator sees for a wrong store URL or a port where Redis is not: one clear
-line and exit 2 (a usage mistake) or 1 (the store), never a traceback (issue #10, §3)."""
+"""What an operator sees for a wrong store URL, a port where Redis is not, or a rollback
+past the first version: one clear line and exit 2 (a usage mistake) or 1 (the store),
+never a traceback (issue #10, §3)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from flagsync.publisher import Publisher
 from flagsync.server import free_port
 from tests.cli.support import Cli
 
@@ -110,3 +112,22 @@ class TestNotRedis:
         _assert_clean(result.code, 1, result.stderr)
         assert result.stderr.startswith(f"store: redis://127.0.0.1:{http_only.port} answered")
         assert "not as a Redis or Valkey server would" in result.stderr
+
+
+class TestRollbackRange:
+    """`rollback --steps` past the first version says how many earlier versions exist."""
+
+    def test_too_many_steps(self, cli: Cli, store: Publisher, example: int) -> None:
+        """On v3, `--steps 999` exits 2 saying only 2 earlier versions exist."""
+        store.kill("llm-model-version")
+        store.enable("llm-model-version")
+
+        result = cli("rollback", "llm-model-version", "--steps", "999")
+
+        assert result.code == 2, str(result)
+        assert (
+            "flags.llm-model-version: cannot go back 999 steps: only 2 earlier versions exist "
+            "(current is v3)"
+        ) in result.stderr
+        assert "-996" not in result.stderr
+        assert store.revision()[1] == example + 2
