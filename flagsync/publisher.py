@@ -13,24 +13,18 @@ from __future__ import annotations
 
 import getpass
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Final
 
 import msgspec
 import structlog
 
-from flagsync._codec import (
-    Change,
-    ChangeSet,
-    WorkerInfo,
-    decode_definition,
-    encode_changeset,
-    encode_definition,
-)
+from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
+from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
 from flagsync._validation import check_references, parse_flag, parse_flagset
-from flagsync.diff import FieldChange, definition_changes
+from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
     ConflictError,
     FlagNotFoundError,
@@ -40,7 +34,7 @@ from flagsync.errors import (
 )
 from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck
 from flagsync.loader import FlagSource, load_flags
-from flagsync.model import Flag, FlagSet, Serve
+from flagsync.model import Flag, FlagSet
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
     GUARD_OP,
@@ -53,7 +47,6 @@ from flagsync.store import (
     revision_command,
     write_arguments,
 )
-from flagsync.weights import ramp_serve, with_weights
 
 __all__ = [
     "DefinitionChange",
@@ -90,26 +83,6 @@ class StoredFlag(msgspec.Struct, frozen=True):
     key: str
     version: int
     flag: Flag
-
-
-class DefinitionChange(msgspec.Struct, frozen=True):
-    """One flag or segment an `apply` would add, change or delete (a dry-run line)."""
-
-    kind: str
-    key: str
-    op: str
-    """`add`, `change` or `delete`."""
-    version: int
-    """The version the change is based on (0 for a new key)."""
-    fields: list[FieldChange]
-
-
-class _Write(msgspec.Struct, frozen=True):
-    kind: str
-    key: str
-    expected: int
-    op: str
-    definition: dict[str, Any] | None
 
 
 class Publisher:
@@ -255,23 +228,19 @@ class Publisher:
         if key in state["flags"] and state["flags"][key] == stored:
             return self._unchanged(op, key)
         guards = [
-            _Write("flag", other, versions.get(f"flag:{other}", 0), GUARD_OP, None)
+            ScriptWrite("flag", other, versions.get(f"flag:{other}", 0), GUARD_OP, None)
             for other in parsed.requires
         ]
-        write = _Write("flag", key, current, op, stored)
+        write = ScriptWrite("flag", key, current, op, stored)
         return self._write([write, *guards], reason, op_name=op)
 
     def kill(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """The kill switch: serve every context the `off` variant. Returns the revision."""
-        return self._modify(
-            key, "kill", reason, expected_version, lambda f: _replace(f, enabled=False)
-        )
+        return self._modify(key, "kill", reason, expected_version, killed)
 
     def enable(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Undo `kill`: evaluate rules and default again. Returns the revision."""
-        return self._modify(
-            key, "enable", reason, expected_version, lambda f: _replace(f, enabled=True)
-        )
+        return self._modify(key, "enable", reason, expected_version, with_enabled(True))
 
     def set_rollout(
         self,
@@ -287,14 +256,8 @@ class Publisher:
         A fixed serve becomes a rollout; an existing rollout keeps its `by` and `salt`,
         so users keep their buckets. Returns the revision.
         """
-        split = dict(weights)
-        return self._modify(
-            key,
-            "set_rollout",
-            reason,
-            expected_version,
-            lambda flag: _with_serve(key, flag, rule, lambda serve: with_weights(serve, split)),
-        )
+        edit = split(key, rule, weights)
+        return self._modify(key, "set_rollout", reason, expected_version, edit)
 
     def ramp(
         self,
@@ -308,27 +271,14 @@ class Publisher:
     ) -> int:
         """Give `variant` `percent` % of the default's (or rule's) traffic, the other
         variants keeping their proportions (see `flagsync.weights.ramp_weights`)."""
-
-        where = f"flags.{key}.{'default' if rule is None else rule}"
-
-        def ramped(serve: Serve) -> Serve:
-            return ramp_serve(serve, variant, percent, path=where)
-
-        return self._modify(
-            key,
-            "ramp",
-            reason,
-            expected_version,
-            lambda flag: _with_serve(key, flag, rule, ramped),
-        )
+        edit = ramped(key, rule, variant, percent)
+        return self._modify(key, "ramp", reason, expected_version, edit)
 
     def set_default(
         self, key: str, variant: str, *, reason: str = "", expected_version: int | None = None
     ) -> int:
         """Serve one fixed variant as the fallthrough. Returns the revision."""
-        return self._modify(
-            key, "set_default", reason, expected_version, lambda f: _replace(f, default=variant)
-        )
+        return self._modify(key, "set_default", reason, expected_version, served(variant))
 
     def delete(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Delete a flag (refused while another flag requires it). Returns the revision."""
@@ -347,7 +297,9 @@ class Publisher:
         current = versions.get(f"flag:{key}", 0)
         if expected_version is not None and expected_version != current:
             raise ConflictError("flag", key, expected_version, current)
-        return self._write([_Write("flag", key, current, "delete", None)], reason, op_name="delete")
+        return self._write(
+            [ScriptWrite("flag", key, current, "delete", None)], reason, op_name="delete"
+        )
 
     def rollback(
         self,
@@ -411,7 +363,7 @@ class Publisher:
         op: str,
         reason: str,
         expected_version: int | None,
-        change: Callable[[Flag], Flag],
+        change: Edit,
     ) -> int:
         """Read-modify-write one flag; an intent (kill, ramp) is re-applied on a conflict."""
         for attempt in range(_INTENT_RETRIES):
@@ -432,7 +384,7 @@ class Publisher:
                 return self._unchanged(op, key)
             try:
                 return self._write(
-                    [_Write("flag", key, current, op, after_data)], reason, op_name=op
+                    [ScriptWrite("flag", key, current, op, after_data)], reason, op_name=op
                 )
             except ConflictError:
                 if expected_version is not None or attempt == _INTENT_RETRIES - 1:
@@ -463,7 +415,9 @@ class Publisher:
             return state, {field.decode(): int(value) for field, value in versions.items()}
         raise StoreUnavailableError("could not read a consistent state")  # pragma: no cover
 
-    def _plan(self, document: FlagSet, prune: bool) -> tuple[list[DefinitionChange], list[_Write]]:
+    def _plan(
+        self, document: FlagSet, prune: bool
+    ) -> tuple[list[DefinitionChange], list[ScriptWrite]]:
         state, versions = self._read_all()
         wanted = document.to_builtins()
         merged: dict[str, dict[str, Any]] = {
@@ -471,25 +425,14 @@ class Publisher:
             for section in ("flags", "segments")
         }
         parse_flagset(merged)  # the resulting state must be valid as a whole
-        changes: list[DefinitionChange] = []
-        writes: list[_Write] = []
-        for kind, section in (("segment", "segments"), ("flag", "flags")):
-            old, new = state[section], merged[section]
-            for key in [*new, *(k for k in old if k not in new)]:
-                before, after = old.get(key), new.get(key)
-                if before == after:
-                    continue
-                op = "add" if before is None else "delete" if after is None else "change"
-                version = versions.get(f"{kind}:{key}", 0)
-                changes.append(
-                    DefinitionChange(
-                        kind, key, op, version, definition_changes(kind, before, after)
-                    )
-                )
-                writes.append(
-                    _Write(kind, key, version, "delete" if after is None else "apply", after)
-                )
-        return changes, writes
+        plan = plan_changes(state, merged, versions)
+        writes = [
+            ScriptWrite(change.kind, change.key, change.version, "apply", after)
+            if after is not None
+            else ScriptWrite(change.kind, change.key, change.version, "delete")
+            for change, after in plan
+        ]
+        return [change for change, _ in plan], writes
 
     def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""
@@ -497,36 +440,15 @@ class Publisher:
         self.last_write = WriteResult(op, key, revision, changed=False)
         return revision
 
-    def _write(self, writes: list[_Write], reason: str, *, op_name: str) -> int:
-        blobs = [
-            b""
-            if write.definition is None
-            else encode_definition(write.kind, write.key, write.expected + 1, write.definition)
-            for write in writes
-        ]
-        payload = encode_changeset(
-            ChangeSet(
-                actor=self.actor,
-                reason=reason,
-                changes=[
-                    Change(write.kind, write.key, write.op, blob or None)
-                    for write, blob in zip(writes, blobs, strict=True)
-                    if write.op != GUARD_OP
-                ],
-            )
-        )
+    def _write(self, writes: list[ScriptWrite], reason: str, *, op_name: str) -> int:
         args = write_arguments(
             self.keys,
-            [
-                ScriptWrite(write.kind, write.key, write.expected, write.op, blob)
-                for write, blob in zip(writes, blobs, strict=True)
-            ],
+            writes,
             seen_revision=self._seen_revision,
             epoch_candidate=uuid.uuid4().hex,
             log_maxlen=self.log_maxlen,
             actor=self.actor,
             reason=reason,
-            payload=payload,
         )
         with store_errors(self.url):
             reply = self._script(keys=self.keys.script_keys(), args=args)
@@ -536,15 +458,15 @@ class Publisher:
         revision, epoch = result.revision, result.epoch
         self._published_us[(epoch, revision)] = result.server_us
         self._seen_revision = max(self._seen_revision, revision)
+        written = [write.key for write in writes if write.op != GUARD_OP]
         _log.info(
             "flags_written",
             namespace=self.keys.namespace,
             op=op_name,
             revision=revision,
-            keys=[write.key for write in writes if write.op != GUARD_OP],
+            keys=written,
             actor=self.actor,
         )
-        written = [write.key for write in writes if write.op != GUARD_OP]
         self.last_write = WriteResult(
             op_name, None if op_name == "apply" else written[0], revision, changed=True
         )
@@ -554,25 +476,6 @@ class Publisher:
 def _decode_stored(kind: str, key: str, blob: bytes) -> tuple[dict[str, Any], int]:
     stored = decode_definition(blob, kind, key)
     return stored.definition, stored.version
-
-
-def _with_serve(key: str, flag: Flag, rule: str | None, change: Callable[[Serve], Serve]) -> Flag:
-    """`flag` with the default's serve (or the serve of the rule named `rule`) changed."""
-    if rule is None:
-        return _replace(flag, default=change(flag.default))
-    for position, candidate in enumerate(flag.rules):
-        if (candidate.name or f"rules[{position}]") == rule:
-            rules = list(flag.rules)
-            rules[position] = msgspec.structs.replace(candidate, serve=change(candidate.serve))
-            return _replace(flag, rules=rules)
-    names = [candidate.name or f"rules[{i}]" for i, candidate in enumerate(flag.rules)]
-    raise InvalidFlagError(
-        [ValidationIssue(f"flags.{key}.rules", f"no rule {rule!r} (rules: {', '.join(names)})")]
-    )
-
-
-def _replace(flag: Flag, **changes: Any) -> Flag:
-    return msgspec.structs.replace(flag, **changes)
 
 
 def _no_version(target: int, current: int, steps: int | None) -> str:

@@ -32,7 +32,15 @@ from typing import Any, Final
 
 import msgspec
 
-from flagsync._codec import MalformedMessageError, Message, decode_changeset
+from flagsync._codec import (
+    Change,
+    ChangeSet,
+    MalformedMessageError,
+    Message,
+    decode_changeset,
+    encode_changeset,
+    encode_definition,
+)
 from flagsync._connection import (
     StoreClient,
     connect,
@@ -273,14 +281,15 @@ def _text(value: bytes | str) -> str:
 
 
 class ScriptWrite(msgspec.Struct, frozen=True):
-    """One change of a write-script run: a definition blob (b"" to delete) or a guard."""
+    """One change of a write-script run: a definition (None to delete) or a guard."""
 
     kind: str
     key: str
-    expected: int | None
-    """The version the change is based on (None: any)."""
+    expected: int
+    """The version the change is based on (0 for a new key); the write makes it +1."""
     op: str
-    blob: bytes = b""
+    definition: dict[str, Any] | None = None
+    """The file form of what to store; None for a delete or a guard."""
 
 
 class WriteApplied(msgspec.Struct, frozen=True):
@@ -310,9 +319,21 @@ def write_arguments(
     log_maxlen: int,
     actor: str,
     reason: str,
-    payload: bytes,
 ) -> list[Any]:
-    """The ARGV of one `WRITE_SCRIPT` run (its KEYS are `keys.script_keys()`)."""
+    """The ARGV of one `WRITE_SCRIPT` run (its KEYS are `keys.script_keys()`): each
+    definition encoded with its new version, and the change set subscribers receive."""
+    blobs = [
+        b""
+        if write.definition is None
+        else encode_definition(write.kind, write.key, write.expected + 1, write.definition)
+        for write in writes
+    ]
+    changes = [
+        Change(write.kind, write.key, write.op, blob or None)
+        for write, blob in zip(writes, blobs, strict=True)
+        if write.op != GUARD_OP
+    ]
+    payload = encode_changeset(ChangeSet(actor=actor, reason=reason, changes=changes))
     args: list[Any] = [
         keys.channel,
         seen_revision,
@@ -323,9 +344,8 @@ def write_arguments(
         payload,
         len(writes),
     ]
-    for write in writes:
-        expected = "" if write.expected is None else write.expected
-        args.extend([write.kind, write.key, expected, write.op, write.blob])
+    for write, blob in zip(writes, blobs, strict=True):
+        args.extend([write.kind, write.key, write.expected, write.op, blob])
     return args
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 import pytest
 import redis
 
-from flagsync._codec import Change, ChangeSet, MalformedMessageError, encode_changeset
+from flagsync._codec import (
+    Change,
+    ChangeSet,
+    MalformedMessageError,
+    decode_definition,
+    encode_changeset,
+    encode_definition,
+)
 from flagsync.errors import (
     FlagsyncError,
     PermissionDeniedError,
@@ -91,26 +98,38 @@ class TestWriteArguments:
     """`write_arguments` lays out ARGV exactly as WRITE_SCRIPT reads it."""
 
     def test_layout(self) -> None:
-        """Eight header fields, then five per change; an unknown expected version is ''."""
+        """Seven header fields and the count, then five per change; each definition is
+        stored with its next version, guards and deletes carry an empty blob."""
         keys = StoreKeys("ns")
+        definition = {"variants": {"on": True}, "off": "on", "default": "on"}
         args = write_arguments(
             keys,
             [
-                ScriptWrite("flag", "model", 3, "put", b"blob"),
-                ScriptWrite("flag", "other", None, GUARD_OP),
+                ScriptWrite("flag", "model", 3, "put", definition),
+                ScriptWrite("flag", "old", 2, "delete"),
+                ScriptWrite("flag", "other", 5, GUARD_OP),
             ],
             seen_revision=41,
             epoch_candidate="e0",
             log_maxlen=100,
             actor="alice",
             reason="why",
-            payload=b"payload",
+        )
+        blob = encode_definition("flag", "model", 4, definition)
+        payload = encode_changeset(
+            ChangeSet(
+                "alice",
+                "why",
+                [Change("flag", "model", "put", blob), Change("flag", "old", "delete", None)],
+            )
         )
         assert args == [
-            "{fs:ns}:changes", 41, "e0", 100, "alice", "why", b"payload", 2,
-            "flag", "model", 3, "put", b"blob",
-            "flag", "other", "", "guard", b"",
+            "{fs:ns}:changes", 41, "e0", 100, "alice", "why", payload, 3,
+            "flag", "model", 3, "put", blob,
+            "flag", "old", 2, "delete", b"",
+            "flag", "other", 5, "guard", b"",
         ]  # fmt: skip
+        assert decode_definition(blob, "flag", "model").version == 4
 
     def test_script_reads_the_same_positions(self) -> None:
         """The script's per-change base offset and stride match the builder's layout."""
