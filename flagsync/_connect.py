@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from flagsync._connection import resolve_url as resolve_url  # noqa: PLC0414 - re-export
 from flagsync._follower import Follower, SyncOptions
-from flagsync.errors import FlagsyncError
 from flagsync.metrics import MetricsTables
 from flagsync.reporter import MetricsReporter
 from flagsync.store import StoreKeys
@@ -78,17 +77,6 @@ def start_metrics(
         interval_s=float(metrics["metrics_interval_s"]),
         max_series=int(metrics["metrics_max_series"]),
     ).start()
-
-
-def resolve_url(url: str | None) -> str:
-    """`url`, else `REDIS_URL`; a clear error when there is neither."""
-    resolved = url or os.environ.get("REDIS_URL")
-    if not resolved:
-        raise FlagsyncError(
-            "no server URL: pass url='redis://host:port' or set REDIS_URL "
-            "(flagsync.server can start a local one)"
-        )
-    return resolved
 
 
 def build_follower(client: FlagClient, namespace: str, options: Mapping[str, Any]) -> Follower:

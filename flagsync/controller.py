@@ -32,6 +32,7 @@ from flagsync.guards import GuardResult, evaluate_guard, parse_guard
 from flagsync.metrics import merge_window
 from flagsync.model import KEY_PATTERN, Rollout
 from flagsync.publisher import Publisher
+from flagsync.store import StoreClient
 
 __all__ = [
     "Decision",
@@ -173,13 +174,13 @@ class RolloutController:
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.clock = clock
-        prefix = publisher.keys.prefix
-        self._plan_key = f"{prefix}:plans"
-        self._state_key = f"{prefix}:rollout:{key}"
-        self._log_key = f"{prefix}:rollout-log:{key}"
-        self._lease_key = f"{prefix}:lease:{key}"
-        self._metrics_key = f"{prefix}:metrics:{key}"
-        self._redis: Any = publisher.client
+        keys = publisher.keys
+        self._plan_key = keys.plans
+        self._state_key = keys.rollout(key)
+        self._log_key = keys.rollout_log(key)
+        self._lease_key = keys.lease(key)
+        self._metrics_key = keys.metrics(key)
+        self._redis: Any = StoreClient(publisher.client, publisher.url)  # errors mapped
 
     # -- plan and state ----------------------------------------------------------
 

@@ -27,7 +27,7 @@ import msgspec
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.metrics import MetricStat, percentile
 
-__all__ = ["Guard", "GuardResult", "evaluate_guard", "parse_guard"]
+__all__ = ["Guard", "GuardResult", "Side", "evaluate_guard", "parse_guard"]
 
 Z_ONE_SIDED_95: Final = 1.645
 _NUMBER = r"-?[0-9.]+(?:e-?\d+)?"

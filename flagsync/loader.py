@@ -23,7 +23,7 @@ from flagsync._validation import parse_flagset
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.model import FlagSet
 
-__all__ = ["FlagSource", "check_shape", "load_flags", "parse_document"]
+__all__ = ["FlagSource", "check_shape", "load_flags", "parse_document", "read_file"]
 
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 MAX_DEPTH: Final = 64
