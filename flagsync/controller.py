@@ -398,7 +398,8 @@ class RolloutController:
 
 def planned_flags(publisher: Publisher) -> list[str]:
     """The keys of the flags that have a rollout plan."""
-    return sorted(key.decode() for key in publisher.client.hkeys(f"{publisher.keys.prefix}:plans"))
+    plans = StoreClient(publisher.client, publisher.url).hkeys(publisher.keys.plans)
+    return sorted(key.decode() for key in plans)
 
 
 def run_all(

@@ -385,6 +385,6 @@ def _narrator(out: IO[str]) -> Callable[[str], None]:
 
 
 def _redacted(url: str) -> str:
-    from flagsync.store import redact_url  # noqa: PLC0415
+    from flagsync._connection import redact_url  # noqa: PLC0415
 
     return redact_url(url)

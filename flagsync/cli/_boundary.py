@@ -23,7 +23,7 @@ from flagsync.errors import (
     FlagNotFoundError,
     FlagsyncError,
     InvalidFlagError,
-    PermissionDeniedError,
+    StoreError,
     StoreUnavailableError,
 )
 
@@ -59,9 +59,9 @@ def _report(command: Command, args: argparse.Namespace, error: Exception) -> int
     if isinstance(error, FlagNotFoundError):
         line = f"{error} of namespace {args.namespace!r} (see: flagsync list)"
         return _fail(args, "not found", [line], EXIT_FAILED)
-    if isinstance(error, StoreUnavailableError):
+    if isinstance(error, StoreUnavailableError) and "cannot reach" in str(error):
         return _fail(args, "store", [str(error) + _STORE_HINT], EXIT_FAILED)
-    if isinstance(error, PermissionDeniedError):
+    if isinstance(error, StoreError):  # unreachable, refused, not a Redis server: a failed check
         return _fail(args, "store", [str(error)], EXIT_FAILED)
     if isinstance(error, FlagsyncError):
         return _fail(args, "error", [str(error)], EXIT_USAGE)

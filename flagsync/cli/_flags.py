@@ -82,19 +82,17 @@ def _stored(store: Publisher, key: str) -> StoredFlag:
     return stored
 
 
-def _already(action: str, args: argparse.Namespace, stored: StoredFlag) -> str | None:
-    """What the flag already is when `action` would change nothing, else None."""
-    if action == "kill" and not stored.flag.enabled:
+def _state(action: str, args: argparse.Namespace) -> str:
+    """What the flag already is when a write of `action` changed nothing."""
+    if action == "kill":
         return "killed"
-    if action == "enable" and stored.flag.enabled:
+    if action == "enable":
         return "enabled"
-    if action == "set" and stored.flag.default == args.default:
+    if action == "set":
         return f"serving {args.default} by default"
-    return None
-
-
-_MAY_BE_NO_OP = ("kill", "enable", "set")
-"""Writes that change nothing when the flag is already so (read first, then reported)."""
+    if action == "ramp":
+        return f"serving {args.variant} at {args.percent:g}%"
+    return "as asked"
 
 
 def _write(store: Publisher, action: str, args: argparse.Namespace) -> int:
@@ -117,24 +115,19 @@ def _writer(action: str) -> Handler:
 
     def handler(args: argparse.Namespace) -> int:
         with publisher(args) as store:
-            current = _stored(store, args.key) if action in _MAY_BE_NO_OP else None
-            already = None if current is None else _already(action, args, current)
-            if current is not None and already is not None:
-                revision = store.revision()[1]
-                summary: dict[str, Any] = {
-                    "action": action, "key": args.key, "changed": False,
-                    "version": current.version,
-                }  # fmt: skip
-                return after_write(
-                    args, store, revision, summary,
-                    lambda: _render.no_change(args.key, already, revision),
-                )  # fmt: skip
             revision = _write(store, action, args)
+            changed = store.last_write is None or store.last_write.changed
             stored = store.get(args.key)
-            summary = {
-                "action": action, "key": args.key, "changed": True,
+            summary: dict[str, Any] = {
+                "action": action, "key": args.key, "changed": changed,
                 "version": None if stored is None else stored.version,
             }  # fmt: skip
+            if not changed:  # the publisher wrote nothing and issued no revision
+                state = _state(action, args)
+                return after_write(
+                    args, store, revision, summary,
+                    lambda: _render.no_change(args.key, state, revision),
+                )  # fmt: skip
             return after_write(
                 args, store, revision, summary,
                 lambda: _render.write_result(

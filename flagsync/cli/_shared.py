@@ -16,12 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from flagsync.cli._registry import EXIT_FAILED, EXIT_OK
-from flagsync.errors import FlagsyncError, InvalidFlagError
+from flagsync.errors import FlagsyncError, InvalidFlagError, StoreURLError
 
 if TYPE_CHECKING:
     from flagsync.publisher import Publisher
 
-_SCHEMES: Final = ("redis", "rediss", "unix")
 _NO_URL: Final = (
     "no server URL: pass --url redis://HOST:PORT or set REDIS_URL "
     "(`flagsync server` starts a local server and prints its URL)"
@@ -33,8 +32,9 @@ class UsageError(FlagsyncError):
 
 
 def server_url(args: argparse.Namespace) -> str:
-    """The URL from --url or REDIS_URL, checked: a clear usage error when it is missing or
-    is not a Redis URL (an http:// URL, a bare host:port, a non-numeric port)."""
+    """The URL from --url or REDIS_URL, checked by the library's URL rule: a clear usage
+    error when it is missing or is not a Redis URL (an http:// URL, a bare host:port, a
+    non-numeric port)."""
     url: str | None = args.url or os.environ.get("REDIS_URL")
     if not url:
         raise UsageError(_NO_URL)
@@ -43,21 +43,13 @@ def server_url(args: argparse.Namespace) -> str:
 
 
 def check_url(url: str, source: str) -> None:
-    """Refuse a URL redis-py could not use, naming where it came from and the fix."""
-    from urllib.parse import urlsplit  # noqa: PLC0415
+    """`flagsync._connection.check_url`, its message prefixed with where the URL came from."""
+    from flagsync._connection import check_url as check_store_url  # noqa: PLC0415 - loads redis
 
-    shown = _redacted(url)
-    parts = urlsplit(url)
-    if "://" not in url or parts.scheme not in _SCHEMES:
-        example = f"redis://{url}" if "://" not in url else "redis://HOST:PORT"
-        raise UsageError(
-            f"{source} {shown!r} is not a Redis URL: use redis://HOST:PORT (rediss:// for "
-            f"TLS, unix:///path/to/socket), e.g. {example}"
-        )
     try:
-        parts.port  # noqa: B018 - urllib checks the port when it is read
-    except ValueError as error:
-        raise UsageError(f"{source} {shown!r}: {error}") from None
+        check_store_url(url)
+    except StoreURLError as error:
+        raise UsageError(f"{source} {error}") from None
 
 
 def display_url(args: argparse.Namespace) -> str:
@@ -66,7 +58,7 @@ def display_url(args: argparse.Namespace) -> str:
 
 
 def _redacted(url: str) -> str:
-    from flagsync.store import redact_url  # noqa: PLC0415
+    from flagsync._connection import redact_url  # noqa: PLC0415
 
     try:
         return redact_url(url)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
-import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -182,81 +178,8 @@ class TestStoreDown:
         assert document["messages"][0].startswith(f"cannot reach {_DOWN}")
 
 
-@pytest.fixture
-def http_port() -> Iterator[int]:
-    """A port on 127.0.0.1 where an HTTP server (not Redis) answers every connection with
-    `400 Bad Request`; stopped (socket closed, thread joined) after the test."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.1)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                connection.settimeout(2)
-                with contextlib.suppress(OSError):
-                    connection.recv(4096)
-                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-
-    thread = threading.Thread(target=serve, name="http-server", daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
-
-
 class TestOperatorMistakes:
     """What a new operator tripped over: each ends in one clear line and exit 2 or 1."""
-
-    @pytest.mark.parametrize(
-        ("url", "expected"),
-        [
-            ("http://127.0.0.1:6390", "'http://127.0.0.1:6390' is not a Redis URL: use redis://"),
-            ("127.0.0.1:6390", "e.g. redis://127.0.0.1:6390"),
-            ("redis://127.0.0.1:abc", "Port could not be cast to integer value as 'abc'"),
-            ("redis://127.0.0.1:99999", "Port out of range"),
-        ],
-        ids=["http-scheme", "no-scheme", "port-not-a-number", "port-out-of-range"],
-    )
-    def test_a_url_redis_cannot_use_is_a_usage_error(
-        self, cli: Cli, url: str, expected: str
-    ) -> None:
-        """A URL without the redis scheme or with a bad port exits 2 naming --url and how
-        to write it, before connecting anywhere; no traceback."""
-        result = cli("list", "--url", url)
-
-        assert result.code == 2, str(result)
-        assert result.stderr.startswith("error: --url ")
-        assert expected in result.stderr
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.splitlines()) == 1
-
-    def test_a_bad_redis_url_variable_is_named(self, cli: Cli) -> None:
-        """A bad REDIS_URL is reported as REDIS_URL, not as an option the user never gave."""
-        result = cli("list", env={"REDIS_URL": "localhost:6379"})
-
-        assert result.code == 2, str(result)
-        assert result.stderr.startswith("error: REDIS_URL 'localhost:6379' is not a Redis URL")
-
-    def test_a_port_where_something_else_answers(self, cli: Cli, http_port: int) -> None:
-        """A port where an HTTP server answers exits 1 saying the server did not answer as
-        Redis, naming the URL; no traceback."""
-        url = f"redis://127.0.0.1:{http_port}"
-
-        result = cli("list", "--url", url)
-
-        assert result.code == 1, str(result)
-        assert result.stderr.startswith("store: "), str(result)
-        assert url in result.stderr
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.splitlines()) == 1
 
     def test_history_into_a_closed_pipe_ends_quietly(
         self, cli: Cli, store: Publisher, tmp_path: Path

@@ -71,8 +71,9 @@ class TestMalformedUrl:
             ("http://127.0.0.1:{port}", "http:// is not a Redis scheme"),
             ("127.0.0.1:{port}", "has no scheme: write redis://127.0.0.1:"),
             ("redis://127.0.0.1:port", "port 'port' is not a number"),
+            ("redis://127.0.0.1:99999", "port '99999' is not a number in 0..65535"),
         ],
-        ids=["http-scheme", "no-scheme", "non-numeric-port"],
+        ids=["http-scheme", "no-scheme", "non-numeric-port", "port-out-of-range"],
     )
     @pytest.mark.parametrize("command", [["list"], ["kill", "f"], ["history"], ["workers"]])
     def test_exit_2_with_one_line(self, cli: Cli, url: str, words: str, command: list[str]) -> None:
@@ -82,9 +83,10 @@ class TestMalformedUrl:
         assert words in result.stderr
 
     def test_same_from_redis_url(self, cli: Cli) -> None:
-        """A bad REDIS_URL reads the same as a bad --url."""
+        """A bad REDIS_URL reads the same as a bad --url, named as REDIS_URL."""
         result = cli("list", env={"REDIS_URL": "http://127.0.0.1:1"})
         _assert_clean(result.code, 2, result.stderr)
+        assert result.stderr.startswith("error: REDIS_URL 'http://127.0.0.1:1'")
         assert "http:// is not a Redis scheme" in result.stderr
 
 
