@@ -10,6 +10,7 @@ imports redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -188,11 +189,26 @@ async def run_async_sync(
     from flagsync._sync.async_driver import AsyncDriver  # noqa: PLC0415 - asyncio only
 
     task = AsyncDriver(follower, presence, settings.url)
+    loop = asyncio.get_running_loop()
+    scope = anyio.CancelScope()
+
+    async def follow() -> None:
+        with scope:
+            await task.run()
+
+    def stop() -> None:
+        # `close()` may come from any thread, and cancelling is loop-only: schedule it.
+        # Cancelling the task (not only flagging it) makes close() prompt even while a
+        # read waits on a frozen server.
+        task.request_stop()
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing runs
+            loop.call_soon_threadsafe(scope.cancel)
+
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(task.run, name=f"flagsync-subscriber-{settings.namespace}")
+            group.start_soon(follow, name=f"flagsync-subscriber-{settings.namespace}")
             try:
-                yield SyncHandle(follower, presence, task.request_stop, lambda: task.alive)
+                yield SyncHandle(follower, presence, stop, lambda: task.alive)
             finally:
                 task.request_stop()
                 group.cancel_scope.cancel()
