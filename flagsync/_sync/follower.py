@@ -76,9 +76,9 @@ class Follower:
         if initial is not None:
             install(initial)
         self.ready = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         """Serialises snapshot replacements: the driver's applies and a forking thread's
-        `watch_use` (see `presence`)."""
+        `watch_use` (see `presence`). Re-entrant: a listener runs under it and may fork."""
         self.listeners: list[Listener] = []
         self._blobs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
         self._confirmed_at: float | None = None
@@ -333,7 +333,7 @@ class Follower:
 
     def reset_after_fork(self) -> None:
         """In a forked child: not connected, nothing compared yet; the snapshot stays."""
-        self._lock = threading.Lock()  # the fork may have copied it held by the parent's driver
+        self._lock = threading.RLock()  # the fork may have copied it held by the parent's driver
         self.connected = False
         self._blobs = None
         self.stop_watching_use()

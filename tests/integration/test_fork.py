@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -235,3 +237,18 @@ class TestPreloadMaster:
             assert parent_worker in {worker.id for worker in publisher.workers()}
             codes = release()
         assert codes == [0] * CHILDREN
+
+    def test_starting_a_program_is_not_a_fork_of_the_worker(
+        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+    ) -> None:
+        """`subprocess` with a `preexec_fn` (which runs the at-fork hooks) starts a program,
+        not a worker: the parent stays counted without evaluating."""
+        publisher.put("counter", counter_flag(0))
+        parent = make_client(server.url, heartbeat_interval_s=0.2)
+        assert parent.wait_ready(5)
+        parent_worker = parent.status().worker_id
+        assert wait_until(lambda: [w.id for w in publisher.workers()] == [parent_worker], 5)
+        # preexec_fn makes subprocess run the at-fork hooks: the path under test.
+        subprocess.run([sys.executable, "-c", "pass"], preexec_fn=os.getpid, check=True, timeout=30)
+        time.sleep(1.0)  # five heartbeats
+        assert [w.id for w in publisher.workers()] == [parent_worker]
