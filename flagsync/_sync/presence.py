@@ -14,6 +14,12 @@ as does any process that never forked. Evaluation itself pays nothing for this: 
 follower swaps in an uncompiled copy of the snapshot at the fork, and a flag compiled
 since (compilation happens on first evaluation) shows the process evaluated. Forks by
 `subprocess` (fork + exec, see `thread_driver`) start programs, not workers: ignored.
+
+Why not simpler rules: "counted only after evaluating" would hide every freshly
+started worker until its first request (a deploy would show an empty fleet), and
+"a forking parent never counts" would let `wait_propagated` report complete while a
+serving parent still has the old flags — a false "done" is worse than a slow one. The
+record is deleted at the parent's next heartbeat (<= `heartbeat_interval_s`).
 """
 
 from __future__ import annotations
