@@ -187,13 +187,6 @@ def decode_changeset(payload: bytes) -> ChangeSet:
         raise MalformedMessageError(f"bad message payload: {error}") from error
 
 
-def decode_message(data: bytes) -> Message:
-    """Parse a change message: see `flagsync.store.decode_message` (its home)."""
-    from flagsync.store import decode_message as decode  # noqa: PLC0415 - store imports us
-
-    return decode(data)
-
-
 def encode_presence(presence: WorkerInfo) -> bytes:
     """A worker's presence record."""
     return _presence_encoder.encode(presence)

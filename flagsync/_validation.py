@@ -256,7 +256,7 @@ def json_kind(value: object) -> str:
 def _value_problem(value: object) -> str | None:
     """Why a variant value is not allowed (None if it is fine): JSON types, finite, bounded."""
     if value.__class__ in _PLAIN_SCALARS:
-        return _int_problem(value) if value.__class__ is int else None
+        return int_problem(value) if value.__class__ is int else None
     if value.__class__ is float:
         return None if math.isfinite(value) else f"{value!r} is not a JSON number"
     stack: list[tuple[object, int]] = [(value, 0)]
@@ -271,7 +271,7 @@ def _value_problem(value: object) -> str | None:
         if isinstance(item, bool | str):
             continue
         if isinstance(item, int):
-            problem = _int_problem(item)
+            problem = int_problem(item)
             if problem is not None:
                 return problem
             continue
@@ -292,7 +292,7 @@ def _value_problem(value: object) -> str | None:
     return None
 
 
-def _int_problem(value: object) -> str | None:
+def int_problem(value: object) -> str | None:
     """Why an integer cannot be stored (None if it can), showing at most 30 digits."""
     if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
         text = str(value) if abs(value) < 10**30 else f"of {len(str(abs(value)))} digits"
@@ -361,7 +361,7 @@ def _check_clause(
 
 
 def _operand_problem(op: str, value: object, segment_names: Collection[str]) -> str | None:
-    problem = _int_problem(value)
+    problem = int_problem(value)
     if problem is not None:
         return problem
     if op in _EQUALITY_OPS:

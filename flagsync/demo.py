@@ -30,7 +30,7 @@ from flagsync.controller import Decision, RolloutController, RolloutPlan
 from flagsync.publisher import PropagationReport, Publisher
 from flagsync.server import ServerProcess
 
-__all__ = ["DEMO_FLAGS", "DemoOptions", "run_demo"]
+__all__ = ["DEMO_FLAGS", "DemoOptions", "run_demo", "shares_in_tenths"]
 
 DEMO_FLAGS = Path(__file__).with_name("data") / "llm-rollout.yaml"
 MODEL_FLAG = "llm-model-version"

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import yaml
 
-from flagsync._validation import parse_flagset
+from flagsync._validation import int_problem, parse_flagset
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.model import FlagSet
 
@@ -28,9 +28,6 @@ __all__ = ["FlagSource", "check_shape", "load_flags", "parse_document", "read_fi
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
 MAX_DEPTH: Final = 64
 """Nesting limit of a whole document (flag values themselves are limited to 32 levels)."""
-MIN_INT: Final = -(2**63)
-MAX_INT: Final = 2**64 - 1
-"""The integers a stored definition (msgpack) can hold."""
 
 FlagSource = str | os.PathLike[str] | Mapping[str, Any] | FlagSet
 """Where flags come from: a YAML/JSON file path, a plain mapping, or a parsed `FlagSet`."""
@@ -93,12 +90,9 @@ def check_shape(value: object, where: str, *, max_depth: int = MAX_DEPTH) -> Non
     stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
-        if isinstance(item, bool):
-            continue
-        if isinstance(item, int) and not MIN_INT <= item <= MAX_INT:
-            raise InvalidFlagError.single(
-                _join(where, path), "integer out of range (-2**63 .. 2**64-1)"
-            )
+        problem = int_problem(item)
+        if problem is not None:
+            raise InvalidFlagError.single(_join(where, path), problem)
         children: list[tuple[object, str]] = []
         if isinstance(item, Mapping):
             children = [(child, f"{path}.{key}") for key, child in item.items()]

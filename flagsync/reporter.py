@@ -16,9 +16,10 @@ import time
 import redis
 import structlog
 
+from flagsync._connection import connect, store_errors
 from flagsync.errors import StoreError
 from flagsync.metrics import MetricsTables, PendingSeries, flush_commands
-from flagsync.store import StoreKeys, connect, store_errors
+from flagsync.store import StoreKeys
 
 __all__ = ["MetricsReporter"]
 

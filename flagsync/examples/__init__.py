@@ -5,3 +5,5 @@ installed with flagsync (so `flagsync demo` works from a wheel) under flagsync's
 name, never as a top-level package; the library never imports it: `flagsync demo`
 starts workers as processes.
 """
+
+__all__: list[str] = []
