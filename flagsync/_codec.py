@@ -1,14 +1,13 @@
-"""Wire formats: stored definitions, change messages and worker presence records.
+"""Blob encodings: stored definitions, change sets and worker presence records.
 
 Everything stored or published is msgpack, encoded and decoded by reused msgspec
-instances. Decoding is strict and bounded: a message that is too large, truncated, of
-the wrong shape or of an unknown schema raises `MalformedMessageError`, which the
-subscriber answers with a resync, never with a partial apply.
+instances. Decoding is strict and bounded: a blob that is truncated or of the wrong
+shape raises `MalformedMessageError`, which the subscriber answers with a resync, never
+with a partial apply.
 
-A change message on the channel is `fs1|<epoch>|<revision>|<server µs>|<payload>`: the
-atomic write script prepends the header (it alone knows the revision) to a payload
-the publisher encoded (`ChangeSet`). An empty payload means "too large to inline:
-fetch the snapshot".
+The change message around a `ChangeSet` (the `fs1|<epoch>|<revision>|<server µs>|`
+header the write script prepends) belongs to the wire protocol: `flagsync.store`. An
+empty payload means "too large to inline: fetch the snapshot".
 """
 
 from __future__ import annotations
@@ -19,9 +18,6 @@ import msgspec
 
 from flagsync.errors import FlagsyncError
 
-SCHEMA: Final = b"fs1"
-MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
-"""Messages above this are refused before decoding (a resync fetches the data instead)."""
 MAX_INLINE_PAYLOAD_BYTES: Final = 512 * 1024
 """Change sets larger than this are not inlined in the message; subscribers resync."""
 
@@ -183,33 +179,12 @@ def encode_changeset(changes: ChangeSet) -> bytes:
     return b"" if len(payload) > MAX_INLINE_PAYLOAD_BYTES else payload
 
 
-def decode_message(data: bytes) -> Message:
-    """Parse a channel message; raises `MalformedMessageError` on anything unexpected."""
-    if not isinstance(data, bytes | bytearray):
-        raise MalformedMessageError(f"message is {type(data).__name__}, not bytes")
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    parts = bytes(data).split(b"|", 4)
-    if len(parts) != 5:
-        raise MalformedMessageError("message header is incomplete")
-    schema, epoch, revision, published, payload = parts
-    if schema != SCHEMA:
-        raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
+def decode_changeset(payload: bytes) -> ChangeSet:
+    """Decode a change message's payload; raises `MalformedMessageError`."""
     try:
-        message_epoch = epoch.decode("ascii")
-        message_revision = int(revision)
-        published_us = int(published)
-    except ValueError as error:
-        raise MalformedMessageError(f"bad message header: {error}") from error
-    if not message_epoch or message_revision < 1:
-        raise MalformedMessageError("message header has no epoch or a revision below 1")
-    changes = None
-    if payload:
-        try:
-            changes = _changeset_decoder.decode(payload)
-        except (msgspec.DecodeError, RecursionError) as error:
-            raise MalformedMessageError(f"bad message payload: {error}") from error
-    return Message(message_epoch, message_revision, published_us, changes)
+        return _changeset_decoder.decode(payload)
+    except (msgspec.DecodeError, RecursionError) as error:
+        raise MalformedMessageError(f"bad message payload: {error}") from error
 
 
 def encode_presence(presence: WorkerInfo) -> bytes:

@@ -51,6 +51,10 @@ _encoder = msgspec.msgpack.Encoder()
 _T = TypeVar("_T")
 _PLAIN_SCALARS = frozenset({str, bool, int})
 _SCALAR_KINDS = {bool: "boolean", int: "number", float: "number", str: "string"}
+# msgpack (the stored form) holds integers in -2**63 .. 2**64-1; beyond, encoding fails.
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+_INT_RANGE = "-2**63..2**64-1"
 
 
 def parse_flagset(data: object) -> FlagSet:
@@ -151,6 +155,10 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
             issues.append(
                 ValidationIssue(at, f"contains text that is not valid Unicode: {error.reason}")
             )
+        except OverflowError:  # an integer the checks above do not look at
+            issues.append(ValidationIssue(at, f"contains an integer outside {_INT_RANGE}"))
+        except RecursionError:
+            issues.append(ValidationIssue(at, "nested too deeply to store"))
         else:
             if size > MAX_FLAG_BYTES:
                 issues.append(
@@ -177,6 +185,9 @@ def _section(
 def _convert(raw: object, kind: type[_T], at: str, issues: list[ValidationIssue]) -> _T | None:
     try:
         return msgspec.convert(raw, kind)
+    except RecursionError:
+        issues.append(ValidationIssue(at, "nested too deeply to read"))
+        return None
     except msgspec.ValidationError as error:
         text = str(error)
         match = _MSGSPEC_PATH.match(text)
@@ -245,7 +256,7 @@ def json_kind(value: object) -> str:
 def _value_problem(value: object) -> str | None:
     """Why a variant value is not allowed (None if it is fine): JSON types, finite, bounded."""
     if value.__class__ in _PLAIN_SCALARS:
-        return None
+        return int_problem(value) if value.__class__ is int else None
     if value.__class__ is float:
         return None if math.isfinite(value) else f"{value!r} is not a JSON number"
     stack: list[tuple[object, int]] = [(value, 0)]
@@ -257,7 +268,12 @@ def _value_problem(value: object) -> str | None:
             if depth == 0:
                 return "null is not a variant value"
             continue
-        if isinstance(item, bool | str | int):
+        if isinstance(item, bool | str):
+            continue
+        if isinstance(item, int):
+            problem = int_problem(item)
+            if problem is not None:
+                return problem
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
@@ -273,6 +289,14 @@ def _value_problem(value: object) -> str | None:
             stack.extend((child, depth + 1) for child in item)
             continue
         return f"{_type_name(item)} is not a JSON value"
+    return None
+
+
+def int_problem(value: object) -> str | None:
+    """Why an integer cannot be stored (None if it can), showing at most 30 digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        text = str(value) if abs(value) < 10**30 else f"of {len(str(abs(value)))} digits"
+        return f"integer {text} is outside {_INT_RANGE}"
     return None
 
 
@@ -337,6 +361,9 @@ def _check_clause(
 
 
 def _operand_problem(op: str, value: object, segment_names: Collection[str]) -> str | None:
+    problem = int_problem(value)
+    if problem is not None:
+        return problem
     if op in _EQUALITY_OPS:
         if isinstance(value, float) and not math.isfinite(value):
             return f"{value!r} is not a JSON number"
@@ -447,3 +474,26 @@ def parse_segment(key: str, data: object) -> Segment:
     if issues or segment is None:
         raise InvalidFlagError(issues)
     return segment
+
+
+def check_references(
+    key: str, flag: Flag, flags: Mapping[str, Mapping[str, Any]], segments: Collection[str]
+) -> None:
+    """A flag written on its own: its prerequisites must exist in `flags` (the store's
+    definitions with this flag in place) with the variant named, and form no cycle."""
+    issues: list[ValidationIssue] = []
+    for other, variant in flag.requires.items():
+        at = f"flags.{key}.requires.{other}"
+        if other not in flags:
+            issues.append(ValidationIssue(at, f"unknown flag {other!r}"))
+        elif variant not in (flags[other].get("variants") or {}):
+            issues.append(ValidationIssue(at, f"flag {other!r} has no variant {variant!r}"))
+    if not issues and flag.requires:
+        graph = {
+            name: parse_flag(name, definition, segments)
+            for name, definition in flags.items()
+            if definition.get("requires")
+        }
+        issues.extend(cycle_issues(graph))
+    if issues:
+        raise InvalidFlagError(issues)

@@ -28,17 +28,16 @@ _CONNECTION = "+ping +hello +auth +client|setname +client|id"
 def acl_rules(namespace: str = "default") -> dict[str, str]:
     """The ACL rule strings (without user name and password) for `worker` and `operator`."""
     keys = StoreKeys(namespace)
-    prefix = keys.prefix
     worker = (
         f"resetkeys resetchannels -@all {_CONNECTION} "
         "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del +xadd "
-        f"%R~{prefix}:* %W~{prefix}:worker:* %W~{prefix}:metrics:* &{keys.channel}"
+        f"%R~{keys.pattern} %W~{keys.worker_pattern} %W~{keys.metrics_pattern} &{keys.channel}"
     )
     operator = (
         f"resetkeys resetchannels -@all {_CONNECTION} "
         "+@read +@write -@dangerous +eval +evalsha +script|load +script|exists "
         "+publish +subscribe +unsubscribe +multi +exec +discard +time +scan "
-        f"~{prefix}:* &{keys.channel}"
+        f"~{keys.pattern} &{keys.channel}"
     )
     return {"worker": worker, "operator": operator}
 

@@ -16,6 +16,8 @@ from typing import Final
 
 import mmh3
 
+__all__ = ["BUCKETS", "bucket_bounds", "bucket_of", "bucketing_text"]
+
 BUCKETS: Final = 100_000
 """Number of buckets; one bucket is 0.001 % of traffic."""
 

@@ -8,8 +8,8 @@ Redis subscriber, a test swapping snapshots) replaces it with one assignment.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from flagsync._hot_path import add_evaluation_methods
@@ -21,7 +21,7 @@ from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus, SyncState
 
 if TYPE_CHECKING:
-    from flagsync._connect import SyncHandle
+    from flagsync._sync.wiring import ConnectSettings, SyncHandle
     from flagsync.metrics import MetricsTables
 
 __all__ = ["FlagClient"]
@@ -50,6 +50,7 @@ class FlagClient:
         self._table: dict[str, TableEntry] = self._snapshot.entries
         self._is_stale: Callable[[], bool] = _never_stale
         self._sync: SyncHandle | None = None
+        """What keeps this client current (None offline); set by `_follow` only."""
         self._metrics: MetricsTables | None = None
 
     @classmethod
@@ -88,7 +89,7 @@ class FlagClient:
             sync = self._sync
             code = (
                 ErrorCode.PROVIDER_NOT_READY
-                if sync is not None and not sync.follower.ready.is_set()
+                if sync is not None and not sync.ready.is_set()
                 else ErrorCode.FLAG_NOT_FOUND
             )
             return EvaluationDetail(default, None, Reason.ERROR, None, code)
@@ -149,7 +150,7 @@ class FlagClient:
         self._snapshot = snapshot
         self._table = snapshot.entries
 
-    # -- following a store (see flagsync.subscriber); offline clients answer trivially --
+    # -- following a store (see flagsync._sync); offline clients answer trivially --
 
     @classmethod
     def connect(
@@ -163,13 +164,15 @@ class FlagClient:
         Returns at once with a daemon thread syncing in the background; call
         `wait_ready(timeout)` before relying on the flags. Options (seconds unless named
         otherwise) are `SyncOptions` fields: `check_interval_s`, `stale_after_s`,
-        `liveness_timeout_s`, `lkg_path`, ...; and `worker_id`. Use as a context manager
-        or call `close()`.
+        `liveness_timeout_s`, `lkg_path`, ...; `worker_id`; and the metrics options
+        `metrics`, `exposures`, `metrics_interval_s`, `metrics_max_series`. Use as a
+        context manager or call `close()`.
         """
-        from flagsync._connect import start_thread_sync  # noqa: PLC0415 - lazy: no redis import offline
+        from flagsync._sync.wiring import ConnectSettings, start_thread_sync  # noqa: PLC0415 - lazy: no redis import offline
 
-        client = MeteredFlagClient() if options.get("exposures") else cls()
-        client._sync = start_thread_sync(client, url, namespace, options)
+        settings = ConnectSettings.parse(url, namespace, options)
+        client = MeteredFlagClient() if settings.exposures else cls()
+        client._follow(start_thread_sync(settings, client._install, client._tables(settings)))
         return client
 
     @classmethod
@@ -182,20 +185,42 @@ class FlagClient:
         anyio backends (Trio) redis-py has no async client, so the task runs the
         blocking subscriber in a worker thread. Leaving the block stops it.
         """
-        from flagsync._connect import run_async_sync  # noqa: PLC0415 - lazy: no redis import offline
+        from flagsync._sync.wiring import ConnectSettings  # noqa: PLC0415 - lazy: no redis import offline
 
-        client = MeteredFlagClient() if options.get("exposures") else cls()
-        return run_async_sync(client, url, namespace, options)
+        settings = ConnectSettings.parse(url, namespace, options)
+        client = MeteredFlagClient() if settings.exposures else cls()
+        return client._follow_async(settings)
+
+    @asynccontextmanager
+    async def _follow_async(self, settings: ConnectSettings) -> AsyncIterator[FlagClient]:
+        from flagsync._sync.wiring import run_async_sync  # noqa: PLC0415 - lazy: no redis import offline
+
+        async with run_async_sync(settings, self._install, self._tables(settings)) as handle:
+            self._follow(handle)
+            yield self
+
+    def _follow(self, handle: SyncHandle) -> None:
+        """Be kept current by `handle` (the one place a sync attaches to a client)."""
+        self._sync = handle
+        self._is_stale = handle.is_stale
+
+    def _tables(self, settings: ConnectSettings) -> MetricsTables | None:
+        """The metrics tables a reporter flushes (created here), or None with metrics off."""
+        if not settings.wants_metrics:
+            return None
+        if self._metrics is None:
+            from flagsync.metrics import MetricsTables  # noqa: PLC0415 - a small pure module
+
+            self._metrics = MetricsTables()
+        return self._metrics
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the first sync with the store (True), or `timeout` seconds (False)."""
-        return True if self._sync is None else self._sync.follower.ready.wait(timeout)
+        return True if self._sync is None else self._sync.wait_ready(timeout)
 
     async def wait_ready_async(self, timeout: float | None = None) -> bool:
         """`wait_ready` for async code: polls without blocking the event loop."""
-        from flagsync._connect import wait_ready_async  # noqa: PLC0415 - lazy: no redis import offline
-
-        return True if self._sync is None else await wait_ready_async(self._sync, timeout)
+        return True if self._sync is None else await self._sync.wait_ready_async(timeout)
 
     def status(self) -> ClientStatus:
         """Sync state, revision, staleness and counters (`SyncState.OFFLINE` offline)."""
@@ -209,21 +234,14 @@ class FlagClient:
                 flags=len(self._snapshot),
                 seconds_since_sync=None,
             )
-        return self._sync.follower.status()
+        return self._sync.status()
 
     def is_healthy(self, max_stale_s: float | None = None) -> bool:
         """For readiness probes: synced, and confirmed within `max_stale_s` (default: grace).
 
         Offline clients are always healthy.
         """
-        if self._sync is None:
-            return True
-        follower = self._sync.follower
-        if not follower.ready.is_set() or follower.closed:
-            return False
-        since = follower.seconds_since_sync()
-        limit = follower.options.stale_after_s if max_stale_s is None else max_stale_s
-        return since is not None and since <= limit
+        return True if self._sync is None else self._sync.is_healthy(max_stale_s)
 
     def add_listener(self, listener: Callable[[int, frozenset[str]], None]) -> None:
         """Call `listener(revision, changed_keys)` after every snapshot swap (change or resync).
@@ -232,7 +250,7 @@ class FlagClient:
         Offline clients never swap, so it is never called there.
         """
         if self._sync is not None:
-            self._sync.follower.listeners.append(listener)
+            self._sync.add_listener(listener)
 
     def close(self) -> None:
         """Stop syncing (within about a second); the last snapshot keeps being served."""

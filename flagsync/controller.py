@@ -9,6 +9,8 @@ holds go to the rollout's decision log. Only the holder of the flag's lease (a R
 with a TTL) acts, so two controllers never fight; the step is re-derived from the flag
 itself on every tick, so a controller that crashes between writes leaves the flag
 exactly where its last atomic write put it, and a restarted one carries on from there.
+`run_all` drives every flag that has a plan (what `flagsync controller` runs), and
+`RolloutController.status()` is what `flagsync rollout status` shows.
 """
 
 from __future__ import annotations
@@ -30,8 +32,17 @@ from flagsync.guards import GuardResult, evaluate_guard, parse_guard
 from flagsync.metrics import merge_window
 from flagsync.model import KEY_PATTERN, Rollout
 from flagsync.publisher import Publisher
+from flagsync.store import StoreClient
 
-__all__ = ["Decision", "RolloutController", "RolloutPlan", "RolloutState"]
+__all__ = [
+    "Decision",
+    "RolloutController",
+    "RolloutPlan",
+    "RolloutState",
+    "RolloutStatus",
+    "planned_flags",
+    "run_all",
+]
 
 _log = structlog.get_logger("flagsync.controller")
 _RENEW_LEASE: Final = """
@@ -117,6 +128,31 @@ class Decision(msgspec.Struct, frozen=True):
         return f"{self.decision} at {self.percent:g}%: {self.note}"
 
 
+_PLAN_SET: Final = "plan"
+"""The decision-log entry `set_plan` writes: the decisions before it belong to older plans."""
+_QUIET: Final = ("hold", "not_leader")
+"""Decisions `run_all` does not report (every tick makes one)."""
+
+
+class RolloutStatus(msgspec.Struct, frozen=True):
+    """Where a rollout stands, read from the flag itself, for `flagsync rollout status`."""
+
+    key: str
+    plan: RolloutPlan
+    state: RolloutState
+    percent: float
+    """The ramped variant's weight now, in the plan's rule (or the fallthrough)."""
+    step: int
+    """The last plan step that weight has reached; -1 before the first."""
+    enabled: bool
+    samples_since_ms: int
+    """Guard samples count from here: the step's start, or the window's when later."""
+    now_ms: int
+    guards: list[GuardResult]
+    decisions: list[dict[str, Any]]
+    """The current plan's decisions, newest first (a replaced plan's are left out)."""
+
+
 _plan_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RolloutPlan))
 _state_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RolloutState))
 
@@ -138,13 +174,13 @@ class RolloutController:
         self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.clock = clock
-        prefix = publisher.keys.prefix
-        self._plan_key = f"{prefix}:plans"
-        self._state_key = f"{prefix}:rollout:{key}"
-        self._log_key = f"{prefix}:rollout-log:{key}"
-        self._lease_key = f"{prefix}:lease:{key}"
-        self._metrics_key = f"{prefix}:metrics:{key}"
-        self._redis: Any = publisher.client
+        keys = publisher.keys
+        self._plan_key = keys.plans
+        self._state_key = keys.rollout(key)
+        self._log_key = keys.rollout_log(key)
+        self._lease_key = keys.lease(key)
+        self._metrics_key = keys.metrics(key)
+        self._redis: Any = StoreClient(publisher.client, publisher.url)  # errors mapped
 
     # -- plan and state ----------------------------------------------------------
 
@@ -172,6 +208,11 @@ class RolloutController:
                     )
         self._redis.hset(self._plan_key, self.key, _plan_codec[0].encode(plan))
         self._save_state(RolloutState())
+        steps = ", ".join(f"{step:g}%" for step in plan.steps)
+        marker = Decision(int(self.clock() * 1000), _PLAN_SET, -1, 0.0, f"new plan: {steps}")
+        self._redis.xadd(
+            self._log_key, {"decision": msgspec.json.encode(marker)}, maxlen=1000, approximate=True
+        )
 
     def plan(self) -> RolloutPlan:
         """The stored plan; `FlagsyncError` when the flag has none."""
@@ -186,9 +227,38 @@ class RolloutController:
         return RolloutState() if blob is None else _state_codec[1].decode(blob)
 
     def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest decisions, newest first."""
-        entries = self._redis.xrevrange(self._log_key, count=limit)
-        return [json.loads(fields[b"decision"]) for _, fields in entries]
+        """The current plan's newest decisions, newest first (none from a replaced plan)."""
+        made: list[dict[str, Any]] = []
+        for _, fields in self._redis.xrevrange(self._log_key, count=limit + 1):
+            decision = json.loads(fields[b"decision"])
+            if decision.get("decision") == _PLAN_SET:
+                break
+            made.append(decision)
+        return made[:limit]
+
+    def status(self, decisions: int = 10) -> RolloutStatus:
+        """The plan, its state, the weight the flag really serves, the guards on the samples
+        of the current step, and the current plan's recent decisions."""
+        plan, state = self.plan(), self.state()
+        stored = self.publisher.get(self.key)
+        if stored is None:
+            raise FlagNotFoundError("flag", self.key)
+        percent = _weight_of(stored.flag, plan)
+        now_ms = int(self.clock() * 1000)
+        since = max(state.step_started_ms, now_ms - int(plan.window_s * 1000))
+        window = self.window(since)
+        return RolloutStatus(
+            key=self.key,
+            plan=plan,
+            state=state,
+            percent=percent,
+            step=_step_of(plan, percent),
+            enabled=stored.flag.enabled,
+            samples_since_ms=since,
+            now_ms=now_ms,
+            guards=[evaluate_guard(parse_guard(g), window, plan.min_samples) for g in plan.guards],
+            decisions=self.decisions(decisions),
+        )
 
     def window(self, since_ms: int) -> dict[tuple[str, str], Any]:
         """Metrics of the flag flushed since `since_ms`, summed per (variant, metric)."""
@@ -212,7 +282,7 @@ class RolloutController:
             state.status = "stopped"
             return self._decide(state, plan, "stopped", 0.0, "the flag is killed", [], now_ms)
         percent = _weight_of(stored.flag, plan)
-        step = max((i for i, s in enumerate(plan.steps) if s <= percent), default=-1)
+        step = _step_of(plan, percent)
         if step == -1:
             revision = self._ramp(plan, plan.steps[0], "rollout: start")
             state.step, state.step_started_ms = 0, now_ms
@@ -228,7 +298,7 @@ class RolloutController:
         ]
         breaches = [result for result in results if result.verdict == "breach"]
         if breaches:
-            reason = "rollout: guard breached: " + "; ".join(map(str, breaches))
+            reason = "rollout: guard breached: " + "; ".join(b.summary for b in breaches)
             if plan.on_breach == "kill":
                 revision = self.publisher.kill(self.key, reason=reason[:2000])
             else:
@@ -279,7 +349,11 @@ class RolloutController:
                     return decision
                 time.sleep(tick_s)
         finally:
-            self._redis.eval(_RELEASE_LEASE, 1, self._lease_key, self.owner)
+            self.release()
+
+    def release(self) -> None:
+        """Give up the flag's lease (when held), so another controller can act at once."""
+        self._redis.eval(_RELEASE_LEASE, 1, self._lease_key, self.owner)
 
     # -- internals -------------------------------------------------------------
 
@@ -320,6 +394,62 @@ class RolloutController:
 
     def _save_state(self, state: RolloutState) -> None:
         self._redis.set(self._state_key, _state_codec[0].encode(state))
+
+
+def planned_flags(publisher: Publisher) -> list[str]:
+    """The keys of the flags that have a rollout plan."""
+    plans = StoreClient(publisher.client, publisher.url).hkeys(publisher.keys.plans)
+    return sorted(key.decode() for key in plans)
+
+
+def run_all(
+    publisher: Publisher,
+    *,
+    tick_s: float = 1.0,
+    timeout_s: float | None = None,
+    on_decision: Callable[[str, Decision], None] | None = None,
+    on_error: Callable[[str, FlagsyncError], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Drive every flag's rollout plan until `timeout_s` (or `should_stop()`).
+
+    One controller (one lease owner) per flag for the whole run: a new owner every tick
+    would find the lease its predecessor took and wait out its TTL each time. Reports
+    to `on_decision` what changed (not holds, and a stopped rollout once); a plan that
+    fails goes to `on_error` and does not stop the others. Leases are released at the end.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    controllers: dict[str, RolloutController] = {}
+    reported_stop: set[str] = set()
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for key in planned_flags(publisher):
+                controller = controllers.get(key)
+                if controller is None:
+                    controller = controllers[key] = RolloutController(publisher, key)
+                try:
+                    decision = controller.tick()
+                except FlagsyncError as error:
+                    if on_error is not None:
+                        on_error(key, error)
+                    continue
+                if decision.decision == "stopped":
+                    if key in reported_stop:
+                        continue
+                    reported_stop.add(key)
+                if decision.decision not in _QUIET and on_decision is not None:
+                    on_decision(key, decision)
+            if should_stop is not None and should_stop():
+                return
+            time.sleep(tick_s)
+    finally:
+        for controller in controllers.values():
+            controller.release()
+
+
+def _step_of(plan: RolloutPlan, percent: float) -> int:
+    """The last plan step `percent` has reached (-1: not even the first)."""
+    return max((i for i, s in enumerate(plan.steps) if s <= percent), default=-1)
 
 
 def _weight_of(flag: Any, plan: RolloutPlan) -> float:

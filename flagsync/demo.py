@@ -1,7 +1,8 @@
 """`flagsync demo`: the whole story on one machine, with real measurements.
 
 A real server (embedded Valkey unless a URL is given), the example LLM-rollout flags,
-N worker processes serving SIMULATED chat requests (`workers.inference`), and an
+N worker processes serving SIMULATED chat requests (`flagsync.examples.inference`,
+started as processes: the library never imports it), and an
 operator script: staff only -> 5 % -> 25 % of paid users on the candidate model, the
 new prompt for paid users, then a quality regression in the candidate's simulated
 thumbs-down rate, detected from the workers' counters and answered with the kill
@@ -24,16 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from flagsync._render import propagation
+from flagsync.cli._render import propagation
 from flagsync.controller import Decision, RolloutController, RolloutPlan
 from flagsync.publisher import PropagationReport, Publisher
 from flagsync.server import ServerProcess
 
-__all__ = ["DEMO_FLAGS", "DemoOptions", "run_demo"]
+__all__ = ["DEMO_FLAGS", "DemoOptions", "run_demo", "shares_in_tenths"]
 
 DEMO_FLAGS = Path(__file__).with_name("data") / "llm-rollout.yaml"
 MODEL_FLAG = "llm-model-version"
 RAMP_RULE = "paid-ramp"
+WORKER_MODULE = "flagsync.examples.inference"
+"""The example worker, run as `python -m` (installed with the package, never imported)."""
 _FIELDS = ("requests", "errors", "latency_ms", "tokens", "cost", "thumbs_down", "fallbacks")
 
 
@@ -67,7 +70,11 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
     """Run the scenario, narrating to `out`; returns the measured summary."""
     phase_s = max(1.0, options.duration_s / 6)
     say = _narrator(out)
-    summary: dict[str, Any] = {"workers": options.workers, "steps": []}
+    summary: dict[str, Any] = {
+        "workers": options.workers,
+        "namespace": options.namespace,
+        "steps": [],
+    }
     with ExitStack() as stack:
         url = options.url or os.environ.get("REDIS_URL")
         if url is None:
@@ -78,7 +85,7 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
             say(f"server: {_redacted(url)}")
         publisher = stack.enter_context(Publisher(url, options.namespace, actor="demo-operator"))
         revision = publisher.apply(DEMO_FLAGS, prune=True, reason="demo setup")
-        say(f"applied {DEMO_FLAGS.name} as revision {revision}")
+        say(f"applied {DEMO_FLAGS.name} to namespace {options.namespace!r} as revision {revision}")
         fleet = stack.enter_context(_workers(url, options))
         _wait_for_workers(publisher, options.workers, revision)
         say(f"{options.workers} workers running (SIMULATED LLM backends; the flags are real)\n")
@@ -238,13 +245,10 @@ def _prompt_for_paid(publisher: Publisher) -> dict[str, Any]:
 def _workers(url: str, options: DemoOptions) -> Iterator[_Fleet]:
     fleet = _Fleet()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    source_root = Path(__file__).resolve().parent.parent
-    if (source_root / "workers").is_dir():  # a source checkout: make `workers` importable
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source_root), env.get("PYTHONPATH")]))
     try:
         for index in range(options.workers):
             process = subprocess.Popen(  # noqa: S603 - our own worker module
-                [sys.executable, "-m", "workers.inference", "--url", url,
+                [sys.executable, "-m", WORKER_MODULE, "--url", url,
                  "--namespace", options.namespace, "--index", str(index),
                  "--rps", str(options.rps), "--report-interval", "0.25", "--stop-on-stdin-eof",
                  "--metrics-interval", "0.5"],
@@ -330,11 +334,27 @@ def _by_variant(rows: list[list[Any]]) -> dict[str, list[float]]:
     return totals
 
 
+def shares_in_tenths(counts: list[float]) -> list[int]:
+    """Each count's share in tenths of a percent, summing to exactly 1000 (largest
+    remainders get the leftover tenths), so printed percentages add up to 100.0 %."""
+    total = sum(counts)
+    if total <= 0:
+        return [0] * len(counts)
+    exact = [count * 1000 / total for count in counts]
+    tenths = [int(value) for value in exact]
+    by_remainder = sorted(range(len(counts)), key=lambda i: exact[i] - tenths[i], reverse=True)
+    for index in by_remainder[: 1000 - sum(tenths)]:
+        tenths[index] += 1
+    return tenths
+
+
 def _describe_traffic(result: dict[str, Any]) -> str:
     parts = []
-    for variant, row in result["variants"].items():
+    rows = list(result["variants"].items())
+    tenths = shares_in_tenths([row["requests"] for _, row in rows])
+    for (variant, row), share in zip(rows, tenths, strict=True):
         parts.append(
-            f"{variant} {row['share']:.1%} (${row['cost_per_request']:.4f}/req, "
+            f"{variant} {share / 10:.1f}% (${row['cost_per_request']:.4f}/req, "
             f"thumbs-down {row['thumbs_down_rate']:.1%})"
         )
     return (
@@ -365,6 +385,6 @@ def _narrator(out: IO[str]) -> Callable[[str], None]:
 
 
 def _redacted(url: str) -> str:
-    from flagsync.store import redact_url  # noqa: PLC0415
+    from flagsync._connection import redact_url  # noqa: PLC0415
 
     return redact_url(url)

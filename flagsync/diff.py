@@ -6,11 +6,19 @@ like the YAML an operator wrote: `rules[1].serve.rollout.candidate: 5 -> 20`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-__all__ = ["FieldChange", "definition_changes", "field_changes", "with_defaults"]
+__all__ = [
+    "DefinitionChange",
+    "FieldChange",
+    "definition_changes",
+    "field_changes",
+    "plan_changes",
+    "with_defaults",
+]
 
 _MISSING: Any = object()
 
@@ -81,3 +89,39 @@ def _show(value: Any) -> str:
     if value is None:
         return "(absent)"
     return msgspec.json.encode(value).decode()
+
+
+class DefinitionChange(msgspec.Struct, frozen=True):
+    """One flag or segment an `apply` would add, change or delete (a dry-run line)."""
+
+    kind: str
+    key: str
+    op: str
+    """`add`, `change` or `delete`."""
+    version: int
+    """The version the change is based on (0 for a new key)."""
+    fields: list[FieldChange]
+
+
+Definitions = Mapping[str, Mapping[str, dict[str, Any]]]
+"""{"flags": {key: definition}, "segments": {name: definition}} in file form."""
+
+
+def plan_changes(
+    current: Definitions, wanted: Definitions, versions: Mapping[str, int]
+) -> list[tuple[DefinitionChange, dict[str, Any] | None]]:
+    """What turns `current` into `wanted`: segments first, each change with the definition
+    to store (None to delete). `versions` maps "flag:<key>" / "segment:<name>" to versions.
+    """
+    plan: list[tuple[DefinitionChange, dict[str, Any] | None]] = []
+    for kind, section in (("segment", "segments"), ("flag", "flags")):
+        old, new = current.get(section, {}), wanted.get(section, {})
+        for key in [*new, *(k for k in old if k not in new)]:
+            before, after = old.get(key), new.get(key)
+            if before == after:
+                continue
+            op = "add" if before is None else "delete" if after is None else "change"
+            version = versions.get(f"{kind}:{key}", 0)
+            fields = definition_changes(kind, before, after)
+            plan.append((DefinitionChange(kind, key, op, version, fields), after))
+    return plan

@@ -9,6 +9,18 @@ from collections.abc import Sequence
 
 import msgspec
 
+__all__ = [
+    "ConflictError",
+    "FlagNotFoundError",
+    "FlagsyncError",
+    "InvalidFlagError",
+    "PermissionDeniedError",
+    "StoreError",
+    "StoreURLError",
+    "StoreUnavailableError",
+    "ValidationIssue",
+]
+
 
 class FlagsyncError(Exception):
     """Root of every exception flagsync raises, so callers can catch one type."""
@@ -68,9 +80,22 @@ class FlagNotFoundError(FlagsyncError, KeyError):
         return str(self.args[0])
 
 
-class StoreUnavailableError(FlagsyncError):
-    """The store could not be reached or did not answer in time (nothing was changed)."""
+class StoreError(FlagsyncError):
+    """The store answered a command with an error (see `flagsync.store.store_errors`).
+
+    The subclasses name the usual causes; this class itself covers the rest (a key of the
+    wrong type, a script error), with the server's own words in the message.
+    """
 
 
-class PermissionDeniedError(FlagsyncError):
+class StoreUnavailableError(StoreError):
+    """The store could not be reached, did not answer in time, or does not speak the Redis
+    protocol (nothing was changed)."""
+
+
+class PermissionDeniedError(StoreError):
     """The store refused the command for these credentials (ACL); nothing was changed."""
+
+
+class StoreURLError(FlagsyncError, ValueError):
+    """No store URL was given, or it is not a Redis URL (scheme, port); nothing was sent."""

@@ -27,7 +27,7 @@ import msgspec
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.metrics import MetricStat, percentile
 
-__all__ = ["Guard", "GuardResult", "evaluate_guard", "parse_guard"]
+__all__ = ["Guard", "GuardResult", "Side", "evaluate_guard", "parse_guard"]
 
 Z_ONE_SIDED_95: Final = 1.645
 _NUMBER = r"-?[0-9.]+(?:e-?\d+)?"
@@ -79,15 +79,19 @@ class GuardResult(msgspec.Struct, frozen=True):
     right_samples: int | None
 
     def __str__(self) -> str:
+        return f"{self.verdict}: {self.summary}"
+
+    @property
+    def summary(self) -> str:
+        """The guard and its numbers, without the verdict (for a line that states it)."""
+
         def show(value: float | None) -> str:
             return "n/a" if value is None or math.isnan(value) else f"{value:.4g}"
 
         right = show(self.right) + (
             f" [n={self.right_samples}]" if self.right_samples is not None else ""
         )
-        return (
-            f"{self.verdict}: {self.guard}  ({show(self.left)} [n={self.left_samples}] vs {right})"
-        )
+        return f"{self.guard}  ({show(self.left)} [n={self.left_samples}] vs {right})"
 
 
 def parse_guard(text: str, *, path: str = "guards") -> Guard:

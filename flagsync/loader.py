@@ -3,7 +3,9 @@
 Files are parsed strictly, because a lenient parser silently changes flags:
 duplicate keys are errors (not "last one wins"), YAML follows the 1.2 core schema for
 booleans (`on`/`off`/`yes`/`no` stay strings, since they are common variant names), and
-YAML aliases are refused (they can expand a small file into a huge document).
+YAML aliases are refused (they can expand a small file into a huge document). A document
+nested deeper than `MAX_DEPTH` levels or holding an integer msgpack cannot store is refused
+with the path of the offending value, before anything recursive looks at it.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from typing import Any, Final
 
 import yaml
 
-from flagsync._validation import parse_flagset
+from flagsync._validation import int_problem, parse_flagset
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.model import FlagSet
 
-__all__ = ["FlagSource", "load_flags", "parse_document"]
+__all__ = ["FlagSource", "check_shape", "load_flags", "parse_document", "read_file"]
 
 MAX_FILE_BYTES: Final = 64 * 1024 * 1024
+MAX_DEPTH: Final = 64
+"""Nesting limit of a whole document (flag values themselves are limited to 32 levels)."""
 
 FlagSource = str | os.PathLike[str] | Mapping[str, Any] | FlagSet
 """Where flags come from: a YAML/JSON file path, a plain mapping, or a parsed `FlagSet`."""
@@ -35,7 +39,10 @@ def load_flags(source: FlagSource) -> FlagSet:
     Raises `InvalidFlagError` listing every problem (with its path) when anything is
     wrong; nothing partial is ever returned.
     """
-    if isinstance(source, FlagSet | Mapping):
+    if isinstance(source, FlagSet):
+        return parse_flagset(source)
+    if isinstance(source, Mapping):
+        check_shape(source, "")
         return parse_flagset(source)
     return parse_flagset(read_file(Path(source)))
 
@@ -56,13 +63,67 @@ def read_file(path: Path) -> object:
 
 
 def parse_document(text: str, syntax: str, where: str = "<text>") -> object:
-    """Parse YAML or JSON text strictly; syntax errors become `InvalidFlagError`."""
+    """Parse YAML or JSON text strictly; syntax errors, nesting deeper than `MAX_DEPTH` and
+    integers out of range become `InvalidFlagError`."""
     try:
         if syntax == "json":
-            return json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+            document = json.loads(
+                text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant
+            )
+        else:
+            document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise InvalidFlagError(
+            [ValidationIssue(where, f"invalid {syntax}: nested deeper than {MAX_DEPTH} levels")]
+        ) from None
+    except yaml.MarkedYAMLError as error:
+        raise InvalidFlagError([ValidationIssue(where, _yaml_message(error))]) from error
     except (ValueError, yaml.YAMLError) as error:
         raise InvalidFlagError([ValidationIssue(where, f"invalid {syntax}: {error}")]) from error
+    check_shape(document, where)
+    return document
+
+
+def check_shape(value: object, where: str, *, max_depth: int = MAX_DEPTH) -> None:
+    """Refuse nesting deeper than `max_depth` and integers msgpack cannot store, naming the
+    path of the first offending value (walked without recursion, so any depth is safe)."""
+    stack: list[tuple[object, str, int]] = [(value, "", 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        problem = int_problem(item)
+        if problem is not None:
+            raise InvalidFlagError.single(_join(where, path), problem)
+        children: list[tuple[object, str]] = []
+        if isinstance(item, Mapping):
+            children = [(child, f"{path}.{key}") for key, child in item.items()]
+        elif isinstance(item, list | tuple):
+            children = [(child, f"{path}[{index}]") for index, child in enumerate(item)]
+        if children and depth >= max_depth:
+            raise InvalidFlagError.single(
+                _join(where, path), f"nested deeper than {max_depth} levels"
+            )
+        stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
+
+
+def _join(where: str, path: str) -> str:
+    """`file.yaml at flags.x.variants.a`, or only one of them when the other is empty."""
+    path = path.lstrip(".")
+    if len(path) > 120:  # a path 64 levels deep: its start says where
+        path = path[:120] + "..."
+    if where and path:
+        return f"{where} at {path}"
+    return where or path or "<document>"
+
+
+def _yaml_message(error: yaml.MarkedYAMLError) -> str:
+    """`invalid yaml: <what> (line L, column C)`: PyYAML's own text names the stream
+    `"<unicode string>"`, and the file is already the issue's path."""
+    mark = error.problem_mark or error.context_mark
+    what = (
+        "; ".join(part for part in (error.context, error.problem) if part) or type(error).__name__
+    )
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"invalid yaml: {what}{where}"
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from flagsync.errors import FlagsyncError
 
 if TYPE_CHECKING:
     from flagsync.compile import CompiledFlag
+    from flagsync.store import StoreKeys
 
 __all__ = [
     "EXPOSURES",
@@ -33,6 +34,8 @@ __all__ = [
     "check_metric_name",
     "decode_entry",
     "encode_series",
+    "flush_commands",
+    "merge_window",
     "percentile",
 ]
 
@@ -244,11 +247,11 @@ def merge_window(
 
 
 def flush_commands(
-    prefix: str, entries: Mapping[str, Mapping[str, str]], retention_ms: int, now_ms: int
+    keys: StoreKeys, entries: Mapping[str, Mapping[str, str]], retention_ms: int, now_ms: int
 ) -> list[tuple[Any, ...]]:
     """XADD commands for a flush: one entry per flag, trimming entries older than retention."""
     return [
-        ("XADD", f"{prefix}:metrics:{flag}", "MINID", "~", str(now_ms - retention_ms), "*",
+        ("XADD", keys.metrics(flag), "MINID", "~", str(now_ms - retention_ms), "*",
          *[part for item in fields.items() for part in item])
         for flag, fields in entries.items()
     ]  # fmt: skip

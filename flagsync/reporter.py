@@ -16,8 +16,10 @@ import time
 import redis
 import structlog
 
+from flagsync._connection import connect, store_errors
+from flagsync.errors import StoreError
 from flagsync.metrics import MetricsTables, PendingSeries, flush_commands
-from flagsync.store import StoreKeys, connect
+from flagsync.store import StoreKeys
 
 __all__ = ["MetricsReporter"]
 
@@ -73,18 +75,19 @@ class MetricsReporter:
         if not self.pending.series:
             return True
         commands = flush_commands(
-            self.keys.prefix, self.pending.by_flag(), self.retention_ms, int(time.time() * 1000)
+            self.keys, self.pending.by_flag(), self.retention_ms, int(time.time() * 1000)
         )
         try:
-            if self._client is None:
-                self._client = connect(
-                    self.url, timeout_s=self.timeout_s, connect_timeout_s=self.timeout_s
-                )
-            pipe = self._client.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-            pipe.execute()
-        except (redis.RedisError, OSError) as error:
+            with store_errors(self.url, "flush metrics"):
+                if self._client is None:
+                    self._client = connect(
+                        self.url, timeout_s=self.timeout_s, connect_timeout_s=self.timeout_s
+                    )
+                pipe = self._client.pipeline(transaction=False)
+                for command in commands:
+                    pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+                pipe.execute()
+        except (StoreError, OSError) as error:
             message = f"{type(error).__name__}: {error}"
             if message != self.last_error:
                 _log.warning(

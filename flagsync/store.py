@@ -1,36 +1,84 @@
-"""The Redis layout, the atomic write script, and the commands that read the store.
+"""The wire protocol: every key, the write script with its arguments and reply, the
+change-message header, the read commands, and how store errors reach the caller.
 
 Every key of a namespace shares the hash tag `{fs:<ns>}`, so one Lua script can touch
 them all, also on Redis Cluster:
 
-    {fs:<ns>}:flags        hash   flag key -> StoredDefinition blob (msgpack)
-    {fs:<ns>}:segments     hash   segment name -> StoredDefinition blob
-    {fs:<ns>}:versions     hash   "flag:<key>" / "segment:<name>" -> version (kept after delete)
-    {fs:<ns>}:rev          string global revision
-    {fs:<ns>}:epoch        string random id of this store's history (new after a wipe)
-    {fs:<ns>}:log          stream change log / audit trail (actor, time, before/after)
-    {fs:<ns>}:worker:<id>  string presence heartbeat of one worker (with a TTL)
-    {fs:<ns>}:changes      channel where every revision is published
+    {fs:<ns>}:flags              hash    flag key -> StoredDefinition blob (msgpack)
+    {fs:<ns>}:segments           hash    segment name -> StoredDefinition blob
+    {fs:<ns>}:versions           hash    "flag:<key>" / "segment:<name>" -> version
+    {fs:<ns>}:rev                string  global revision
+    {fs:<ns>}:epoch              string  random id of this store's history (new after a wipe)
+    {fs:<ns>}:log                stream  change log / audit trail (actor, time, before/after)
+    {fs:<ns>}:changes            channel `fs1|<epoch>|<rev>|<server µs>|<payload>` per revision
+    {fs:<ns>}:worker:<id>        string  presence heartbeat of one worker (with a TTL)
+    {fs:<ns>}:metrics:<flag>     stream  metric windows flushed by workers
+    {fs:<ns>}:plans              hash    flag key -> rollout plan (JSON)
+    {fs:<ns>}:rollout:<flag>     string  rollout controller state
+    {fs:<ns>}:rollout-log:<flag> stream  rollout decisions
+    {fs:<ns>}:lease:<flag>       string  the controller lease (one controller per flag)
 
 Reading commands are built here as plain tuples so the sync and the async subscriber
-send exactly the same thing; the I/O stays in the drivers.
+send exactly the same thing; the I/O stays in the drivers. Blob encodings (definitions,
+change sets, presence) live in `flagsync._codec`; connection set-up in
+`flagsync._connection`.
 """
 
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from flagsync._codec import (
+    Change,
+    ChangeSet,
+    MalformedMessageError,
+    Message,
+    decode_changeset,
+    encode_changeset,
+    encode_definition,
+)
+from flagsync._connection import (
+    StoreClient,
+    connect,
+    connection_hint,
+    connection_options,
+    redact_url,
+    store_errors,
+)
 from flagsync.errors import FlagsyncError
 
-__all__ = ["DEFAULT_LOG_MAXLEN", "LoadedStore", "StoreKeys", "connection_hint", "redact_url"]
+__all__ = [
+    "DEFAULT_LOG_MAXLEN",
+    "GUARD_OP",
+    "MAX_MESSAGE_BYTES",
+    "MESSAGE_SCHEMA",
+    "WRITE_SCRIPT",
+    "LoadedStore",
+    "ScriptWrite",
+    "StoreClient",
+    "StoreKeys",
+    "WriteApplied",
+    "WriteConflict",
+    "connect",
+    "connection_hint",
+    "connection_options",
+    "decode_message",
+    "decode_versions",
+    "encode_message",
+    "load_commands",
+    "parse_load",
+    "parse_revision",
+    "parse_write_reply",
+    "redact_url",
+    "revision_command",
+    "store_errors",
+    "version_fields",
+    "write_arguments",
+]
 
 DEFAULT_LOG_MAXLEN: Final = 10_000
 NAMESPACE_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -47,6 +95,7 @@ class StoreKeys:
         "flags",
         "log",
         "namespace",
+        "plans",
         "prefix",
         "revision",
         "segments",
@@ -68,6 +117,7 @@ class StoreKeys:
         self.epoch = f"{self.prefix}:epoch"
         self.log = f"{self.prefix}:log"
         self.channel = f"{self.prefix}:changes"
+        self.plans = f"{self.prefix}:plans"
 
     def worker(self, worker_id: str) -> str:
         """The presence key of one worker."""
@@ -78,16 +128,51 @@ class StoreKeys:
         """A SCAN pattern matching every presence key of the namespace."""
         return f"{self.prefix}:worker:*"
 
+    def metrics(self, flag: str) -> str:
+        """The stream of metric windows workers flush for one flag."""
+        return f"{self.prefix}:metrics:{flag}"
+
+    @property
+    def metrics_pattern(self) -> str:
+        """A key pattern matching every metrics stream of the namespace (for ACLs)."""
+        return f"{self.prefix}:metrics:*"
+
+    def rollout(self, flag: str) -> str:
+        """The rollout controller's state of one flag."""
+        return f"{self.prefix}:rollout:{flag}"
+
+    def rollout_log(self, flag: str) -> str:
+        """The stream of rollout decisions of one flag."""
+        return f"{self.prefix}:rollout-log:{flag}"
+
+    def lease(self, flag: str) -> str:
+        """The lease that lets one controller at a time drive a flag's rollout."""
+        return f"{self.prefix}:lease:{flag}"
+
+    @property
+    def pattern(self) -> str:
+        """A key pattern matching every key of the namespace (for ACLs)."""
+        return f"{self.prefix}:*"
+
     def script_keys(self) -> list[str]:
         """KEYS of the write script, in its order."""
         return [self.flags, self.segments, self.versions, self.revision, self.epoch, self.log]
 
 
+MESSAGE_SCHEMA: Final = b"fs1"
+"""First field of every change message: the header and payload format."""
+MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
+"""Messages above this are refused before decoding (a resync fetches the data instead)."""
+GUARD_OP: Final = "guard"
+"""A write-script op that only checks a version (a prerequisite must not change under a
+put): it writes, logs and publishes nothing."""
+
 # One script for every write. It refuses any stale expected version before touching
 # anything, so a write is all-or-nothing; then it bumps the revision (never below what
 # the publisher already saw: failover can lose acknowledged writes), writes, logs and
-# publishes. ARGV: channel, seen revision, epoch candidate, log maxlen, actor, reason,
-# payload, change count, then per change: kind, key, expected version ('' = any), op, blob.
+# publishes. ARGV (built by `write_arguments`): channel, seen revision, epoch candidate,
+# log maxlen, actor, reason, payload, change count, then per change: kind, key,
+# expected version ('' = any), op, blob. Reply: see `parse_write_reply`.
 WRITE_SCRIPT: Final = """
 local epoch = redis.call('GET', KEYS[5])
 if not epoch then
@@ -115,7 +200,7 @@ local versions = {}
 for i = 0, count - 1 do
   local base = 9 + i * 5
   local kind, key, op, blob = ARGV[base], ARGV[base + 1], ARGV[base + 3], ARGV[base + 4]
-  if op ~= 'guard' then
+  if op ~= '$GUARD' then
     local hash = KEYS[1]
     if kind == 'segment' then hash = KEYS[2] end
     local before = redis.call('HGET', hash, key) or ''
@@ -132,9 +217,9 @@ for i = 0, count - 1 do
     table.insert(versions, kind .. ':' .. key .. '=' .. version)
   end
 end
-redis.call('PUBLISH', ARGV[1], 'fs1|' .. epoch .. '|' .. rev .. '|' .. now_us .. '|' .. ARGV[7])
+redis.call('PUBLISH', ARGV[1], '$SCHEMA|' .. epoch .. '|' .. rev .. '|' .. now_us .. '|' .. ARGV[7])
 return {'ok', rev, epoch, now_us, table.concat(versions, ',')}
-"""
+""".replace("$GUARD", GUARD_OP).replace("$SCHEMA", MESSAGE_SCHEMA.decode())
 
 
 class LoadedStore(msgspec.Struct, frozen=True):
@@ -195,93 +280,116 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-# The password runs to the *last* "@" of the authority (redis-py reads "u:p@ss@host" so),
-# and redis-py also takes one from the query string (`?password=...`).
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^/?#]*@", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.I)
+class ScriptWrite(msgspec.Struct, frozen=True):
+    """One change of a write-script run: a definition (None to delete) or a guard."""
+
+    kind: str
+    key: str
+    expected: int
+    """The version the change is based on (0 for a new key); the write makes it +1."""
+    op: str
+    definition: dict[str, Any] | None = None
+    """The file form of what to store; None for a delete or a guard."""
 
 
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for logs and error messages."""
-    redacted = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
-    return _QUERY_PASSWORD.sub(lambda m: f"{m['name']}***", redacted)
+class WriteApplied(msgspec.Struct, frozen=True):
+    """The script wrote: the new revision, the epoch, server time and each new version."""
+
+    revision: int
+    epoch: str
+    server_us: int
+    versions: dict[str, int]
 
 
-def connection_hint(url: str, error: BaseException) -> str:
-    """A hint to append to a connection error whose own words hide the likely cause, or "".
+class WriteConflict(msgspec.Struct, frozen=True):
+    """The script refused: `kind` `key` is at `actual`, not the `expected` version."""
 
-    A TLS server that requires client certificates may just end the session after the
-    handshake ("EOF occurred in violation of protocol"), and a TLS-only port resets a
-    plaintext client ("Connection reset by peer"): neither message says "TLS".
-    """
-    causes: list[BaseException] = []
-    cause: BaseException | None = error
-    while cause is not None and len(causes) < 8:
-        causes.append(cause)
-        cause = cause.__cause__ or cause.__context__
-    tls = url.lower().startswith("rediss://")
-    if tls and any(isinstance(c, ssl.SSLError) for c in causes):
-        if "certificate" not in str(error).lower():
-            return (
-                " (the server ended the TLS session: if it requires client certificates, "
-                "pass ssl_certfile and ssl_keyfile)"
-            )
-    elif not tls and any(isinstance(c, ConnectionResetError) for c in causes):
-        return " (reset by the server: if it only accepts TLS, use a rediss:// URL)"
-    return ""
+    kind: str
+    key: str
+    actual: int
+    expected: int
 
 
-def connect(
-    url: str,
+def write_arguments(
+    keys: StoreKeys,
+    writes: Sequence[ScriptWrite],
     *,
-    timeout_s: float = 2.0,
-    connect_timeout_s: float = 2.0,
-    client_name: str | None = None,
-    **options: Any,
-) -> redis.Redis:
-    """A redis-py client with every timeout set and no hidden retries (we own those).
+    seen_revision: int,
+    epoch_candidate: str,
+    log_maxlen: int,
+    actor: str,
+    reason: str,
+) -> list[Any]:
+    """The ARGV of one `WRITE_SCRIPT` run (its KEYS are `keys.script_keys()`): each
+    definition encoded with its new version, and the change set subscribers receive."""
+    blobs = [
+        b""
+        if write.definition is None
+        else encode_definition(write.kind, write.key, write.expected + 1, write.definition)
+        for write in writes
+    ]
+    changes = [
+        Change(write.kind, write.key, write.op, blob or None)
+        for write, blob in zip(writes, blobs, strict=True)
+        if write.op != GUARD_OP
+    ]
+    payload = encode_changeset(ChangeSet(actor=actor, reason=reason, changes=changes))
+    args: list[Any] = [
+        keys.channel,
+        seen_revision,
+        epoch_candidate,
+        log_maxlen,
+        actor,
+        reason,
+        payload,
+        len(writes),
+    ]
+    for write, blob in zip(writes, blobs, strict=True):
+        args.extend([write.kind, write.key, write.expected, write.op, blob])
+    return args
 
-    redis-py 8 changed its defaults (timeouts, 10 retries with backoff, RESP3); being
-    explicit keeps behaviour the same across versions. RESP2 is used everywhere.
 
-    Every connection is named (`client_name`, default `flagsync`), which also makes its
-    set-up a round trip: over TLS 1.3 the server sends session tickets right after the
-    handshake, and with RESP2, no AUTH and no name, redis-py's pool found that unread
-    data on the new connection and refused it ("Connection not ready") every time.
-    """
-    client: redis.Redis = redis.Redis.from_url(
-        url, **connection_options(timeout_s, connect_timeout_s, client_name), **options
-    )
-    return client
-
-
-def connection_options(
-    timeout_s: float, connect_timeout_s: float, client_name: str | None
-) -> dict[str, Any]:
-    """The keyword options of every flagsync connection, sync (`connect`) or async."""
-    return {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": connect_timeout_s,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-        "protocol": 2,
-        "client_name": client_name or "flagsync",
-        "driver_info": None,  # no CLIENT SETINFO: absent on Redis 7.0, needs an ACL grant
-    }
-
-
-def parse_write_reply(reply: Sequence[Any]) -> tuple[str, Any]:
-    """('ok', (revision, epoch, server_us, {field: version})) or ('conflict', details)."""
-    status = _text(reply[0])
-    if status == "conflict":
+def parse_write_reply(reply: Sequence[Any]) -> WriteApplied | WriteConflict:
+    """The script's reply: what it wrote, or the first stale version it found."""
+    if _text(reply[0]) == "conflict":
         kind, key, actual, expected = (_text(part) for part in reply[1:5])
-        return "conflict", (kind, key, int(actual), int(expected))
-    revision, epoch, server_us = int(reply[1]), _text(reply[2]), int(reply[3])
+        return WriteConflict(kind, key, int(actual), int(expected))
     versions: dict[str, int] = {}
     for item in filter(None, _text(reply[4]).split(",")):
         field, _, version = item.rpartition("=")
         versions[field] = int(version)
-    return "ok", (revision, epoch, server_us, versions)
+    return WriteApplied(int(reply[1]), _text(reply[2]), int(reply[3]), versions)
+
+
+def encode_message(epoch: str, revision: int, server_us: int, payload: bytes) -> bytes:
+    """A change message as `WRITE_SCRIPT` publishes it (the script builds the same bytes)."""
+    return b"|".join(
+        (MESSAGE_SCHEMA, epoch.encode(), str(revision).encode(), str(server_us).encode(), payload)
+    )
+
+
+def decode_message(data: bytes) -> Message:
+    """Parse a change message; raises `MalformedMessageError` on anything unexpected."""
+    if not isinstance(data, bytes | bytearray):
+        raise MalformedMessageError(f"message is {type(data).__name__}, not bytes")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    parts = bytes(data).split(b"|", 4)
+    if len(parts) != 5:
+        raise MalformedMessageError("message header is incomplete")
+    schema, epoch, revision, published, payload = parts
+    if schema != MESSAGE_SCHEMA:
+        raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
+    try:
+        message_epoch = epoch.decode("ascii")
+        message_revision = int(revision)
+        published_us = int(published)
+    except ValueError as error:
+        raise MalformedMessageError(f"bad message header: {error}") from error
+    if not message_epoch or message_revision < 1:
+        raise MalformedMessageError("message header has no epoch or a revision below 1")
+    changes = decode_changeset(payload) if payload else None
+    return Message(message_epoch, message_revision, published_us, changes)
 
 
 def version_fields(kind: str, keys: Sequence[str]) -> list[str]:

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
+
+import msgspec
 
 from flagsync.errors import InvalidFlagError, ValidationIssue
+from flagsync.model import Rollout
 
-__all__ = ["ramp_weights"]
+__all__ = ["ramp_serve", "ramp_weights", "with_weights"]
 
 _SCALE = 1000
 _TOTAL = 100 * _SCALE
@@ -53,3 +57,18 @@ def ramp_weights(
     order = list(weights) if variant in weights else [*weights, variant]
     result = {name: (target if name == variant else units[name]) / _SCALE for name in order}
     return {name: int(value) if value.is_integer() else value for name, value in result.items()}
+
+
+def with_weights(serve: Any, weights: Mapping[str, float]) -> Rollout:
+    """`serve` split by `weights`: a rollout keeps its `by` and `salt` (users keep their
+    buckets); a fixed variant becomes a rollout."""
+    if isinstance(serve, Rollout):
+        return msgspec.structs.replace(serve, rollout=dict(weights))
+    return Rollout(rollout=dict(weights))
+
+
+def ramp_serve(serve: Any, variant: str, percent: float, *, path: str = "weights") -> Rollout:
+    """`serve` with `variant` at `percent` % and the others in proportion (`ramp_weights`);
+    a fixed variant counts as 100 %."""
+    current = serve.rollout if isinstance(serve, Rollout) else {serve: 100}
+    return with_weights(serve, ramp_weights(current, variant, percent, path=path))

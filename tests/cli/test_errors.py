@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from flagsync.publisher import Publisher
-from tests.cli.support import INVALID, Cli
+from tests.cli.support import INVALID, RUN_TIMEOUT_S, Cli, command_prefix
 
 _DOWN = "redis://127.0.0.1:1"
 _SECRET_URL = "redis://operator:s3cr3t-pa55@127.0.0.1:1"  # noqa: S105 - must never be printed
@@ -56,7 +58,8 @@ class TestInvalidInput:
 
         assert result.code == 2, str(result)
         assert result.stderr.startswith(f"{path}: invalid yaml")
-        assert "line " in result.stderr
+        assert "(line " in result.stderr
+        assert "<unicode string>" not in result.stderr
 
     def test_missing_file_is_a_usage_error(self, cli: Cli, tmp_path: Path) -> None:
         """A file that does not exist exits 2 naming it, before connecting anywhere."""
@@ -81,6 +84,7 @@ class TestInvalidInput:
 
         assert result.code == 2, str(result)
         assert result.stderr.startswith(f"{option}: ")
+        assert "nothing was changed" not in result.stderr
 
     def test_ramp_beyond_100_percent_is_refused(
         self, cli: Cli, store: Publisher, example: int
@@ -154,12 +158,15 @@ class TestStoreDown:
         assert "redis://operator:***@127.0.0.1:1" in result.stdout + result.stderr
 
     def test_no_url_at_all_is_a_usage_error(self, cli: Cli) -> None:
-        """Without --url or REDIS_URL a command exits 2 saying how to give a URL."""
+        """Without --url or REDIS_URL a command exits 2 naming the option, the variable and
+        `flagsync server`, in the CLI's words (not the Python API's)."""
         result = cli("list", env={"REDIS_URL": None})
 
         assert result.code == 2, str(result)
-        assert "no server URL" in result.stderr
-        assert "REDIS_URL" in result.stderr
+        assert result.stderr == (
+            "error: no server URL: pass --url redis://HOST:PORT or set REDIS_URL "
+            "(`flagsync server` starts a local server and prints its URL)\n"
+        )
 
     def test_store_error_as_json(self, cli: Cli) -> None:
         """With --json a store error is also one JSON document on stdout."""
@@ -169,3 +176,94 @@ class TestStoreDown:
         document = json.loads(result.stdout)
         assert document["error"] == "store"
         assert document["messages"][0].startswith(f"cannot reach {_DOWN}")
+
+
+class TestOperatorMistakes:
+    """What a new operator tripped over: each ends in one clear line and exit 2 or 1."""
+
+    def test_history_into_a_closed_pipe_ends_quietly(
+        self, cli: Cli, store: Publisher, tmp_path: Path
+    ) -> None:
+        """`flagsync history | head -1`: once the reader goes away the command stops
+        without a word on stderr, with the shell status of a Unix tool killed by SIGPIPE."""
+        flags = {f"flag-{n:04d}": {"variants": {"on": True, "off": False}, "off": "off",
+                                   "default": "on"} for n in range(1500)}  # fmt: skip
+        store.apply({"flags": flags})  # 1,500 log entries: far more than a pipe buffer
+        pipeline = f"{shlex.join([*command_prefix(), 'history', '--limit', '1500'])} | head -1"
+
+        completed = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", pipeline],
+            env=cli.env(),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+
+        assert completed.stdout.startswith("r1 "), completed
+        assert completed.stderr == ""
+        assert completed.returncode == 141
+
+    @pytest.mark.parametrize(
+        ("syntax", "text"),
+        [
+            ("json", "[" * 100_000 + "]" * 100_000),
+            ("yaml", "flags:\n  x:\n    variants: " + "[" * 5_000 + "]" * 5_000),
+        ],
+        ids=["json", "yaml"],
+    )
+    def test_deeply_nested_flag_file_is_refused(
+        self, cli: Cli, tmp_path: Path, syntax: str, text: str
+    ) -> None:
+        """A flag file nested far too deeply exits 2 naming the file, not a RecursionError."""
+        path = tmp_path / f"deep.{syntax}"
+        path.write_text(text)
+
+        result = cli("apply", "-f", str(path))
+
+        assert result.code == 2, str(result)
+        assert result.stderr.startswith(f"{path}")
+        assert "nested deeper than 64 levels" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_integer_beyond_64_bits_is_refused_with_its_path(
+        self, cli: Cli, store: Publisher, tmp_path: Path
+    ) -> None:
+        """A variant value above 2**64 exits 2 naming the file and the value's path, and
+        nothing is written (not an OverflowError)."""
+        path = tmp_path / "big.yaml"
+        path.write_text(
+            "flags:\n  big:\n    variants: {small: 1, huge: 18446744073709551616}\n"
+            "    off: small\n    default: small\n"
+        )
+
+        result = cli("apply", "-f", str(path))
+
+        assert result.code == 2, str(result)
+        assert result.stderr.splitlines() == [
+            f"{path} at flags.big.variants.huge: integer 18446744073709551616 is outside "
+            "-2**63..2**64-1",
+            "nothing was changed",
+        ]
+        assert store.revision() == (None, 0)
+
+    @pytest.mark.parametrize(
+        ("option", "value", "expected"),
+        [
+            ("--context", "[" * 20_000 + "]" * 20_000, "--context: JSON nested too deeply"),
+            ("--context", '{"a":' * 40 + "1" + "}" * 40, "--context at a.a.a.a"),
+            ("--default", str(2**70), f"--default: integer {2**70} is outside"),
+        ],
+        ids=["deep-context", "nested-context", "huge-default"],
+    )
+    def test_unusable_eval_json_says_nothing_about_changes(
+        self, cli: Cli, example: int, option: str, value: str, expected: str
+    ) -> None:
+        """`eval` (a read-only command) refuses unusable JSON with exit 2 naming the option,
+        and does not claim "nothing was changed"."""
+        result = cli("eval", "llm-model-version", option, value)
+
+        assert result.code == 2, str(result)
+        assert result.stderr.startswith(expected)
+        assert "nothing was changed" not in result.stderr
+        assert "Traceback" not in result.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from flagsync.publisher import Publisher
 from tests.cli.support import Cli, example_document, stored_definition
 
@@ -47,6 +49,20 @@ class TestList:
     def test_list_of_an_empty_namespace_says_so(self, cli: Cli) -> None:
         """An empty namespace lists as a sentence, not an empty table."""
         assert cli.ok("list").stdout == "no flags in this namespace\n"
+
+    def test_list_marks_a_cut_description(self, cli: Cli, store: Publisher) -> None:
+        """A description longer than the column ends in `…` (what was cut is visible); a
+        short one is printed whole."""
+        flag = {"variants": {"on": True, "off": False}, "off": "off", "default": "on"}
+        long_text = "Routes a share of paid traffic to the candidate model " * 2
+        store.apply({"flags": {"long": {**flag, "description": long_text},
+                               "short": {**flag, "description": "Short one"}}})  # fmt: skip
+
+        lines = cli.ok("list").stdout.splitlines()
+
+        long_line = next(line for line in lines if line.startswith("long "))
+        assert long_line.endswith(long_text[:47] + "…")
+        assert next(line for line in lines if line.startswith("short ")).endswith("Short one")
 
 
 class TestGet:
@@ -152,18 +168,41 @@ class TestKillEnable:
     def test_killing_a_killed_flag_writes_nothing(
         self, cli: Cli, store: Publisher, example: int
     ) -> None:
-        """A second `kill` is a no-op: same revision, same version, no change-log entry."""
+        """A second `kill` is a no-op reported as one (`changed: false`): same revision, same
+        version, no change-log entry."""
         first = cli.ok("kill", "sampling-params", "--json").json()
         second = cli.ok("kill", "sampling-params", "--json").json()
 
         assert first == {
             "action": "kill",
             "key": "sampling-params",
+            "changed": True,
             "version": 2,
             "revision": example + 1,
         }
-        assert second == first
+        assert second == {**first, "changed": False}
         assert len(store.history("sampling-params")) == 2
+
+    @pytest.mark.parametrize(
+        ("args", "already"),
+        [
+            (["enable", "llm-model-version"], "enabled"),
+            (["set", "llm-model-version", "--default", "current"], "serving current by default"),
+        ],
+        ids=["enable", "set"],
+    )
+    def test_a_write_that_changes_nothing_says_so(
+        self, cli: Cli, store: Publisher, example: int, args: list[str], already: str
+    ) -> None:
+        """`enable` of an enabled flag (or `set` to the current default) prints that
+        nothing changed, not a new revision, and writes no change-log entry."""
+        result = cli.ok(*args)
+
+        assert result.stdout == (
+            f"llm-model-version is already {already} (no change; store at revision {example})\n"
+        )
+        assert store.revision()[1] == example
+        assert len(store.history("llm-model-version")) == 1
 
 
 class TestRamp:

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import subprocess
+import sys
 import time
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
-from flagsync.cli import build_parser
+from flagsync.cli import COMMANDS, build_parser
+from flagsync.cli._registry import Command, Group
 from flagsync.publisher import Publisher
 from tests.cli.support import EXAMPLE, RUN_TIMEOUT_S, SCRIPT, Cli, command_prefix
+
+HELP_BUDGET_S = 0.2
+"""The issue's budget for `flagsync --help`."""
+HELP_MARGIN = 1.5
+"""Five helpers share two cores while the suite runs: the best of five runs may still
+land above the budget by this factor without meaning a regression."""
+CLI_PACKAGE = Path(__file__).resolve().parents[2] / "flagsync" / "cli"
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -49,9 +60,8 @@ class TestEntryPoint:
         assert os.access(SCRIPT, os.X_OK)
         assert command_prefix() == [str(SCRIPT)]
 
-    def test_help_starts_quickly(self) -> None:
-        """`flagsync --help` completes within 1.5 s wall clock (it imports only argparse)."""
-        started = time.perf_counter()
+    def test_help_lists_every_command(self) -> None:
+        """`flagsync --help` exits 0 and lists every top-level command."""
         completed = subprocess.run(
             [*command_prefix(), "--help"],
             capture_output=True,
@@ -59,12 +69,57 @@ class TestEntryPoint:
             timeout=RUN_TIMEOUT_S,
             check=False,
         )
-        elapsed_s = time.perf_counter() - started
 
         assert completed.returncode == 0, completed.stderr
-        assert elapsed_s < 1.5, f"flagsync --help took {elapsed_s:.2f} s"
         for name in _command_names():
             assert f"    {name} " in completed.stdout
+
+    @pytest.mark.parametrize(
+        "argv",
+        [[str(SCRIPT), "--help"], [sys.executable, "-m", "flagsync.cli", "--help"]],
+        ids=["console-script", "python-m"],
+    )
+    def test_help_starts_within_budget(self, argv: list[str]) -> None:
+        """`flagsync --help` (the script and `python -m flagsync.cli`) takes at most
+        HELP_BUDGET_S wall clock, best of five runs, with a margin for a busy machine."""
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            completed = subprocess.run(
+                argv, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+            )
+            timings.append(time.perf_counter() - started)
+            assert completed.returncode == 0, completed.stderr
+
+        best = min(timings)
+        assert best <= HELP_BUDGET_S * HELP_MARGIN, (
+            f"--help took {best:.3f} s at best (budget {HELP_BUDGET_S} s): {timings}"
+        )
+
+    @pytest.mark.parametrize("args", [["--help"], ["rollout", "status", "--help"], []])
+    def test_help_imports_no_redis(self, args: list[str]) -> None:
+        """Building the parser and printing any help loads neither redis-py nor the
+        publisher, the controller or the demo: handlers import what they need."""
+        code = (
+            "import sys\n"
+            "from flagsync.cli import main\n"
+            "try:\n"
+            f"    main({args!r})\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "heavy = ('redis', 'flagsync.publisher', 'flagsync.controller', 'flagsync.demo')\n"
+            "print(sorted(name for name in heavy if name in sys.modules), file=sys.stderr)\n"
+        )
+        completed = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT_S,
+            check=False,
+        )
+
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stderr.splitlines()[-1] == "[]"
 
     @pytest.mark.parametrize("path", _command_paths(), ids=" ".join)
     def test_help_of_every_command_exits_0(self, cli: Cli, path: tuple[str, ...]) -> None:
@@ -89,6 +144,48 @@ class TestEntryPoint:
 
         assert result.code == 2, str(result)
         assert "invalid choice: 'deploy'" in result.stderr
+
+
+class TestRegistry:
+    def test_every_command_is_named_once_and_reaches_the_parser(self) -> None:
+        """Each command path is declared exactly once, in one topic module, and the parser
+        offers exactly the declared commands and groups."""
+        declared = [entry.name for entry in COMMANDS]
+        commands = [e for e in COMMANDS if isinstance(e, Command)]
+
+        assert len(declared) == len(set(declared))
+        assert {" ".join(path) for path in _command_paths()} == set(declared)
+        assert {e.name for e in COMMANDS if isinstance(e, Group)} == {"rollout"}
+        assert all(c.handler.__module__.startswith("flagsync.cli._") for c in commands)
+
+    def test_topic_modules_do_not_import_the_parser(self) -> None:
+        """No topic or helper module imports names from `flagsync.cli` itself (only its
+        private submodules), so there is no cycle between the parser and the handlers."""
+        offenders: list[str] = []
+        modules = [p for p in CLI_PACKAGE.glob("_*.py") if not p.name.startswith("__")]
+        assert len(modules) >= 8
+        for path in sorted(modules):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module == "flagsync.cli":
+                    public = [alias.name for alias in node.names if not alias.name.startswith("_")]
+                    offenders.extend(f"{path.name}: {name}" for name in public)
+                if isinstance(node, ast.Import):
+                    offenders.extend(
+                        f"{path.name}: import {alias.name}"
+                        for alias in node.names
+                        if alias.name == "flagsync.cli"
+                    )
+
+        assert offenders == []
+
+    def test_the_controller_loop_lives_in_the_controller_module(self) -> None:
+        """The CLI's `controller` handler delegates to `flagsync.controller.run_all`; no CLI
+        module sleeps in a loop of its own or lists the plans key itself."""
+        source = (CLI_PACKAGE / "_rollout.py").read_text()
+
+        assert "run_all(" in source
+        assert ":plans" not in source
+        assert "time.sleep" not in source
 
 
 class TestGlobalOptions:

@@ -123,8 +123,18 @@ class TestWait:
         assert lines[2] == f"not reached after 0.5 s: stuck-worker (at r{example})"
         assert store.revision()[1] == example + 1
 
-    def test_wait_without_workers_succeeds(self, cli: Cli, store: Publisher, example: int) -> None:
-        """`--wait` with no live worker has nothing to wait for and exits 0 at once."""
-        result = cli.ok("enable", "llm-model-version", "--wait", "5")
+    def test_wait_without_workers_says_so_and_fails(
+        self, cli: Cli, store: Publisher, example: int
+    ) -> None:
+        """`kill --wait` with no live worker writes the kill, says nobody confirmed it and
+        exits 1 at once (the operator asked for a confirmation nobody could give)."""
+        started = time.monotonic()
+        result = cli("kill", "llm-model-version", "--wait", "5")
 
-        assert result.stdout.splitlines()[-1] == "no live workers to wait for"
+        assert result.code == 1, str(result)
+        assert time.monotonic() - started < 4.0
+        assert result.stdout.splitlines() == [
+            f"killed llm-model-version: revision {example + 1} (v2, serves current, KILLED)",
+            "no live workers reported: nobody confirmed the change",
+        ]
+        assert store.revision()[1] == example + 1

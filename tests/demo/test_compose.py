@@ -9,7 +9,7 @@ import yaml
 
 from flagsync import load_flags
 from flagsync.cli import build_parser
-from workers.inference import build_parser as worker_parser
+from flagsync.examples.inference import build_parser as worker_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,9 +38,9 @@ class TestCompose:
         assert len(load_flags(ROOT / args.file).flags) >= 5
 
     def test_worker_command_parses(self) -> None:
-        """The worker runs `python -m workers.inference` with options it accepts."""
+        """The worker runs `python -m flagsync.examples.inference` with options it accepts."""
         command = _compose()["services"]["worker"]["command"]
-        assert command[:3] == ["python", "-m", "workers.inference"]
+        assert command[:3] == ["python", "-m", "flagsync.examples.inference"]
         args = worker_parser().parse_args(command[3:])
         assert args.rps > 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from flagsync.demo import shares_in_tenths
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,10 +24,16 @@ def _flagsync_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "flagsync.cli"]
 
 
+DEMO_NAMESPACE = "demo-tests"
+"""The namespace the test's demo run is given with `-n` (FLAGSYNC_NAMESPACE says another)."""
+
+
 @pytest.fixture(scope="module")
 def summary() -> dict[str, Any]:
-    """One quick demo run with three workers, its JSON summary parsed."""
+    """One quick demo run with three workers in namespace `demo-tests`, its JSON summary
+    parsed (the narration, on stderr with --json, under "narration")."""
     env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    env["FLAGSYNC_NAMESPACE"] = "not-for-the-demo"
     result = subprocess.run(
         [
             *_flagsync_command(),
@@ -35,6 +44,8 @@ def summary() -> dict[str, Any]:
             "9",
             "--rps",
             "400",
+            "-n",
+            DEMO_NAMESPACE,
             "--json",
         ],
         capture_output=True,
@@ -53,6 +64,42 @@ def summary() -> dict[str, Any]:
 def _tolerance(share: float, samples: float) -> float:
     """Four standard deviations of a binomial share, but at least two points."""
     return max(0.02, 4 * math.sqrt(max(share * (1 - share), 0.01) / max(samples, 1)))
+
+
+class TestShares:
+    """The printed split is rounded so that it adds up to 100 %."""
+
+    @pytest.mark.parametrize(
+        "counts",
+        [[1, 1, 1], [976, 24], [2, 998, 0], [1, 2, 3, 4, 5, 6, 7], [333, 333, 334], [0, 0]],
+    )
+    def test_tenths_sum_to_1000_and_stay_within_a_tenth(self, counts: list[float]) -> None:
+        """Each share is within 0.1 % of the exact one and together they make 1000
+        tenths (or all zero when there is no traffic)."""
+        tenths = shares_in_tenths(counts)
+
+        total = sum(counts)
+        assert sum(tenths) == (1000 if total else 0)
+        for count, share in zip(counts, tenths, strict=True):
+            exact = count * 1000 / total if total else 0
+            assert abs(share - exact) < 1
+
+
+class TestDemoHelp:
+    def test_help_names_the_demo_namespace(self) -> None:
+        """`flagsync demo --help` says its namespace defaults to `demo`, not `default`."""
+        result = subprocess.run(
+            [*_flagsync_command(), "demo", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+        assert result.returncode == 0, result.stderr
+        assert "(default: 'demo'; $FLAGSYNC_NAMESPACE is not used here)" in " ".join(
+            result.stdout.split()
+        )
 
 
 class TestDemo:
@@ -103,12 +150,30 @@ class TestDemo:
         assert "SIMULATED" in summary["narration"]
         assert "reached 3/3 workers in" in summary["narration"]
 
+    def test_the_namespace_given_with_n_is_used(self, summary: dict[str, Any]) -> None:
+        """`-n NAME` picks the demo's namespace (FLAGSYNC_NAMESPACE, set to something else,
+        is not used: the demo replaces its namespace's flags)."""
+        assert summary["namespace"] == DEMO_NAMESPACE
+        assert f"to namespace '{DEMO_NAMESPACE}' as revision" in summary["narration"]
+
+    def test_printed_shares_add_up_to_100_percent(self, summary: dict[str, Any]) -> None:
+        """Every traffic line's per-variant percentages add up to exactly 100.0 %."""
+        lines = [line for line in summary["narration"].splitlines() if " requests: " in line]
+        assert len(lines) >= 4
+        for line in lines:
+            shares = [float(share) for share in re.findall(r"[a-z]+ (\d+\.\d)% \(", line)]
+            assert shares, line
+            assert round(sum(shares), 1) == 100.0, line
+
     def test_nothing_is_left_running(self, summary: dict[str, Any]) -> None:
         """After the demo no worker process or embedded server remains."""
         assert summary["steps"]
         if shutil.which("pgrep") is None:
             pytest.skip("pgrep is not installed")  # pragma: no cover
         leftovers = subprocess.run(
-            ["pgrep", "-f", "workers.inference"], capture_output=True, text=True, check=False
+            ["pgrep", "-f", "flagsync.examples.inference"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         assert leftovers.stdout.strip() == ""

@@ -1,8 +1,9 @@
 """Fixtures of the fault suite: the integration suite's real servers, clients and publishers.
 
 Every scenario of shared/FAULTS.md (S1-S20) runs against real server processes on
-127.0.0.1 only (Valkey always, Debian's redis-server too where installed, and
-necessarily in CI), bounds its own loops and time, and records what it measured.
+127.0.0.1 only (Valkey always; Debian's redis-server too, an optional part that skips
+where missing unless `FLAGSYNC_REQUIRE` names `redis`, see `tests.optional`), bounds its
+own loops and time, and records what it measured.
 """
 
 from __future__ import annotations

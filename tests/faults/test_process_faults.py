@@ -24,7 +24,8 @@ import anyio
 import pytest
 import redis
 
-import flagsync.subscriber
+import flagsync._sync.thread_driver
+import flagsync._sync.timers
 from flagsync import FlagClient, Reason
 from flagsync._codec import decode_definition
 from flagsync.evaluation import ErrorCode
@@ -217,7 +218,7 @@ class BackoffSpy:
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, int, float, float]] = []
-        self._real = flagsync.subscriber.backoff_delay
+        self._real = flagsync._sync.timers.backoff_delay
 
     def __call__(self, attempt: int, initial_s: float, cap_s: float) -> float:
         delay_s = self._real(attempt, initial_s, cap_s)
@@ -229,7 +230,7 @@ class BackoffSpy:
 def backoff_spy(monkeypatch: pytest.MonkeyPatch) -> BackoffSpy:
     """Records the retry delays every thread subscriber of the test chooses."""
     spy = BackoffSpy()
-    monkeypatch.setattr(flagsync.subscriber, "backoff_delay", spy)
+    monkeypatch.setattr(flagsync._sync.thread_driver, "backoff_delay", spy)
     return spy
 
 
@@ -652,9 +653,14 @@ class TestForkAfterInit:
         assert parent_worker is not None
         children = _os_fork_children if spawn == "os.fork" else _multiprocessing_children
         with children(parent, target, parent_worker) as (pids, release):
-            assert wait_until(lambda: len(publisher.workers()) == CHILDREN + 1, 10), (
-                publisher.workers()
-            )
+            # A parent that forked counts once it evaluates (it serves too; see test_fork).
+            assert wait_until(
+                lambda: (
+                    parent.variation("counter", {}, -1) == 0
+                    and len(publisher.workers()) == CHILDREN + 1
+                ),
+                10,
+            ), publisher.workers()
             for value in range(1, REVISIONS + 1):
                 final = publisher.put("counter", counter_flag(value))
             published_at = time.monotonic()

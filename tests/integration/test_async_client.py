@@ -1,5 +1,8 @@
-"""`FlagClient.connect_async` against real servers: the anyio task driver on asyncio
-follows changes like the thread driver, and stops promptly when cancelled (FAULTS.md S18)."""
+"""What only `FlagClient.connect_async` has, against real servers: leaving the block,
+cancellation, `wait_ready_async`, and the Trio fallback (FAULTS.md S18).
+
+How the asyncio driver follows changes is tested with the thread driver's, by the same
+tests: `test_subscriber.py` runs each of them on both drivers."""
 
 from __future__ import annotations
 
@@ -12,20 +15,15 @@ import anyio
 import pytest
 import redis
 
-from flagsync import FlagClient, Reason
+from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess, free_port
 from flagsync.status import SyncState
 from tests.integration.conftest import PublisherFactory
 from tests.integration.support import (
-    ANYONE,
     BASE_VALUES,
-    MODEL_OFF,
-    RevisionRecorder,
     base_document,
     connections_named,
-    counter_flag,
-    muted_publisher,
     served,
 )
 
@@ -50,78 +48,6 @@ async def ready_async_client(url: str, namespace: str, **options: Any) -> AsyncI
     async with FlagClient.connect_async(url, namespace, **options) as client:
         assert await client.wait_ready_async(5), client.status()
         yield client
-
-
-@pytest.mark.anyio
-class TestFollowing:
-    """The async client loads, applies changes, and recovers like the thread client."""
-
-    async def test_ready_and_change_applied(
-        self, server: ServerProcess, publisher: Publisher
-    ) -> None:
-        """`wait_ready_async` returns True after the load, and a kill switch applies at once."""
-        start = publisher.apply(base_document())
-        async with ready_async_client(
-            server.url, publisher.keys.namespace, check_interval_s=60.0
-        ) as client:
-            status = client.status()
-            assert (status.state, status.revision) == (SyncState.READY, start)
-            assert served(client) == BASE_VALUES
-            revision = publisher.kill("model")
-            assert await eventually(lambda: client.revision == revision, 1.0)
-            detail = client.detail("model", ANYONE, "x")
-            assert (detail.value, detail.reason) == ("gpt-4o", Reason.DISABLED)
-            assert client.status().applied_changes == status.applied_changes + 1
-            assert client.status().resyncs == status.resyncs
-
-    async def test_burst_in_order(self, server: ServerProcess, publisher: Publisher) -> None:
-        """A burst of 100 changes is applied one revision at a time, in order."""
-        start = publisher.put("counter", counter_flag(0))
-        async with ready_async_client(
-            server.url, publisher.keys.namespace, check_interval_s=60.0
-        ) as client:
-            recorder = RevisionRecorder()
-            client.add_listener(recorder)
-            for value in range(1, 101):
-                final = publisher.put("counter", counter_flag(value))
-            assert await eventually(lambda: client.revision == final, 3)
-            assert recorder.revisions == list(range(start + 1, final + 1))
-            assert client.variation("counter", {}, -1) == 100
-
-    async def test_lost_nudge_applied_by_revision_check(
-        self, server: ServerProcess, publisher: Publisher
-    ) -> None:
-        """A write without a message reaches the async client within 500 ms (defaults)."""
-        publisher.apply(base_document())
-        async with ready_async_client(server.url, publisher.keys.namespace) as client:
-            muted = muted_publisher(server.url, publisher.keys.namespace)
-            try:
-                started = time.monotonic()
-                revision = muted.kill("model")
-            finally:
-                muted.close()
-            assert await eventually(lambda: client.revision == revision, 1.0)
-            assert time.monotonic() - started < 0.5
-            assert served(client) == BASE_VALUES | MODEL_OFF
-
-    async def test_reconnects_after_pubsub_kill(
-        self, server: ServerProcess, publisher: Publisher, raw: redis.Redis
-    ) -> None:
-        """After its pub/sub connection is killed, the client reconnects and catches up."""
-        publisher.apply(base_document())
-        async with ready_async_client(
-            server.url, publisher.keys.namespace, check_interval_s=60.0
-        ) as client:
-            before = client.status()
-            name = f"flagsync-{before.worker_id}"[:64]
-            for entry in raw.client_list(_type="pubsub"):
-                if entry["name"] == name:
-                    raw.client_kill_filter(_id=entry["id"])
-            publisher.kill("model")
-            final = publisher.set_default("temperature", "low")
-            assert await eventually(lambda: client.revision == final, 3), client.status()
-            assert client.status().reconnects == before.reconnects + 1
-            assert served(client) == BASE_VALUES | MODEL_OFF | {"temperature": 0.2}
 
 
 @pytest.mark.anyio

@@ -4,8 +4,11 @@ concurrency, and revisions that never go backwards (DESIGN.md "Redis layout and 
 from __future__ import annotations
 
 import itertools
+import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +16,18 @@ import pytest
 import redis
 
 from flagsync import InvalidFlagError, load_flags
-from flagsync.errors import ConflictError, FlagNotFoundError
-from flagsync.publisher import HistoryEntry, Publisher
+from flagsync.acl import acl_setuser_commands
+from flagsync.controller import RolloutController
+from flagsync.errors import (
+    ConflictError,
+    FlagNotFoundError,
+    PermissionDeniedError,
+    StoreUnavailableError,
+)
+from flagsync.fleet import Fleet
+from flagsync.publisher import HistoryEntry, Publisher, WriteResult
 from flagsync.server import ServerProcess
-from flagsync.store import StoreKeys
+from flagsync.store import StoreKeys, decode_message, encode_message
 from tests.integration.conftest import PublisherFactory, RawFactory
 from tests.integration.support import base_document, counter_flag, model_flag, store_state
 
@@ -440,3 +451,284 @@ class TestRevisionNeverGoesBackwards:
         assert new_epoch != old_epoch
         fresh = make_publisher(dedicated_server.url)
         assert fresh.put("counter", counter_flag(9)) == seen + 2  # the stored revision counts too
+
+
+NO_OPS: dict[str, Callable[[Publisher], int]] = {
+    "enable-enabled": lambda p: p.enable("model"),
+    "set_default-same": lambda p: p.set_default("temperature", "high"),
+    "ramp-same-weights": lambda p: p.ramp("model", "candidate", 20, rule="paid-ramp"),
+    "set_rollout-same": lambda p: p.set_rollout(
+        "model", {"candidate": 20, "current": 80}, rule="paid-ramp"
+    ),
+    "put-same": lambda p: p.put("model", model_flag()),
+    "apply-same": lambda p: p.apply(base_document()),
+    "rollback-zero-steps": lambda p: p.rollback("model", steps=0),
+}
+
+
+class TestNoOps:
+    """A write that changes nothing issues no revision and says so (`last_write.changed`)."""
+
+    @pytest.mark.parametrize("name", sorted(NO_OPS))
+    def test_no_op_keeps_the_revision(
+        self, name: str, publisher: Publisher, raw: redis.Redis
+    ) -> None:
+        """The call returns the current revision, writes nothing and reports changed=False."""
+        current = publisher.apply(base_document())
+        before = store_state(raw, publisher.keys.namespace)
+        assert NO_OPS[name](publisher) == current
+        assert store_state(raw, publisher.keys.namespace) == before
+        assert publisher.last_write is not None
+        assert (publisher.last_write.revision, publisher.last_write.changed) == (current, False)
+
+    def test_kill_of_a_killed_flag(self, publisher: Publisher) -> None:
+        """The first kill is a change, the second is reported as a no-op."""
+        publisher.apply(base_document())
+        killed = publisher.kill("model")
+        assert publisher.last_write == WriteResult("kill", "model", killed, changed=True)
+        assert publisher.kill("model") == killed
+        assert publisher.last_write == WriteResult("kill", "model", killed, changed=False)
+
+    def test_apply_reports_no_key(self, publisher: Publisher) -> None:
+        """A bulk apply is reported with its op and no single key."""
+        revision = publisher.apply(base_document())
+        assert publisher.last_write == WriteResult("apply", None, revision, changed=True)
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    """An object nested `depth` levels deep."""
+    value: dict[str, Any] = {}
+    inner = value
+    for _ in range(depth):
+        inner["k"] = {}
+        inner = inner["k"]
+    return value
+
+
+UNSTORABLE: dict[str, tuple[Any, str]] = {
+    "int-above-2**64": (
+        {"variants": {"a": 1, "b": 2**64}, "off": "a", "default": "a"},
+        "flags.big.variants.b: integer 18446744073709551616 is outside -2**63..2**64-1",
+    ),
+    "huge-int-operand": (
+        {
+            "variants": {"a": 1, "b": 2},
+            "off": "a",
+            "rules": [{"when": [{"attr": "n", "op": "gt", "values": [10**400]}], "serve": "b"}],
+            "default": "a",
+        },
+        "flags.big.rules[0].when[0].values[0]: integer of 401 digits is outside",
+    ),
+    "deeply-nested": (
+        {"variants": {"a": {}, "b": _nested(50_000)}, "off": "a", "default": "a"},
+        "flags.big.variants.b: nested deeper than 32 levels",
+    ),
+    "not-a-mapping": ("on", "flags.big: expected `object`, got `str`"),
+}
+
+
+class TestUnstorableInput:
+    """`put` refuses what cannot be stored with InvalidFlagError naming the field, never
+    with a raw OverflowError, RecursionError or ValueError, and writes nothing."""
+
+    @pytest.mark.parametrize("name", sorted(UNSTORABLE))
+    def test_put_refuses(self, name: str, publisher: Publisher, raw: redis.Redis) -> None:
+        """The issue names the field and the fact; the store is unchanged."""
+        definition, issue = UNSTORABLE[name]
+        publisher.apply(base_document())
+        before = store_state(raw, publisher.keys.namespace)
+        with pytest.raises(InvalidFlagError) as caught:
+            publisher.put("big", definition)
+        assert str(caught.value.issues[0]).startswith(issue)
+        assert store_state(raw, publisher.keys.namespace) == before
+
+
+class TestRollbackRange:
+    """A rollback past the first version says how far back the flag goes."""
+
+    def test_too_many_steps(self, publisher: Publisher) -> None:
+        """`steps=999` on v3 says only 2 earlier versions exist."""
+        publisher.apply(base_document())
+        publisher.kill("model")
+        publisher.enable("model")
+        with pytest.raises(InvalidFlagError) as caught:
+            publisher.rollback("model", steps=999)
+        assert [str(issue) for issue in caught.value.issues] == [
+            "flags.model: cannot go back 999 steps: only 2 earlier versions exist (current is v3)"
+        ]
+
+    def test_single_version(self, publisher: Publisher) -> None:
+        """A flag at v1 has no earlier version, in singular-correct words."""
+        publisher.apply(base_document())
+        with pytest.raises(InvalidFlagError, match="only 0 earlier versions exist"):
+            publisher.rollback("model", steps=1)
+
+    def test_unknown_version(self, publisher: Publisher) -> None:
+        """`to_version` beyond the current one names the current version."""
+        publisher.apply(base_document())
+        publisher.kill("model")
+        with pytest.raises(InvalidFlagError, match=r"no version 9 \(current is v2\)"):
+            publisher.rollback("model", to_version=9)
+
+
+class NotRedis:
+    """A TCP server on 127.0.0.1 that answers every connection like an HTTP server."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port: int = self.listener.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="not-redis", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(1.0)
+                try:
+                    connection.recv(4096)
+                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5.0)
+        self.listener.close()
+
+
+@pytest.fixture
+def not_redis() -> Iterator[NotRedis]:
+    """A port where something other than Redis answers, closed after the test."""
+    server = NotRedis()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+class TestStoreErrors:
+    """Every command the writer side sends maps redis-py's errors to flagsync's."""
+
+    def test_a_port_that_is_not_redis(self, not_redis: NotRedis) -> None:
+        """An HTTP answer (redis-py: 'Protocol error') is StoreUnavailableError saying so."""
+        url = f"redis://127.0.0.1:{not_redis.port}"
+        with (
+            Publisher(url, timeout_s=2.0) as publisher,
+            pytest.raises(StoreUnavailableError) as caught,
+        ):
+            publisher.revision()
+        assert "answered, but not as a Redis or Valkey server would" in str(caught.value)
+        assert "Protocol error" in str(caught.value)
+
+    def test_controller_commands_are_mapped(self, dedicated_server: ServerProcess) -> None:
+        """The rollout controller's own commands raise StoreUnavailableError when the
+        store is down, not redis-py's ConnectionError."""
+        with Publisher(dedicated_server.url, "ctl", timeout_s=1.0) as publisher:
+            publisher.apply(base_document())
+            controller = RolloutController(publisher, "model")
+            dedicated_server.kill()
+            with pytest.raises(StoreUnavailableError, match="cannot reach"):
+                controller.state()
+
+    def test_worker_credentials_are_permission_denied(
+        self, dedicated_server: ServerProcess, make_raw: RawFactory
+    ) -> None:
+        """A write with the least-privilege worker ACL user is PermissionDeniedError."""
+        admin = make_raw(dedicated_server.url)
+        for line in acl_setuser_commands("acl", worker_password="w-secret"):  # noqa: S106
+            admin.execute_command(*line.split())  # type: ignore[no-untyped-call]
+        url = dedicated_server.url.replace("redis://", "redis://flagsync-worker:w-secret@")
+        with Publisher(url, "acl") as publisher, pytest.raises(PermissionDeniedError) as caught:
+            publisher.apply(base_document())
+        assert "w-secret" not in str(caught.value)
+
+
+class TestWriterImports:
+    """The writer never imports the reader side (subscriber, follower, anyio)."""
+
+    def test_publisher_loads_no_sync_code(self, server: ServerProcess, namespace: str) -> None:
+        """Constructing a Publisher and writing, in a fresh process, loads no anyio,
+        no follower, no subscriber and no client wiring."""
+        script = (
+            "import sys\n"
+            "from flagsync.publisher import Publisher\n"
+            f"with Publisher({server.url!r}, {namespace!r}) as publisher:\n"
+            "    publisher.put('f', {'variants': {'on': True, 'off': False},"
+            " 'off': 'off', 'default': 'on'})\n"
+            "    publisher.history()\n"
+            "print(' '.join(sorted(sys.modules)))\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        )
+        loaded = set(done.stdout.split())
+        assert "flagsync.publisher" in loaded
+        reader_side = {
+            "anyio",
+            "flagsync._sync.follower",
+            "flagsync._sync.wiring",
+            "flagsync._sync.thread_driver",
+        }
+        assert reader_side & loaded == set()
+
+
+class TestFleet:
+    """The fleet view reads the same log and presence as the publisher, on its own
+    connection or the publisher's."""
+
+    def test_standalone_view_matches_the_publisher(
+        self, server: ServerProcess, publisher: Publisher
+    ) -> None:
+        """`Fleet(url, namespace)` sees the publisher's history and revision."""
+        revision = publisher.apply(base_document())
+        publisher.kill("model", reason="incident")
+        with Fleet(server.url, publisher.keys.namespace) as fleet:
+            assert fleet.history() == publisher.history()
+            assert fleet.revision() == publisher.revision()
+            assert fleet.history("model", limit=1)[0].reason == "incident"
+            assert fleet.workers() == []
+            report = fleet.wait_propagated(revision, timeout=0.1)
+        assert (report.complete, report.reached, report.missing) == (True, [], [])
+
+    def test_the_publisher_shares_its_connection(self, publisher: Publisher) -> None:
+        """`publisher.fleet` uses the publisher's client; closing the view leaves it open."""
+        publisher.apply(base_document())
+        publisher.fleet.close()
+        assert publisher.fleet.history(limit=1)[0].revision == 1
+
+
+class TestPublishedMessage:
+    """The message the script publishes is exactly what `flagsync.store` encodes."""
+
+    def test_header_matches_the_python_encoder(
+        self, publisher: Publisher, raw: redis.Redis
+    ) -> None:
+        """Decoding the published bytes and re-encoding them gives the same bytes, with the
+        revision, epoch and server time the log recorded."""
+        pubsub = raw.pubsub()  # type: ignore[no-untyped-call]
+        pubsub.subscribe(publisher.keys.channel)
+        try:
+            assert pubsub.get_message(timeout=2.0) is not None  # the subscribe confirmation
+            revision = publisher.apply(base_document())
+            message = pubsub.get_message(timeout=2.0)
+        finally:
+            pubsub.close()
+        assert message is not None
+        data: bytes = message["data"]
+        decoded = decode_message(data)
+        entry = publisher.history(limit=1)[0]
+        assert (decoded.revision, decoded.epoch, decoded.published_us) == (
+            revision,
+            entry.epoch,
+            entry.time_us,
+        )
+        payload = data.split(b"|", 4)[4]
+        assert encode_message(decoded.epoch, revision, decoded.published_us, payload) == data
+        assert decoded.changes is not None
+        assert {change.key for change in decoded.changes.changes} >= {"model", "temperature"}

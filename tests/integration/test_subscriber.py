@@ -1,16 +1,27 @@
-"""The thread subscriber against real servers: loading, ordered application, gaps,
+"""Both sync drivers against real servers: loading, ordered application, gaps,
 duplicates, malformed input, lost nudges, reconnects, wiped and frozen servers, the
-last-known-good file and shutdown (DESIGN.md "Failure policy", FAULTS.md S2-S14, S18)."""
+last-known-good file and shutdown (DESIGN.md "Failure policy", FAULTS.md S2-S14, S18).
+
+Every test runs once with `FlagClient.connect` (the daemon-thread driver) and once with
+`FlagClient.connect_async` (the anyio task on asyncio). The test bodies are plain
+functions: the async client runs its event loop in a thread of its own (`AsyncRunner`),
+and the client's API is safe to call from any thread, so both drivers meet the very
+same assertions. What only the async API has (cancellation, `wait_ready_async`, Trio)
+is in `test_async_client.py`.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
 import msgspec
 import pytest
 import redis
@@ -56,9 +67,117 @@ FAST: Final[dict[str, Any]] = {
 MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
 """No periodic revision check within a test: whatever is applied came through pub/sub."""
 
+DRIVERS: Final = ["thread", "asyncio"]
+
+
+class AsyncRunner:
+    """One `FlagClient.connect_async` block on an asyncio loop in its own thread.
+
+    `start()` enters the block and returns the client (as `connect` would: not waiting
+    for readiness); `stop()` leaves the block and joins the thread.
+    """
+
+    def __init__(self, url: str, namespace: str, options: dict[str, Any]) -> None:
+        self.url = url
+        self.namespace = namespace
+        self.options = options
+        self.client: FlagClient | None = None
+        self.error: BaseException | None = None
+        self._entered = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._leave: asyncio.Event | None = None
+        self.thread = threading.Thread(
+            target=anyio.run,
+            args=(self._main,),
+            kwargs={"backend": "asyncio"},
+            name=f"flagsync-test-loop-{namespace}",
+            daemon=True,
+        )
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._leave = asyncio.Event()
+        try:
+            async with FlagClient.connect_async(self.url, self.namespace, **self.options) as client:
+                self.client = client
+                self._entered.set()
+                await self._leave.wait()
+        except BaseException as error:  # reported to the test by start()
+            self.error = error
+            raise
+        finally:
+            self._entered.set()
+
+    def start(self) -> FlagClient:
+        """Enter the block; the connected client."""
+        self.thread.start()
+        assert self._entered.wait(5), "connect_async did not enter its block in 5 s"
+        if self.error is not None:
+            raise self.error
+        assert self.client is not None
+        return self.client
+
+    def stop(self) -> None:
+        """Leave the block (stopping the task) and wait for the loop's thread to end."""
+        loop, leave = self._loop, self._leave
+        if loop is not None and leave is not None and self.thread.is_alive():
+            loop.call_soon_threadsafe(leave.set)
+        self.thread.join(5)
+
+
+class Clients:
+    """`make_client(url, **options)` for the test's driver; closes every client after it.
+
+    Thread clients come from the integration `ClientFactory` (which also checks their
+    threads are gone); async clients from an `AsyncRunner` each.
+    """
+
+    def __init__(self, driver: str, threads: ClientFactory) -> None:
+        self.driver = driver
+        self.threads = threads
+        self.namespace = threads.namespace
+        self.runners: list[AsyncRunner] = []
+
+    def __call__(self, url: str, namespace: str | None = None, **options: Any) -> FlagClient:
+        if self.driver == "thread":
+            return self.threads(url, namespace, **options)
+        runner = AsyncRunner(url, self.namespace if namespace is None else namespace, options)
+        self.runners.append(runner)
+        return runner.start()
+
+    def close_all(self) -> None:
+        for runner in self.runners:
+            runner.stop()
+        leaked = [runner.thread.name for runner in self.runners if runner.thread.is_alive()]
+        assert not leaked, f"event loops still running after the block: {leaked}"
+
+
+@pytest.fixture(params=DRIVERS)
+def driver(request: pytest.FixtureRequest) -> str:
+    """The sync driver of this run of the test: `thread` or `asyncio`."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def make_client(driver: str, make_client: ClientFactory) -> Iterator[Clients]:
+    """Overrides the integration `make_client`: the same call, for the test's driver."""
+    clients = Clients(driver, make_client)
+    try:
+        yield clients
+    finally:
+        clients.close_all()
+
+
+def following(client: FlagClient) -> bool:
+    """True while the client's driver (thread or task) runs."""
+    handle = client._sync
+    assert handle is not None, "the client is not connected"
+    return handle.alive
+
 
 def ready_client(
-    make_client: ClientFactory, url: str, **options: Any
+    make_client: Clients, url: str, **options: Any
 ) -> tuple[FlagClient, RevisionRecorder]:
     """A connected client, synced, with a listener recording every later swap."""
     client = make_client(url, **options)
@@ -95,7 +214,7 @@ class TestStartup:
     """A new client loads the namespace and reports ready, or says why not."""
 
     def test_wait_ready_after_load(
-        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+        self, server: ServerProcess, publisher: Publisher, make_client: Clients
     ) -> None:
         """`wait_ready` returns True once the snapshot is loaded, and the flags are served."""
         revision = publisher.apply(base_document())
@@ -110,7 +229,7 @@ class TestStartup:
         assert client.is_healthy()
 
     def test_empty_namespace_is_ready_then_follows(
-        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+        self, server: ServerProcess, publisher: Publisher, make_client: Clients
     ) -> None:
         """A namespace nobody wrote yet is ready with no flags, and picks up the first write."""
         client = make_client(server.url)
@@ -120,7 +239,7 @@ class TestStartup:
         assert wait_until(lambda: client.revision == revision, 2)
         assert served(client) == BASE_VALUES
 
-    def test_wait_ready_times_out_without_server(self, make_client: ClientFactory) -> None:
+    def test_wait_ready_times_out_without_server(self, make_client: Clients) -> None:
         """With no server listening, `wait_ready` returns False in time and defaults are served."""
         client = make_client(f"redis://127.0.0.1:{free_port()}", connect_timeout_s=0.2)
         started = time.monotonic()
@@ -136,7 +255,7 @@ class TestChanges:
     """Published changes reach the client through pub/sub, in revision order."""
 
     def test_change_applies_within_milliseconds(
-        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+        self, server: ServerProcess, publisher: Publisher, make_client: Clients
     ) -> None:
         """A kill switch is applied from its message well before any revision check."""
         publisher.apply(base_document())
@@ -155,7 +274,7 @@ class TestChanges:
         assert recorder.changed[-1] >= {"model", "context-window"}
 
     def test_burst_applies_every_revision_in_order(
-        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+        self, server: ServerProcess, publisher: Publisher, make_client: Clients
     ) -> None:
         """200 quick changes are each applied from their message, strictly in order, no resync."""
         start = publisher.put("counter", counter_flag(0))
@@ -171,7 +290,7 @@ class TestChanges:
         assert after.resyncs == before.resyncs
 
     def test_burst_with_revision_checks_stays_ordered(
-        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+        self, server: ServerProcess, publisher: Publisher, make_client: Clients
     ) -> None:
         """With the default revision checks running, a burst still ends on the final revision,
         only moving forward; revisions are skipped only by a resync, and a resync happens at
@@ -203,7 +322,7 @@ class TestGapsAndDuplicates:
         self,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """A message two revisions ahead is not applied on top: the client resyncs and so also
@@ -233,7 +352,7 @@ class TestGapsAndDuplicates:
         self,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """Replaying the latest and an older message changes nothing and is counted."""
@@ -258,7 +377,7 @@ class TestGapsAndDuplicates:
         self,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """A next-revision message of an unknown epoch is not trusted: the store is read instead."""
@@ -314,7 +433,7 @@ class TestMalformedMessages:
         name: str,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """The message is counted as malformed and nothing of it is applied."""
@@ -329,7 +448,7 @@ class TestMalformedMessages:
         ), client.status()
         assert served(client) == BASE_VALUES
         assert client.revision == start
-        assert subscriber_threads(publisher.keys.namespace)
+        assert following(client)
         revision = publisher.kill("model")
         assert wait_until(lambda: client.revision == revision, 2)
         assert client.variation("model", ANYONE, "x") == "gpt-4o"
@@ -345,7 +464,7 @@ class TestLostNudge:
         writer: str,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """With default options, an unannounced write reaches the client within 500 ms."""
@@ -377,7 +496,7 @@ class TestReconnect:
         kind: str,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """After CLIENT KILL of its connection, the client ends on the latest revision."""
@@ -415,7 +534,7 @@ class TestWipedServer:
         wipe: str,
         dedicated_server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        make_client: Clients,
         make_raw: RawFactory,
     ) -> None:
         """The client serves its last values while the store is empty, then the new epoch."""
@@ -486,7 +605,7 @@ class TestRestartWithData:
         restored: str,
         dedicated_server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        make_client: Clients,
         make_raw: RawFactory,
     ) -> None:
         """After a restart re-seeded with the same data (before or after the client found the
@@ -523,7 +642,7 @@ class TestRestartWithData:
         self,
         dedicated_server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        make_client: Clients,
         make_raw: RawFactory,
     ) -> None:
         """A store behind the client (history lost) triggers a full resync to the store's state."""
@@ -552,7 +671,7 @@ class TestFrozenServer:
         self,
         dedicated_server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        make_client: Clients,
     ) -> None:
         """STALE within the deadline, sub-millisecond evaluations throughout, READY after."""
         publisher = make_publisher(dedicated_server.url)
@@ -607,7 +726,7 @@ class TestLastKnownGoodFile:
         server_kind: str,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         tmp_path: Path,
     ) -> None:
         """A new client serves the saved flags as STALE at once, and syncs once a server appears."""
@@ -647,7 +766,7 @@ class TestLastKnownGoodFile:
         self,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         tmp_path: Path,
     ) -> None:
         """A corrupt LKG file is skipped (defaults served) and overwritten after the first sync."""
@@ -672,19 +791,21 @@ class TestClose:
         self,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        make_client: Clients,
         raw: redis.Redis,
     ) -> None:
-        """close() returns within 1 s; the thread and its connections are gone, and the last
-        snapshot is still served."""
+        """close() returns and the driver stops within 1 s; its connections and presence are
+        gone, and the last snapshot is still served."""
         publisher.apply(base_document())
         client, _ = ready_client(make_client, server.url)
-        assert subscriber_threads(publisher.keys.namespace)
+        assert following(client)
         assert len(connections_named(raw, client)) == 2
         started = time.monotonic()
         client.close()
+        assert wait_until(lambda: not following(client), 1.0)
         assert time.monotonic() - started < 1.0
-        assert not subscriber_threads(publisher.keys.namespace)
+        if make_client.driver == "thread":
+            assert not subscriber_threads(publisher.keys.namespace)
         assert wait_until(lambda: not connections_named(raw, client), 1)
         assert publisher.workers() == []
         assert client.status().state is SyncState.CLOSED
@@ -698,24 +819,27 @@ class TestClose:
         self,
         dedicated_server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        make_client: Clients,
     ) -> None:
-        """close() returns within 1 s even when the thread is blocked on a frozen server."""
+        """close() returns, and the driver stops, within 1 s even while blocked on a frozen
+        server."""
         make_publisher(dedicated_server.url).apply(base_document())
         client, _ = ready_client(make_client, dedicated_server.url)
         dedicated_server.pause()
         try:
-            time.sleep(0.3)  # the thread is now waiting on the frozen server
+            time.sleep(0.3)  # the driver is now waiting on the frozen server
             started = time.monotonic()
             client.close()
-            elapsed_s = time.monotonic() - started
+            returned_s = time.monotonic() - started
+            stopped = wait_until(lambda: not following(client), 1.0)
+            stopped_s = time.monotonic() - started
         finally:
             dedicated_server.resume()
-        assert elapsed_s < 1.0, f"close() took {elapsed_s:.2f}s"
-        assert wait_until(lambda: not subscriber_threads(client.status().namespace or ""), 1)
+        assert returned_s < 1.0, f"close() took {returned_s:.2f}s"
+        assert stopped, f"the driver still ran {stopped_s:.2f}s after close()"
 
     def test_new_client_after_close(
-        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+        self, server: ServerProcess, publisher: Publisher, make_client: Clients
     ) -> None:
         """A client connected after another one closed syncs normally."""
         publisher.apply(base_document())

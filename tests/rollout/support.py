@@ -94,7 +94,7 @@ def write_metrics(raw: redis.Redis, namespace: str, key: str, samples: Samples) 
     pending = PendingSeries()
     pending.add(series)
     now_ms = int(time.time() * 1000)
-    for command in flush_commands(StoreKeys(namespace).prefix, pending.by_flag(), 60_000, now_ms):
+    for command in flush_commands(StoreKeys(namespace), pending.by_flag(), 60_000, now_ms):
         raw.execute_command(*command)  # type: ignore[no-untyped-call]
 
 

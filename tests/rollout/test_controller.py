@@ -352,7 +352,7 @@ class TestRollback:
             assert weight_of(store) == 0.0
         change = store.history(KEY, limit=1)[0]
         assert change.revision == decision.revision
-        assert change.reason == f"rollout: guard breached: breach: {guard}  {numbers}"
+        assert change.reason == f"rollout: guard breached: {guard}  {numbers}"
         assert controller.state().status == "rolled_back"
         after = controller.tick()
         assert (after.decision, after.note) == ("stopped", "rollout is rolled_back")
@@ -682,3 +682,132 @@ class TestCommands:
             "complete at 100%: all steps held",
         ], result.stdout
         assert controller.state().status == "completed"
+
+
+class TestStatus:
+    """`rollout status` reads the weight the flag really serves and this plan's decisions."""
+
+    def test_a_new_plan_is_waiting_for_its_first_step(
+        self, server: ServerProcess, controller: RolloutController, namespace: str
+    ) -> None:
+        """Before the first tick the status says it waits for the first step (and at which
+        percentage), not `running, not started`."""
+        controller.set_plan(make_plan())
+
+        text = run_cli(server.url, namespace, "rollout", "status", KEY)
+
+        assert text.returncode == 0, text.stderr
+        assert "status: running, waiting for the first step (20%; candidate now at 0%)" in (
+            text.stdout
+        )
+        assert "not started" not in text.stdout
+        assert text.stdout.rstrip().endswith("decisions of this plan (newest first):\n  none yet")
+
+    def test_a_weight_between_steps_is_shown_as_it_is(
+        self,
+        server: ServerProcess,
+        store: Publisher,
+        controller: RolloutController,
+        namespace: str,
+    ) -> None:
+        """A flag ramped by hand to 25 % under steps 20/50/100 reads `candidate at 25%, past
+        step 1/3 (20%)`: the step and the percentage agree with the stored weight."""
+        controller.set_plan(make_plan())
+        controller.tick()
+        store.ramp(KEY, "candidate", 25, reason="by hand")
+
+        status = controller.status()
+        text = run_cli(server.url, namespace, "rollout", "status", KEY)
+
+        assert (status.percent, status.step) == (25.0, 0)
+        assert "status: running, candidate at 25%, past step 1/3 (20%)" in text.stdout, text
+        assert "(20%)" not in text.stdout.replace("past step 1/3 (20%)", "")
+
+    def test_samples_are_counted_since_the_step_began(
+        self, server: ServerProcess, controller: RolloutController, feed: Feed, namespace: str
+    ) -> None:
+        """The guards' sample counts cover the current step only, and the text says so."""
+        controller.set_plan(make_plan())
+        feed(healthy(300))  # before the rollout started: never counted
+        time.sleep(0.005)
+        controller.tick()
+        time.sleep(0.005)
+        feed(healthy(60))
+
+        status = controller.status()
+        text = run_cli(server.url, namespace, "rollout", "status", KEY)
+
+        assert status.samples_since_ms == status.state.step_started_ms
+        assert [g.left_samples for g in status.guards] == [60]
+        assert "guards now (samples since the step started " in text.stdout
+        assert "counts restart at every step" in text.stdout
+
+    def test_a_replaced_plans_decisions_are_not_shown(
+        self, server: ServerProcess, controller: RolloutController, feed: Feed, namespace: str
+    ) -> None:
+        """After a new plan replaces one that made decisions, status shows none of the old
+        plan's decisions (they stay in the log), only the new plan's."""
+        controller.set_plan(make_plan())
+        controller.tick()
+        feed(healthy())
+        controller.tick()
+        assert [d["decision"] for d in controller.decisions()] == ["advance", "start"]
+
+        controller.set_plan(make_plan(steps=[60.0, 100.0]))
+        before = run_cli(server.url, namespace, "rollout", "status", KEY, "--json")
+        controller.tick()
+        after = run_cli(server.url, namespace, "rollout", "status", KEY, "--json")
+
+        assert json.loads(before.stdout)["decisions"] == []
+        assert [d["decision"] for d in json.loads(after.stdout)["decisions"]] == ["start"]
+
+    def test_a_rule_plan_says_the_samples_are_per_variant(self) -> None:
+        """For a plan that ramps one rule, the status says the samples are per variant over
+        the whole flag (the metrics have no rule), so they include users outside the rule."""
+        from flagsync.cli._render import rollout_status
+        from flagsync.controller import RolloutState, RolloutStatus
+
+        plan = make_plan(rule="paid-ramp")
+        status = RolloutStatus(
+            key=KEY, plan=plan, state=RolloutState(step=1, step_started_ms=1_000),
+            percent=50.0, step=1, enabled=True, samples_since_ms=1_000, now_ms=31_000,
+            guards=[], decisions=[],
+        )  # fmt: skip
+
+        text = rollout_status(status)
+
+        assert "status: running, step 2/3 (50%)" in text
+        assert "guards now (samples since the step started 30 s ago" in text
+        assert "include users outside rule paid-ramp" in text
+
+
+class TestRunAll:
+    """`run_all` (what `flagsync controller` runs) drives every planned flag."""
+
+    def test_run_all_reports_changes_and_releases_its_leases(
+        self, store: Publisher, controller: RolloutController, feed: Feed
+    ) -> None:
+        """It reports each decision that changes something (not the holds between them), and
+        once it returns another controller can act at once (the leases were released)."""
+        from flagsync.controller import run_all
+
+        controller.set_plan(make_plan(steps=[50.0, 100.0]))
+        reported: list[tuple[str, str]] = []
+
+        def decided(key: str, made: Decision) -> None:
+            reported.append((key, made.decision))
+            time.sleep(0.005)  # stream ids have millisecond resolution
+            feed(healthy())  # the step's own samples
+
+        run_all(
+            store,
+            tick_s=0.02,
+            timeout_s=5.0,
+            on_decision=decided,
+            should_stop=lambda: len(reported) >= 2,
+        )
+        other = RolloutController(store, KEY, owner="other", lease_ttl_s=30.0)
+
+        assert reported == [(KEY, "start"), (KEY, "advance")]
+        assert weight_of(store) == 100.0
+        assert other.tick().decision != "not_leader"  # the lease was free at once

@@ -389,3 +389,15 @@ class TestPlanValidation:
             "plans.model.on_breach",
             "plans.model.guards[0]",
         ]
+
+
+class TestResultText:
+    def test_summary_leaves_the_verdict_to_the_line_that_states_it(self) -> None:
+        """`str(result)` starts with the verdict; `summary` is the guard and its numbers
+        only, so "guard breached: " + summary never reads "breached: breach: ..."."""
+        result = GuardResult(
+            "p95_latency_ms(candidate) <= 1500", "breach", 1700.0, 1500.0, 80, None
+        )
+
+        assert str(result) == "breach: p95_latency_ms(candidate) <= 1500  (1700 [n=80] vs 1500)"
+        assert result.summary == "p95_latency_ms(candidate) <= 1500  (1700 [n=80] vs 1500)"

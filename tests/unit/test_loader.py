@@ -305,3 +305,108 @@ class TestInvalidFixtureFiles:
         """`FlagClient.offline` on an invalid file raises instead of serving part of it."""
         with pytest.raises(InvalidFlagError):
             FlagClient.offline(INVALID / "many-problems.yaml")
+
+
+def _flag_with(value_text: str) -> str:
+    """A one-flag YAML document whose variant `a` is `value_text` (variant `b` is 1)."""
+    return f"flags:\n  f:\n    variants: {{a: {value_text}, b: 1}}\n    off: b\n    default: b\n"
+
+
+class TestShapeLimits:
+    """Nesting and integers a flag cannot hold are refused by path, never by a crash."""
+
+    @pytest.mark.parametrize(
+        ("suffix", "text"),
+        [
+            (".json", "[" * 50_000 + "]" * 50_000),
+            (".yaml", "[" * 5_000 + "]" * 5_000),
+            (".yaml", "a:\n" + "".join(" " * (2 * n) + "- \n" for n in range(1, 2_000))),
+        ],
+        ids=["json", "yaml-flow", "yaml-block"],
+    )
+    def test_nesting_beyond_the_parser_is_refused(
+        self, tmp_path: Path, suffix: str, text: str
+    ) -> None:
+        """A file nested deeper than any parser recursion is one issue at the file's path,
+        not a RecursionError."""
+        path = tmp_path / f"deep{suffix}"
+        path.write_text(text)
+
+        issues = _issues(path)
+
+        assert len(issues) == 1
+        assert issues[0].startswith(f"{path}")
+        assert "nested deeper than 64 levels" in issues[0]
+
+    def test_nesting_past_the_limit_names_where(self, tmp_path: Path) -> None:
+        """A value 70 levels deep (parseable, but past the document limit) is refused at
+        the path where the limit is crossed."""
+        path = tmp_path / "deep.yaml"
+        path.write_text(_flag_with("[" * 70 + "]" * 70))
+
+        [issue] = _issues(path)
+
+        assert issue.startswith(f"{path} at flags.f.variants.a[0][0]")
+        assert issue.endswith(": nested deeper than 64 levels")
+
+    @pytest.mark.parametrize(
+        ("value", "ok"),
+        [
+            (2**64 - 1, True),
+            (2**64, False),
+            (-(2**63), True),
+            (-(2**63) - 1, False),
+            (10**30, False),
+        ],
+        ids=["u64-max", "u64-max+1", "i64-min", "i64-min-1", "1e30"],
+    )
+    def test_integers_msgpack_cannot_store_are_refused(
+        self, tmp_path: Path, value: int, ok: bool
+    ) -> None:
+        """Integers in -2**63 .. 2**64-1 load; one outside is refused naming its path (the
+        publisher would otherwise fail with an OverflowError)."""
+        path = tmp_path / "ints.yaml"
+        path.write_text(_flag_with(str(value)).replace("b: 1", "b: 2"))
+
+        if ok:
+            assert load_flags(path).flags["f"].variants["a"] == value
+        else:
+            shown = str(value) if abs(value) < 10**30 else f"of {len(str(abs(value)))} digits"
+            assert _issues(path) == [
+                f"{path} at flags.f.variants.a: integer {shown} is outside -2**63..2**64-1"
+            ]
+
+    def test_a_mapping_is_checked_too(self) -> None:
+        """A plain mapping with a huge integer is refused with the value's path."""
+        document = {"flags": {"f": {"variants": {"a": 2**70, "b": 1}, "off": "b", "default": "b"}}}
+
+        with pytest.raises(InvalidFlagError) as caught:
+            load_flags(document)
+
+        assert [str(i) for i in caught.value.issues] == [
+            f"flags.f.variants.a: integer {2**70} is outside -2**63..2**64-1"
+        ]
+
+    def test_check_shape_walks_any_depth_without_recursion(self) -> None:
+        """`check_shape` refuses a 100,000-level structure built in memory (no recursion)."""
+        deep: list[object] = []
+        for _ in range(100_000):
+            deep = [deep]
+
+        with pytest.raises(InvalidFlagError, match="nested deeper than 8 levels"):
+            flagsync.loader.check_shape(deep, "--context", max_depth=8)
+
+
+class TestYamlErrorMessages:
+    def test_a_yaml_error_names_line_and_column_not_the_stream(self, tmp_path: Path) -> None:
+        """A YAML syntax error gives line and column; PyYAML's `"<unicode string>"` stream
+        name never appears (the issue's path is the file)."""
+        path = tmp_path / "broken.yaml"
+        path.write_text("flags:\n  f: {a: 1\n  g: 2\n")
+
+        [issue] = _issues(path)
+
+        assert issue.startswith(f"{path}: invalid yaml: ")
+        assert "(line " in issue
+        assert ", column " in issue
+        assert "<unicode string>" not in issue

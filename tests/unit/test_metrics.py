@@ -28,6 +28,7 @@ from flagsync.metrics import (
     merge_window,
     percentile,
 )
+from flagsync.store import StoreKeys
 
 
 def stat_of(values: Sequence[float]) -> MetricStat:
@@ -257,7 +258,7 @@ class TestEncoding:
     def test_flush_commands_append_one_trimmed_entry_per_flag(self) -> None:
         """One XADD per flag, trimming entries older than the retention (MINID ~)."""
         commands = flush_commands(
-            "{fs:ns}", {"f": {"a|m|c": "1"}, "g": {"b|m|c": "2"}}, 60_000, 1_000_000
+            StoreKeys("ns"), {"f": {"a|m|c": "1"}, "g": {"b|m|c": "2"}}, 60_000, 1_000_000
         )
 
         assert commands == [

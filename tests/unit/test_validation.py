@@ -197,6 +197,57 @@ class TestVariantValues:
         assert issues[0] == "flags.f.variants: at least one variant is required"
 
 
+class TestStorableNumbersAndDepth:
+    """Values the stored form (msgpack) cannot hold are refused with their path, never with a
+    bare OverflowError or RecursionError (issue #10, section 3)."""
+
+    @pytest.mark.parametrize(
+        ("value", "shown"),
+        [
+            (2**64, "18446744073709551616"),
+            (-(2**63) - 1, "-9223372036854775809"),
+            (10**400, "of 401 digits"),
+        ],
+    )
+    def test_integer_variant_beyond_msgpack(self, value: int, shown: str) -> None:
+        """An integer variant outside -2**63..2**64-1 is refused at `variants.<name>`."""
+        assert issues_of(document({"f": flag({"a": 1, "b": value})})) == [
+            f"flags.f.variants.b: integer {shown} is outside -2**63..2**64-1"
+        ]
+
+    def test_integer_nested_in_an_object_variant(self) -> None:
+        """An out-of-range integer anywhere inside an object variant is refused."""
+        variants = {"a": {"n": [1]}, "b": {"n": [2**70]}}
+        assert issues_of(document({"f": flag(variants)})) == [
+            "flags.f.variants.b.n[0]: integer 1180591620717411303424 is outside -2**63..2**64-1"
+        ]
+
+    def test_limits_themselves_are_storable(self) -> None:
+        """-2**63 and 2**64-1 are accepted: the check is exactly msgpack's range."""
+        loaded = load_flags(document({"f": flag({"a": -(2**63), "b": 2**64 - 1})}))
+        assert loaded.flags["f"].variants == {"a": -(2**63), "b": 2**64 - 1}
+
+    @pytest.mark.parametrize("op", ["lt", "in"])
+    def test_integer_operand_beyond_msgpack(self, op: str) -> None:
+        """An out-of-range integer clause value is refused at `values[<i>]`."""
+        raw = _one_rule({"attr": "n", "op": op, "values": [1, 10**400]})
+        assert issues_of(document({"f": raw})) == [
+            "flags.f.rules[0].when[0].values[1]: integer of 401 digits is outside -2**63..2**64-1"
+        ]
+
+    def test_deeply_nested_variant(self) -> None:
+        """A variant nested 100,000 levels deep is refused by depth, not by recursion (the
+        loader's whole-document limit of 64 levels answers before the variant's 32)."""
+        nested: dict[str, Any] = {}
+        inner = nested
+        for _ in range(100_000):
+            inner["k"] = {}
+            inner = inner["k"]
+        (issue,) = issues_of(document({"f": flag({"a": {}, "b": nested})}))
+        assert issue.startswith("flags.f.variants.b.k.k.")
+        assert issue.endswith(": nested deeper than 64 levels")
+
+
 class TestUnknownVariants:
     """Every place that names a variant must name one the flag defines."""
 

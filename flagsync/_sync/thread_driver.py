@@ -1,4 +1,4 @@
-"""Keep a client's snapshot current: the daemon-thread driver (and fork handling).
+"""Keep a client's snapshot current from a daemon thread (and across `fork()`).
 
 The driver owns the loop instead of redis-py's `run_in_thread`, because that hides the
 subscribe confirmations a silent reconnect produces, and a thread that dies there
@@ -11,8 +11,9 @@ session; the loop backs off with jitter and starts a new one, which resyncs.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
-import random
+import subprocess
 import threading
 import uuid
 import weakref
@@ -21,51 +22,34 @@ from typing import Any
 import redis
 import structlog
 
-from flagsync._follower import Follower, SessionTimers
+from flagsync._connection import connect, connection_hint
+from flagsync._sync.follower import Follower
+from flagsync._sync.presence import Presence
+from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
-    connect,
-    connection_hint,
     load_commands,
     parse_load,
     parse_revision,
     revision_command,
 )
 
-__all__ = ["ThreadSubscriber"]
+__all__ = ["ThreadDriver"]
 
 _log = structlog.get_logger("flagsync.subscriber")
 
-_PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    redis.AuthenticationError,
-    redis.exceptions.AuthorizationError,
-    redis.exceptions.NoPermissionError,
-)
 
-
-def is_permanent(error: BaseException) -> bool:
-    """Errors a quick retry will not fix (credentials, ACLs): back off for longer."""
-    if isinstance(error, _PERMANENT_ERRORS):
-        return True
-    text = str(error)
-    return isinstance(error, redis.ResponseError) and text.startswith(("NOPERM", "WRONGPASS"))
-
-
-def backoff_delay(attempt: int, initial_s: float, cap_s: float) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, initial * 2^attempt)]."""
-    return random.uniform(0, min(cap_s, initial_s * (2 ** min(attempt, 30))))
-
-
-class ThreadSubscriber:
+class ThreadDriver:
     """Runs a `Follower` in one daemon thread; restarts itself in forked children."""
 
-    def __init__(self, follower: Follower, url: str) -> None:
+    def __init__(self, follower: Follower, presence: Presence, url: str) -> None:
         self.follower = follower
+        self.presence = presence
         self.url = url
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
         self._commands: redis.Redis | None = None
-        _live_subscribers.add(self)
+        _live_drivers.add(self)
 
     def start(self) -> None:
         """Start the daemon thread (idempotent)."""
@@ -115,8 +99,13 @@ class ThreadSubscriber:
         self._thread = None
         if self._stop.is_set():
             return
-        self.follower.reset_after_fork()
+        self.presence.after_fork_in_child()
         self.start()
+
+    def after_fork_in_parent(self) -> None:
+        """In the parent after a fork: see `presence` (the preload-master rule)."""
+        if not self._stop.is_set():
+            self.presence.after_fork_in_parent()
 
     # -- the loop ----------------------------------------------------------------
 
@@ -137,34 +126,31 @@ class ThreadSubscriber:
                     error, permanent=permanent, hint=connection_hint(self.url, error)
                 )
                 self._close_connections()
-                cap = options.backoff_max_permanent_s if permanent else options.backoff_max_s
-                self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap))
+                cap_s = retry_cap_s(options, permanent=permanent)
+                self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap_s))
                 attempt += 1
             reconnect = True
         self._remove_presence()
         self._close_connections()
 
+    def _connect(self) -> redis.Redis:
+        options = self.follower.options
+        return connect(
+            self.url,
+            timeout_s=options.socket_timeout_s,
+            connect_timeout_s=options.connect_timeout_s,
+            client_name=self.presence.client_name,
+        )
+
     def _session(self, *, reconnect: bool) -> None:
-        follower, options = self.follower, self.follower.options
-        keys = follower.keys
-        client_name = f"flagsync-{follower.worker_id}"[:64]
-        commands = self._commands = connect(
-            self.url,
-            timeout_s=options.socket_timeout_s,
-            connect_timeout_s=options.connect_timeout_s,
-            client_name=client_name,
-        )
-        subscriber = connect(
-            self.url,
-            timeout_s=options.socket_timeout_s,
-            connect_timeout_s=options.connect_timeout_s,
-            client_name=client_name,
-        )
+        follower = self.follower
+        commands = self._commands = self._connect()
+        subscriber = self._connect()
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(keys.channel)
+        pubsub.subscribe(follower.keys.channel)
         follower.on_connected(reconnect=reconnect)
 
-        timers = SessionTimers(options)
+        timers = SessionTimers(follower.options)
         token = uuid.uuid4().hex
         while not self._stop.is_set():
             message = self._next_message(pubsub, timers.wait_s())
@@ -191,11 +177,9 @@ class ThreadSubscriber:
                     timers.changed()
                 timers.checked()
             if timers.heartbeat_due():
-                commands.set(
-                    keys.worker(follower.worker_id),
-                    follower.presence(),
-                    px=int(options.presence_ttl_s * 1000),
-                )
+                command = self.presence.heartbeat_command()
+                if command is not None:
+                    commands.execute_command(*command)  # type: ignore[no-untyped-call]
                 timers.heartbeat_sent()
             if timers.ping_due():
                 pubsub.ping(token)
@@ -260,16 +244,40 @@ class ThreadSubscriber:
         if commands is None:
             return
         with contextlib.suppress(Exception):  # best effort: the key expires by itself
-            commands.delete(self.follower.keys.worker(self.follower.worker_id))
+            commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
 
 
-_live_subscribers: weakref.WeakSet[ThreadSubscriber] = weakref.WeakSet()
+_live_drivers: weakref.WeakSet[ThreadDriver] = weakref.WeakSet()
 
 
 def _restart_in_child() -> None:
-    for subscriber in list(_live_subscribers):
-        subscriber.after_fork_in_child()
+    for driver in list(_live_drivers):
+        driver.after_fork_in_child()
+
+
+def _note_fork_in_parent() -> None:
+    if _forked_by_subprocess():
+        return  # fork + exec: the child runs another program, never a second worker
+    for driver in list(_live_drivers):
+        driver.after_fork_in_parent()
+
+
+def _forked_by_subprocess() -> bool:
+    """True when this fork is `subprocess.Popen` starting a program.
+
+    CPython runs the at-fork hooks around Popen's fork only when it is given a
+    `preexec_fn`; that child execs at once, so it is no worker and the parent keeps
+    counting. The hook cannot see the child, so it looks at who forked: the frames of
+    `Popen._execute_child` are on this thread's stack.
+    """
+    frame = inspect.currentframe()
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "_execute_child" and code.co_filename == subprocess.__file__:
+            return True
+        frame = frame.f_back
+    return False
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_restart_in_child)
+    os.register_at_fork(after_in_child=_restart_in_child, after_in_parent=_note_fork_in_parent)

@@ -10,79 +10,44 @@ the store is the truth. Revision r is applied only on top of r-1 of the same epo
 a gap, an unknown epoch, a malformed message or a (re)subscribe confirmation triggers a
 resync; a stored revision *lower* than ours means history was lost, also a resync. A
 store with no data never replaces a last-known-good snapshot.
+
+The follower owns the snapshot it built and hands each new one to the client through
+its single `install` callback; it never asks the client back. Clocks are parameters so
+the unit tests can drive time.
 """
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import msgspec
 import structlog
 
 from flagsync._bulk_load import decode_store_fast
-from flagsync._codec import (
-    MalformedMessageError,
-    Message,
-    WorkerInfo,
-    decode_definition,
-    decode_message,
-    encode_presence,
-)
+from flagsync._codec import MalformedMessageError, Message, decode_definition
+from flagsync._sync.options import SyncOptions
 from flagsync._validation import parse_flag, parse_flagset, parse_segment
 from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, FlagSet, Segment
 from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus, SyncState
-from flagsync.store import LoadedStore, StoreKeys
+from flagsync.store import LoadedStore, StoreKeys, decode_message
+
+__all__ = ["Follower", "Listener"]
 
 _log = structlog.get_logger("flagsync.subscriber")
 
 Listener = Callable[[int, frozenset[str]], None]
 """Called after every snapshot swap with the new revision and the keys that may have changed."""
 
-
-@dataclass(frozen=True)
-class SyncOptions:
-    """Timing of a subscriber; every interval is explicit (seconds)."""
-
-    check_interval_s: float = 0.25
-    """How often the store's revision is compared with ours (bounds a lost message's delay)."""
-    stale_after_s: float = 1.0
-    """Grace period: past it without a confirmed sync, the client reports STALE."""
-    ping_interval_s: float = 0.5
-    """How often the pub/sub link is pinged."""
-    liveness_timeout_s: float = 1.5
-    """No pong or message for this long: the pub/sub link is dead (frozen server, half-open)."""
-    socket_timeout_s: float = 1.0
-    connect_timeout_s: float = 1.0
-    heartbeat_interval_s: float = 1.0
-    ack_delay_s: float = 0.01
-    """Delay between applying a revision and heartbeating it (see `SessionTimers.changed`)."""
-    presence_ttl_s: float = 5.0
-    backoff_initial_s: float = 0.05
-    backoff_max_s: float = 2.0
-    backoff_max_permanent_s: float = 30.0
-    """Backoff cap for errors a retry will not fix soon (bad credentials, ACL denials)."""
-    lkg_path: Path | None = None
-    """Optional last-known-good file: written after each sync, read at start."""
+MessageVerdict = Literal["applied", "ignored", "resync"]
+RevisionVerdict = Literal["confirmed", "resync", "missing"]
 
 
-class _LastKnownGood(msgspec.Struct):
-    epoch: str | None
-    revision: int
-    definitions: dict[str, Any]
-
-
-_lkg_encoder = msgspec.msgpack.Encoder()
-_lkg_decoder = msgspec.msgpack.Decoder(_LastKnownGood)
+def _wall_us() -> int:
+    return time.time_ns() // 1000
 
 
 class Follower:
@@ -90,31 +55,46 @@ class Follower:
 
     def __init__(
         self,
-        install: Callable[[Snapshot], None],
-        current: Callable[[], Snapshot],
         keys: StoreKeys,
         options: SyncOptions,
-        worker_id: str | None = None,
+        install: Callable[[Snapshot], None],
+        *,
+        initial: Snapshot | None = None,
+        persist: Callable[[Snapshot], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_us: Callable[[], int] = _wall_us,
     ) -> None:
-        self._install = install
-        self._current = current
+        """`install` makes a snapshot current in the client; `persist` (optional) saves each
+        swapped-in snapshot (the last-known-good file); `initial` is served until the first
+        load (it is installed now)."""
         self.keys = keys
         self.options = options
-        self.worker_id = worker_id or _new_worker_id()
-        self.host = socket.gethostname()
-        self.started_ms = _now_ms()
+        self._install = install
+        self._persist = persist
+        self._clock = clock
+        self._wall_us = wall_us
+        self.snapshot = initial if initial is not None else Snapshot.empty()
+        if initial is not None:
+            install(initial)
         self.ready = threading.Event()
+        self._lock = threading.RLock()
+        """Serialises snapshot replacements: the driver's applies and a forking thread's
+        `watch_use` (see `presence`). Re-entrant: a listener runs under it and may fork."""
         self.listeners: list[Listener] = []
         self._blobs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
         self._confirmed_at: float | None = None
-        self._published_us = 0
-        self._applied_us = 0
+        self.published_us = 0
+        """Server µs at which the current revision was written (0: it came by a resync)."""
+        self.applied_us = 0
+        """Wall-clock µs at which the current snapshot was swapped in."""
         self.connected = False
         self.closed = False
         self.snapshot_missing = False
         self.last_error: str | None = None
         self._lost_permanent: bool | None = None
         """While disconnected: whether the logged loss was permanent (None: not logged)."""
+        self._watching_use = False
+        self._used = False
         self.counts = {
             "resyncs": 0,
             "reconnects": 0,
@@ -123,9 +103,7 @@ class Follower:
             "malformed_messages": 0,
             "rejected_snapshots": 0,
         }
-        self._last_malformed_log = 0.0
-        if options.lkg_path is not None:
-            self._load_lkg(options.lkg_path)
+        self._last_malformed_log = float("-inf")
 
     # -- what the drivers report -------------------------------------------------
 
@@ -151,20 +129,24 @@ class Follower:
                 namespace=self.keys.namespace,
                 error=message,
                 permanent=permanent,
-                serving_revision=self._current().revision,
+                serving_revision=self.snapshot.revision,
             )
         self.connected = False
         self.last_error = message
         self._lost_permanent = permanent
 
-    def on_message(self, data: Any) -> str:
+    def on_message(self, data: Any) -> MessageVerdict:
         """Handle one channel message: `applied`, `ignored` or `resync`."""
+        with self._lock:
+            return self._on_message(data)
+
+    def _on_message(self, data: Any) -> MessageVerdict:
         try:
             message = decode_message(data)
         except MalformedMessageError as error:
             self._malformed(str(error))
             return "resync"
-        snapshot = self._current()
+        snapshot = self.snapshot
         if self.snapshot_missing:
             return "resync"  # the store lost data we hold: only a whole load shows what is left
         if snapshot.epoch != message.epoch or not snapshot.epoch:
@@ -190,8 +172,12 @@ class Follower:
 
     def on_loaded(self, loaded: LoadedStore) -> bool:
         """Apply a whole-store read; False when it was refused (LKG kept, status says why)."""
+        with self._lock:
+            return self._on_loaded(loaded)
+
+    def _on_loaded(self, loaded: LoadedStore) -> bool:
         self.counts["resyncs"] += 1
-        current = self._current()
+        current = self.snapshot
         # Every write bumps the revision with its data, so flags that are gone while the
         # revision is not past ours were deleted behind the protocol's back (`DEL` of the
         # flags hash): as missing as after a FLUSHALL, never "all flags off".
@@ -209,7 +195,7 @@ class Follower:
                         "snapshot_missing", namespace=self.keys.namespace, kept=current.revision
                     )
                 return False
-            self._mark_ready()  # a namespace nobody has written to yet: nothing to serve
+            self.ready.set()  # a namespace nobody has written to yet: nothing to serve
             self.confirm()
             return True
         self.snapshot_missing = False
@@ -220,7 +206,7 @@ class Follower:
             and current.revision == loaded.revision
         ):
             self.confirm()
-            self._mark_ready()
+            self.ready.set()
             return True
         try:
             definitions = _decode_store(loaded)
@@ -248,12 +234,12 @@ class Follower:
             flags=len(snapshot),
         )
         self.confirm()
-        self._mark_ready()
+        self.ready.set()
         return True
 
-    def on_revision(self, revision: int, epoch: str | None) -> str:
+    def on_revision(self, revision: int, epoch: str | None) -> RevisionVerdict:
         """Compare the store's (epoch, revision) with ours: `confirmed`, `resync` or `missing`."""
-        current = self._current()
+        current = self.snapshot
         if epoch is None:
             if not self.snapshot_missing:
                 _log.warning("snapshot_missing", namespace=self.keys.namespace)
@@ -266,38 +252,59 @@ class Follower:
 
     def confirm(self) -> None:
         """The store just confirmed that our snapshot is current."""
-        self._confirmed_at = time.monotonic()
+        self._confirmed_at = self._clock()
+
+    # -- whether this process evaluates (see `presence`: a forking parent) ---------
+
+    def watch_use(self) -> None:
+        """Start noting whether anything evaluates from now on.
+
+        The current snapshot is replaced by an uncompiled copy of itself (same
+        definitions, revision and epoch): the client compiles a flag on its first
+        evaluation, so a compiled flag in a snapshot installed since this call means the
+        process evaluated. Safe from any thread (it waits for an apply in progress).
+        """
+        with self._lock:
+            current = self.snapshot
+            cold = Snapshot.build(
+                current.definitions, revision=current.revision, epoch=current.epoch
+            )
+            self.snapshot = cold
+            self._install(cold)
+            self._watching_use = True
+            self._used = False
+
+    def stop_watching_use(self) -> None:
+        """Forget `watch_use` (a forked child counts from its start)."""
+        self._watching_use = False
+        self._used = False
+
+    def used_since_watch(self) -> bool:
+        """True once a flag was evaluated since `watch_use` (always True when not watching)."""
+        if not self._watching_use:
+            return True
+        self._used = self._used or bool(self.snapshot.compiled_flags())
+        return self._used
 
     # -- what the drivers and the client ask ---------------------------------------
 
     def seconds_since_sync(self) -> float | None:
         """Seconds since the last confirmation, or None if the store never confirmed."""
         confirmed = self._confirmed_at
-        return None if confirmed is None else time.monotonic() - confirmed
+        return None if confirmed is None else self._clock() - confirmed
 
     def is_stale(self) -> bool:
         """True when evaluations come from a snapshot unconfirmed past the grace period."""
         confirmed = self._confirmed_at
-        return confirmed is None or time.monotonic() - confirmed > self.options.stale_after_s
+        return confirmed is None or self._clock() - confirmed > self.options.stale_after_s
 
-    def presence(self) -> bytes:
-        """This worker's presence record, as stored under its heartbeat key."""
-        snapshot = self._current()
-        return encode_presence(
-            WorkerInfo(
-                id=self.worker_id,
-                host=self.host,
-                pid=os.getpid(),
-                namespace=self.keys.namespace,
-                epoch=snapshot.epoch,
-                revision=snapshot.revision,
-                applied_us=self._applied_us,
-                published_us=self._published_us,
-                started_ms=self.started_ms,
-                heartbeat_ms=_now_ms(),
-                state=str(self.state()),
-            )
-        )
+    def is_healthy(self, max_stale_s: float | None = None) -> bool:
+        """Synced, open, and confirmed within `max_stale_s` (default: the grace period)."""
+        if not self.ready.is_set() or self.closed:
+            return False
+        since = self.seconds_since_sync()
+        limit = self.options.stale_after_s if max_stale_s is None else max_stale_s
+        return since is not None and since <= limit
 
     def state(self) -> SyncState:
         """The current `SyncState`."""
@@ -307,9 +314,9 @@ class Follower:
             return SyncState.CONNECTING
         return SyncState.STALE if self.is_stale() else SyncState.READY
 
-    def status(self) -> ClientStatus:
-        """A `ClientStatus` report."""
-        snapshot = self._current()
+    def status(self, worker_id: str | None = None) -> ClientStatus:
+        """A `ClientStatus` report (`worker_id`: this process's id in the fleet view)."""
+        snapshot = self.snapshot
         since = self.seconds_since_sync()
         return ClientStatus(
             state=self.state(),
@@ -321,38 +328,37 @@ class Follower:
             seconds_since_sync=None if since is None else round(since, 4),
             snapshot_missing=self.snapshot_missing,
             last_error=self.last_error,
-            worker_id=self.worker_id,
+            worker_id=worker_id,
             **self.counts,
         )
 
     def reset_after_fork(self) -> None:
-        """In a forked child: a new identity; the snapshot stays (it is immutable)."""
-        self.worker_id = _new_worker_id()
-        self.started_ms = _now_ms()
+        """In a forked child: not connected, nothing compared yet; the snapshot stays."""
+        self._lock = threading.RLock()  # the fork may have copied it held by the parent's driver
         self.connected = False
         self._blobs = None
+        self.stop_watching_use()
 
     # -- internals -------------------------------------------------------------
 
     def _swap(self, snapshot: Snapshot, changed: frozenset[str], published_us: int) -> None:
+        if self._watching_use and not self._used:
+            self._used = bool(self.snapshot.compiled_flags())  # before its compiled flags go
+        self.snapshot = snapshot
         self._install(snapshot)
-        self._published_us = published_us
-        self._applied_us = time.time_ns() // 1000
+        self.published_us = published_us
+        self.applied_us = self._wall_us()
         for listener in list(self.listeners):
             try:
                 listener(snapshot.revision, changed)
             except Exception:  # noqa: BLE001 - a listener must not stop the subscriber
                 _log.exception("listener_failed", listener=repr(listener))
-        if self.options.lkg_path is not None:
-            self._save_lkg(self.options.lkg_path, snapshot)
-
-    def _mark_ready(self) -> None:
-        if not self.ready.is_set():
-            self.ready.set()
+        if self._persist is not None:
+            self._persist(snapshot)
 
     def _malformed(self, reason: str) -> None:
         self.counts["malformed_messages"] += 1
-        now = time.monotonic()
+        now = self._clock()
         if now - self._last_malformed_log >= 1.0:  # rate-limited: garbage must not flood logs
             self._last_malformed_log = now
             _log.warning(
@@ -361,33 +367,6 @@ class Follower:
                 reason=reason[:500],
                 total=self.counts["malformed_messages"],
             )
-
-    def _save_lkg(self, path: Path, snapshot: Snapshot) -> None:
-        record = _LastKnownGood(
-            snapshot.epoch or None, snapshot.revision, snapshot.definitions.to_builtins()
-        )
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            temporary.write_bytes(_lkg_encoder.encode(record))
-            temporary.replace(path)
-        except OSError as error:
-            _log.warning("lkg_write_failed", path=str(path), error=str(error))
-
-    def _load_lkg(self, path: Path) -> None:
-        try:
-            record = _lkg_decoder.decode(path.read_bytes())
-            definitions = parse_flagset(record.definitions)
-        except FileNotFoundError:
-            return
-        except (OSError, msgspec.DecodeError, InvalidFlagError) as error:
-            _log.warning("lkg_unreadable", path=str(path), error=str(error)[:500])
-            return
-        self._install(
-            Snapshot.build(definitions, revision=record.revision, epoch=record.epoch or "")
-        )
-        _log.info(
-            "lkg_loaded", path=str(path), revision=record.revision, flags=len(definitions.flags)
-        )
 
 
 def _decode_changes(
@@ -426,74 +405,3 @@ def _decode_store(loaded: LoadedStore) -> FlagSet:
         for key, blob in blobs.items():
             document[section][key] = decode_definition(blob, kind, key).definition
     return parse_flagset(document)
-
-
-def _new_worker_id() -> str:
-    return f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class LivenessError(ConnectionError):
-    """The pub/sub link stopped answering pings within the liveness deadline."""
-
-
-class SessionTimers:
-    """When a driver's session should check the revision, heartbeat and ping.
-
-    Shared by the thread and the async driver so both keep the same deadlines. Timing
-    is by the monotonic clock, never by how long a read happened to wait (redis-py's
-    `get_message` can return early, e.g. on a pong).
-    """
-
-    def __init__(self, options: SyncOptions) -> None:
-        now = time.monotonic()
-        self.options = options
-        self.next_check = now + options.check_interval_s
-        self.next_heartbeat = now
-        self.next_ping = now + options.ping_interval_s
-        self.last_heard = now
-
-    def changed(self) -> None:
-        """A new revision was applied: report it soon, but not at once.
-
-        Every worker receives a change at the same moment; an immediate heartbeat
-        would compete for the CPU with sibling processes still applying it. The
-        applied time is recorded at the swap, so the delay never shows in latencies.
-        """
-        self.next_heartbeat = min(self.next_heartbeat, time.monotonic() + self.options.ack_delay_s)
-
-    def wait_s(self) -> float:
-        """How long the next read may wait before something is due."""
-        return max(
-            0.0, min(self.next_check, self.next_heartbeat, self.next_ping) - time.monotonic()
-        )
-
-    def heard(self) -> None:
-        """Anything arrived on the channel (a message, a confirmation, a pong)."""
-        self.last_heard = time.monotonic()
-
-    def heartbeat_due(self) -> bool:
-        return time.monotonic() >= self.next_heartbeat
-
-    def heartbeat_sent(self) -> None:
-        self.next_heartbeat = time.monotonic() + self.options.heartbeat_interval_s
-
-    def check_due(self) -> bool:
-        return time.monotonic() >= self.next_check
-
-    def checked(self) -> None:
-        self.next_check = time.monotonic() + self.options.check_interval_s
-
-    def ping_due(self) -> bool:
-        """True when a ping should be sent; raises `LivenessError` when the link is dead."""
-        now = time.monotonic()
-        if now < self.next_ping:
-            return False
-        silent_s = now - self.last_heard
-        if silent_s > self.options.liveness_timeout_s:
-            raise LivenessError(f"no pong or message for {silent_s:.2f}s on the change channel")
-        self.next_ping = now + self.options.ping_interval_s
-        return True

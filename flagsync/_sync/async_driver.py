@@ -1,9 +1,10 @@
 """Keep a client's snapshot current from an anyio task on asyncio (redis.asyncio).
 
-The same session as the thread driver (`flagsync.subscriber`): two connections to one
+The same session as the thread driver (`thread_driver`): two connections to one
 server, the decisions taken by the shared `Follower`, the deadlines by the shared
-`SessionTimers`. On cancellation the connections are closed and never reused: a
-cancelled read can leave a redis connection mid-reply.
+`SessionTimers`, the heartbeat by the shared `Presence`. On cancellation the
+connections are closed and never reused: a cancelled read can leave a redis
+connection mid-reply.
 """
 
 from __future__ import annotations
@@ -15,28 +16,34 @@ from typing import Any
 import anyio
 import redis.asyncio as aredis
 
-from flagsync._follower import Follower, SessionTimers
+from flagsync._connection import connection_hint, connection_options
+from flagsync._sync.follower import Follower
+from flagsync._sync.presence import Presence
+from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
-    connection_hint,
-    connection_options,
     load_commands,
     parse_load,
     parse_revision,
     revision_command,
 )
-from flagsync.subscriber import backoff_delay, is_permanent
 
-__all__ = ["AsyncSubscriber"]
+__all__ = ["AsyncDriver"]
 
 
-class AsyncSubscriber:
+class AsyncDriver:
     """Runs a `Follower` as a task: `await run()` until `request_stop()` or cancellation."""
 
-    def __init__(self, follower: Follower, url: str) -> None:
+    def __init__(self, follower: Follower, presence: Presence, url: str) -> None:
         self.follower = follower
+        self.presence = presence
         self.url = url
         self._stopping = False
-        self._stopped = anyio.Event()
+        self._running = False
+
+    @property
+    def alive(self) -> bool:
+        """True while `run()` runs."""
+        return self._running
 
     def request_stop(self) -> None:
         """Ask the task to stop at its next poll (also safe from `close()`)."""
@@ -48,6 +55,7 @@ class AsyncSubscriber:
         options = self.follower.options
         attempt = 0
         reconnect = False
+        self._running = True
         try:
             while not self._stopping:
                 try:
@@ -61,36 +69,33 @@ class AsyncSubscriber:
                     self.follower.on_disconnected(
                         error, permanent=permanent, hint=connection_hint(self.url, error)
                     )
-                    cap = options.backoff_max_permanent_s if permanent else options.backoff_max_s
-                    await anyio.sleep(backoff_delay(attempt, options.backoff_initial_s, cap))
+                    cap_s = retry_cap_s(options, permanent=permanent)
+                    await anyio.sleep(backoff_delay(attempt, options.backoff_initial_s, cap_s))
                     attempt += 1
                 reconnect = True
         finally:
             self.follower.closed = True
-            self._stopped.set()
+            self._running = False
 
     def _connect(self) -> aredis.Redis:
         options = self.follower.options
         client: aredis.Redis = aredis.Redis.from_url(
             self.url,
             **connection_options(
-                options.socket_timeout_s,
-                options.connect_timeout_s,
-                f"flagsync-{self.follower.worker_id}"[:64],
+                options.socket_timeout_s, options.connect_timeout_s, self.presence.client_name
             ),
         )
         return client
 
     async def _session(self, *, reconnect: bool) -> None:
-        follower, options = self.follower, self.follower.options
-        keys = follower.keys
+        follower = self.follower
         commands = self._connect()
         subscriber = self._connect()
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
-            await pubsub.subscribe(keys.channel)
+            await pubsub.subscribe(follower.keys.channel)
             follower.on_connected(reconnect=reconnect)
-            timers = SessionTimers(options)
+            timers = SessionTimers(follower.options)
             token = uuid.uuid4().hex
             while not self._stopping:
                 message = await pubsub.get_message(timeout=timers.wait_s())
@@ -114,11 +119,9 @@ class AsyncSubscriber:
                         timers.changed()
                     timers.checked()
                 if timers.heartbeat_due():
-                    await commands.set(
-                        keys.worker(follower.worker_id),
-                        follower.presence(),
-                        px=int(options.presence_ttl_s * 1000),
-                    )
+                    command = self.presence.heartbeat_command()
+                    if command is not None:
+                        await commands.execute_command(*command)  # type: ignore[no-untyped-call]
                     timers.heartbeat_sent()
                 if timers.ping_due():
                     await pubsub.ping(token)
@@ -127,7 +130,7 @@ class AsyncSubscriber:
                 # Also when cancelled (leaving `connect_async` cancels the task): a presence
                 # key left to expire would count as a live worker in `wait_propagated`.
                 with anyio.move_on_after(0.3, shield=True), contextlib.suppress(Exception):
-                    await commands.delete(keys.worker(follower.worker_id))
+                    await commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
             with anyio.move_on_after(0.5, shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await subscriber.aclose()
@@ -140,7 +143,7 @@ class AsyncSubscriber:
     async def _dispatch(self, message: dict[str, Any], commands: aredis.Redis) -> str:
         kind = message.get("type")
         if kind in ("subscribe", "psubscribe"):
-            await self._resync(commands)  # see ThreadSubscriber._dispatch
+            await self._resync(commands)  # see ThreadDriver._dispatch
             return "resynced"
         if kind == "message":
             verdict = self.follower.on_message(message.get("data"))

@@ -1,4 +1,4 @@
-"""Readable text for the CLI: diffs, tables, histories and propagation reports."""
+"""Readable text for the CLI: diffs, tables, histories, propagation and rollout reports."""
 
 from __future__ import annotations
 
@@ -9,18 +9,19 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import yaml
 
 from flagsync.diff import definition_changes
 from flagsync.model import FlagSet, Rollout, Serve
 
 if TYPE_CHECKING:
     from flagsync._codec import WorkerInfo
+    from flagsync.controller import Decision, RolloutPlan, RolloutStatus
     from flagsync.evaluation import EvaluationDetail
     from flagsync.publisher import DefinitionChange, HistoryEntry, PropagationReport, StoredFlag
     from flagsync.snapshot import Snapshot
 
 _MARKS = {"add": "+", "change": "~", "delete": "-"}
+_DESCRIPTION_WIDTH = 48
 
 
 def apply_result(
@@ -54,12 +55,17 @@ def flag_table(definitions: FlagSet, versions: dict[str, int]) -> str:
                 f"v{versions.get(key, 0)}",
                 serve_summary(flag.default),
                 str(len(flag.rules)),
-                flag.description[:48],
+                clip(flag.description, _DESCRIPTION_WIDTH),
             )
         )
     if len(rows) == 1:
         return "no flags in this namespace"
     return _table(rows)
+
+
+def clip(text: str, width: int) -> str:
+    """`text` cut to `width` characters, ending in `…` when something was cut."""
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def serve_summary(serve: Serve) -> str:
@@ -74,6 +80,8 @@ def flag_detail(
     key: str, version: int, definition: dict[str, Any], last: HistoryEntry | None
 ) -> str:
     """A flag's YAML, its version and its last change."""
+    import yaml  # noqa: PLC0415 - only `get` needs it; `--help` stays fast
+
     text = yaml.safe_dump({key: definition}, sort_keys=False, allow_unicode=True).rstrip()
     lines = [f"# version {version}", text]
     if last is not None:
@@ -96,6 +104,11 @@ def evaluation(key: str, detail: EvaluationDetail) -> str:
     if detail.error_code:
         parts.append(f"error: {detail.error_code}")
     return "  ".join(parts)
+
+
+def no_change(key: str, state: str, revision: int) -> str:
+    """A write that would change nothing: `llm-model-version is already enabled (no change)`."""
+    return f"{key} is already {state} (no change; store at revision {revision})"
 
 
 def write_result(
@@ -126,7 +139,7 @@ def propagation(report: PropagationReport) -> str:
     """`reached 48/48 workers in 3.1 ms`, naming any that did not."""
     total = len(report.reached) + len(report.missing)
     if total == 0:
-        return "no live workers to wait for"
+        return "no live workers reported: nobody confirmed the change"
     slowest = report.max_latency_ms
     timing = (
         f"in {slowest:.1f} ms" if slowest is not None else f"(waited {report.waited_ms:.1f} ms)"
@@ -198,6 +211,8 @@ def document(data: dict[str, Any], syntax: str) -> str:
     """A flag document as YAML or JSON text."""
     if syntax == "json":
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    import yaml  # noqa: PLC0415 - only `export` needs it
+
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
@@ -213,7 +228,7 @@ def _table(rows: Sequence[Sequence[str]]) -> str:
     )
 
 
-def plan(key: str, rollout_plan: Any) -> str:
+def plan(key: str, rollout_plan: RolloutPlan) -> str:
     """A stored rollout plan."""
     steps = " -> ".join(f"{step:g}%" for step in rollout_plan.steps)
     where = f" (rule {rollout_plan.rule})" if rollout_plan.rule else ""
@@ -226,7 +241,7 @@ def plan(key: str, rollout_plan: Any) -> str:
     return "\n".join(lines)
 
 
-def decision(made: Any) -> str:
+def decision(made: Decision) -> str:
     """One controller decision."""
     when = datetime.fromtimestamp(made.time_ms / 1000, tz=UTC).strftime("%H:%M:%S")
     lines = [f"{when} {made}"]
@@ -234,19 +249,46 @@ def decision(made: Any) -> str:
     return "\n".join(lines)
 
 
-def rollout_status(
-    key: str, rollout_plan: Any, state: Any, guards: Sequence[Any], decisions: Sequence[Any]
-) -> str:
-    """Where a rollout stands, its guards on the current window, its recent decisions."""
-    step = (
-        f"step {state.step + 1}/{len(rollout_plan.steps)} ({rollout_plan.steps[state.step]:g}%)"
-        if 0 <= state.step < len(rollout_plan.steps)
-        else "not started"
+def rollout_status(status: RolloutStatus) -> str:
+    """Where a rollout stands (from the weight the flag really serves), its guards on the
+    samples of the current step, and the current plan's recent decisions."""
+    rollout_plan = status.plan
+    lines = [
+        plan(status.key, rollout_plan),
+        f"status: {status.state.status.replace('_', ' ')}, {_where_in_plan(status)}",
+    ]
+    age_s = max(0.0, (status.now_ms - status.samples_since_ms) / 1000)
+    started = status.samples_since_ms == status.state.step_started_ms
+    lines.append(
+        f"guards now (samples since the {'step started' if started else 'window began'} "
+        f"{age_s:.0f} s ago: counts restart at every step):"
     )
-    lines = [plan(key, rollout_plan), f"status: {state.status}, {step}", "guards now:"]
-    lines.extend(f"  {result}" for result in guards)
-    lines.append("decisions (newest first):")
-    for made in decisions:
+    lines.extend(f"  {result}" for result in status.guards)
+    if rollout_plan.rule is not None:
+        lines.append(
+            f"  note: samples are counted per variant over the whole flag, so they include "
+            f"users outside rule {rollout_plan.rule}"
+        )
+    lines.append("decisions of this plan (newest first):")
+    for made in status.decisions:
         when = datetime.fromtimestamp(made["time_ms"] / 1000, tz=UTC).strftime("%H:%M:%S")
-        lines.append(f"  {when} {made['decision']} at {made['percent']}%: {made['note']}")
+        percent = "?" if made.get("percent") is None else f"{made['percent']:g}"
+        lines.append(f"  {when} {made['decision']} at {percent}%: {made['note']}")
+    if not status.decisions:
+        lines.append("  none yet")
     return "\n".join(lines)
+
+
+def _where_in_plan(status: RolloutStatus) -> str:
+    """`step 2/4 (25%)`, `waiting for the first step (5%)`, or the weight between steps."""
+    steps, variant, percent = status.plan.steps, status.plan.variant, status.percent
+    if not status.enabled:
+        return f"the flag is killed ({variant} at {percent:g}% once enabled)"
+    if status.step == -1:
+        if status.state.status == "running":
+            return f"waiting for the first step ({steps[0]:g}%; {variant} now at {percent:g}%)"
+        return f"{variant} at {percent:g}%"
+    at = f"step {status.step + 1}/{len(steps)}"
+    if percent == steps[status.step]:
+        return f"{at} ({percent:g}%)"
+    return f"{variant} at {percent:g}%, past {at} ({steps[status.step]:g}%)"

@@ -1,14 +1,14 @@
 """An inference worker: serves simulated chat requests, choosing everything from flags.
 
-    python -m workers.inference --url redis://127.0.0.1:6379 --index 0 --rps 300
+    python -m flagsync.examples.inference --url redis://127.0.0.1:6379 --index 0 --rps 300
 
 Per request it evaluates the model (`llm-model-version`), the prompt template
 (`prompt-template-v2`), sampling parameters (`sampling-params`, JSON), the context
 window (`context-window`), the retrieval strategy (`retrieval-strategy`) and the
 fallback route (`fallback-provider`), then calls a SIMULATED backend
-(`workers.simulation`). It counts requests, errors, latency, tokens, cost and
+(`flagsync.examples.simulation`). It counts requests, errors, latency, tokens, cost and
 thumbs-down per (revision, model variant, matched rule) and prints the cumulative
-counters as JSON lines on stdout; logs go to stderr.
+counters as JSON lines on stdout; logs go to stderr (warnings; `-v` for INFO).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Any
 import structlog
 
 from flagsync import FlagClient
-from workers.simulation import Backend
+from flagsync.examples.simulation import Backend
 
-log = structlog.get_logger("workers.inference")
+log = structlog.get_logger("flagsync.examples.inference")
 
 PLANS = ("free", "free", "free", "free", "free", "free", "paid", "paid", "paid", "enterprise")
 REGIONS = ("us", "eu", "apac")
@@ -110,9 +110,21 @@ class Worker:
 
 def build_parser() -> argparse.ArgumentParser:
     """The worker's command-line options."""
-    parser = argparse.ArgumentParser(prog="python -m workers.inference", description=__doc__)
-    parser.add_argument("--url", default=os.environ.get("REDIS_URL"))
-    parser.add_argument("--namespace", default=os.environ.get("FLAGSYNC_NAMESPACE", "default"))
+    parser = argparse.ArgumentParser(
+        prog="python -m flagsync.examples.inference",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--url", default=os.environ.get("REDIS_URL"), help="default: $REDIS_URL")
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        default=os.environ.get("FLAGSYNC_NAMESPACE", "default"),
+        help="default: $FLAGSYNC_NAMESPACE or 'default'",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log INFO to stderr (default: warnings)"
+    )
     parser.add_argument("--index", type=int, default=0, help="worker number (seeds its users)")
     parser.add_argument("--rps", type=float, default=200.0, help="simulated requests per second")
     parser.add_argument("--population", type=int, default=50_000, help="distinct users")
@@ -132,10 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a worker until --duration passes, stdin closes, or SIGTERM."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.url:
+        parser.error("no server URL: pass --url redis://HOST:PORT or set REDIS_URL")
     structlog.configure(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.INFO if args.verbose else logging.WARNING
+        ),
     )
 
     stop = threading.Event()

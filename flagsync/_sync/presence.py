@@ -1,0 +1,122 @@
+"""Who this process is in the fleet view, and whether it counts there as a serving worker.
+
+Each connected process writes a presence record (`WorkerInfo`) under its own key with a
+TTL; `Publisher.workers()` and `wait_propagated()` count those records as the live fleet.
+
+The fork rule. A process that forks while connected (gunicorn `--preload`: the master
+connects while importing the app, then forks the workers) need not serve requests: the
+gunicorn master never evaluates a flag, yet it would count as a worker (`reached 6/6`
+for 4 workers) and `wait_propagated` would wait for it. So after a fork the *parent*
+withdraws its record and writes it again only once it has evaluated a flag: a parent
+that serves requests too (a multiprocessing pool beside a server) is back in the fleet
+at its next heartbeat after an evaluation. Every forked child counts from its start,
+as does any process that never forked. Evaluation itself pays nothing for this: the
+follower swaps in an uncompiled copy of the snapshot at the fork, and a flag compiled
+since (compilation happens on first evaluation) shows the process evaluated. Forks by
+`subprocess` (fork + exec, see `thread_driver`) start programs, not workers: ignored.
+
+Why not simpler rules: "counted only after evaluating" would hide every freshly
+started worker until its first request (a deploy would show an empty fleet), and
+"a forking parent never counts" would let `wait_propagated` report complete while a
+serving parent still has the old flags — a false "done" is worse than a slow one. The
+record is deleted at the parent's next heartbeat (<= `heartbeat_interval_s`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+
+from flagsync._codec import WorkerInfo, encode_presence
+from flagsync._sync.follower import Follower
+from flagsync.store import StoreKeys
+
+__all__ = ["Presence"]
+
+Command = tuple[str | bytes | int, ...]
+
+
+class Presence:
+    """This process's identity and presence record for one follower."""
+
+    def __init__(self, follower: Follower, worker_id: str | None = None) -> None:
+        self.follower = follower
+        self.keys: StoreKeys = follower.keys
+        self.worker_id = worker_id or new_worker_id()
+        self.host = socket.gethostname()
+        self.started_ms = _now_ms()
+        self._withheld = False
+        self._listed = False
+
+    @property
+    def key(self) -> str:
+        """The key the record is stored under."""
+        return self.keys.worker(self.worker_id)
+
+    @property
+    def client_name(self) -> str:
+        """The CLIENT SETNAME of this process's connections (the worker id, as tools show)."""
+        return f"flagsync-{self.worker_id}"[:64]
+
+    def after_fork_in_parent(self) -> None:
+        """Called in the parent after `fork()` (in the forking thread): withdraw the
+        record until this process evaluates a flag (see the module docstring)."""
+        self.follower.watch_use()
+        self._withheld = True
+
+    def after_fork_in_child(self) -> None:
+        """Called in a forked child: a new identity, counted from its start."""
+        self.worker_id = new_worker_id()
+        self.started_ms = _now_ms()
+        self._withheld = self._listed = False
+        self.follower.reset_after_fork()
+
+    def heartbeat_command(self) -> Command | None:
+        """The command a driver runs at each heartbeat: write the record (SET with a TTL),
+        withdraw it (DEL, once), or nothing. Call it on the driver's thread or task."""
+        if self._withheld and self.follower.used_since_watch():
+            self._withheld = False
+        if self._withheld:
+            if not self._listed:
+                return None
+            self._listed = False
+            return ("DEL", self.key)
+        self._listed = True
+        ttl_ms = int(self.follower.options.presence_ttl_s * 1000)
+        return ("SET", self.key, self.record(), "PX", ttl_ms)
+
+    def withdraw_command(self) -> Command:
+        """The command that removes the record (on close)."""
+        self._listed = False
+        return ("DEL", self.key)
+
+    def record(self) -> bytes:
+        """This worker's presence record, as stored under its heartbeat key."""
+        follower = self.follower
+        snapshot = follower.snapshot
+        return encode_presence(
+            WorkerInfo(
+                id=self.worker_id,
+                host=self.host,
+                pid=os.getpid(),
+                namespace=self.keys.namespace,
+                epoch=snapshot.epoch,
+                revision=snapshot.revision,
+                applied_us=follower.applied_us,
+                published_us=follower.published_us,
+                started_ms=self.started_ms,
+                heartbeat_ms=_now_ms(),
+                state=str(follower.state()),
+            )
+        )
+
+
+def new_worker_id() -> str:
+    """A fleet-unique id: host, pid and a random suffix."""
+    return f"{socket.gethostname()[:32]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

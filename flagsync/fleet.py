@@ -1,0 +1,256 @@
+"""The fleet view: the change log, the live workers, and how far a revision has spread.
+
+Read-only, so it can run with a worker's (read) credentials. `Publisher` keeps its
+`history()`, `workers()` and `wait_propagated()` as delegations to one of these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from flagsync._codec import MalformedMessageError, WorkerInfo, decode_definition, decode_presence
+from flagsync._connection import connect, resolve_url, store_errors
+from flagsync.diff import FieldChange, definition_changes
+from flagsync.store import StoreKeys, parse_revision, revision_command
+
+__all__ = ["Fleet", "HistoryEntry", "PropagationReport", "WorkerAck", "WorkerInfo"]
+
+_log = structlog.get_logger("flagsync.fleet")
+_LOG_BATCH: Final = 500
+_PUBLISHED_SEARCH: Final = 2000
+_POLL_S: Final = 0.002
+
+
+class HistoryEntry(msgspec.Struct, frozen=True):
+    """One change-log entry: who changed what, when, and how."""
+
+    revision: int
+    epoch: str
+    time_us: int
+    """Server time of the write, µs since the Unix epoch."""
+    actor: str
+    reason: str
+    kind: str
+    key: str
+    op: str
+    version: int
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+    @property
+    def time(self) -> datetime:
+        """When the change was written (UTC)."""
+        return datetime.fromtimestamp(self.time_us / 1e6, tz=UTC)
+
+    @property
+    def fields(self) -> list[FieldChange]:
+        """The field-level difference between `before` and `after`."""
+        return definition_changes(self.kind, self.before, self.after)
+
+
+class WorkerAck(msgspec.Struct, frozen=True):
+    """A worker that applied the awaited revision, and how long after publication."""
+
+    worker: WorkerInfo
+    latency_ms: float | None
+    """applied - published (server clock vs. worker clock; None if unknown)."""
+
+
+class PropagationReport(msgspec.Struct, frozen=True):
+    """Which live workers applied a revision, and how fast (`wait_propagated`)."""
+
+    revision: int
+    epoch: str | None
+    reached: list[WorkerAck]
+    missing: list[WorkerInfo]
+    waited_ms: float
+
+    @property
+    def complete(self) -> bool:
+        """True when every live worker applied the revision."""
+        return not self.missing
+
+    @property
+    def max_latency_ms(self) -> float | None:
+        """The slowest known publish-to-apply latency among the workers reached."""
+        known = [ack.latency_ms for ack in self.reached if ack.latency_ms is not None]
+        return max(known) if known else None
+
+
+class Fleet:
+    """Reads the change log and the presence records of one namespace.
+
+    `Fleet(url, namespace)` opens its own connection (close it, or use `with`); a
+    `Publisher` hands its own connection and the publish times of its writes instead.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        namespace: str = "default",
+        *,
+        timeout_s: float = 5.0,
+        client: Any = None,
+        published_us: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.keys = StoreKeys(namespace)
+        self._owns_client = client is None
+        # redis-py types replies as unions over `decode_responses`; ours are always bytes.
+        self._redis: Any = (
+            connect(self.url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
+            if client is None
+            else client
+        )
+        self._published_us: Mapping[tuple[str, int], int] = published_us or {}
+
+    def revision(self) -> tuple[str | None, int]:
+        """The store's (epoch, revision); (None, 0) when nothing was ever written."""
+        with store_errors(self.url):
+            reply = self._redis.execute_command(*revision_command(self.keys))
+        revision, epoch = parse_revision(reply)
+        return epoch, revision
+
+    def history(self, key: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        """The newest `limit` change-log entries (for `key` only, if given), newest first."""
+        entries: list[HistoryEntry] = []
+        last_id = "+"
+        with store_errors(self.url):
+            while len(entries) < limit:
+                batch = self._redis.xrevrange(self.keys.log, max=last_id, min="-", count=_LOG_BATCH)
+                if last_id != "+":
+                    batch = batch[1:]  # the boundary entry was in the previous batch
+                if not batch:
+                    break
+                for _entry_id, fields in batch:
+                    entry = _history_entry(fields)
+                    if key is None or entry.key == key:
+                        entries.append(entry)
+                        if len(entries) >= limit:
+                            break
+                last_id = batch[-1][0].decode()
+        return entries
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every live worker (heartbeat not expired) of the namespace, by id."""
+        return sorted(self._live(self._presence_keys()), key=lambda worker: worker.id)
+
+    def wait_propagated(self, revision: int, timeout: float = 5.0) -> PropagationReport:
+        """Wait until every live worker has applied `revision` (or `timeout` seconds pass).
+
+        Live workers are those with a heartbeat when the wait starts. Each reached
+        worker carries its publish-to-apply latency when it applied exactly this
+        revision from a change message.
+        """
+        started = time.monotonic()
+        epoch, _ = self.revision()
+        published_us = self._published_us.get((epoch or "", revision)) or self._find_published(
+            revision
+        )
+        keys = self._presence_keys()
+        deadline = started + timeout
+        warn = True
+        while True:
+            current = self._live(keys, warn=warn)
+            warn = False  # once per wait, not once per poll
+            reached = [w for w in current if w.epoch == epoch and w.revision >= revision]
+            missing = [w for w in current if not (w.epoch == epoch and w.revision >= revision)]
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(_POLL_S)
+        acks = [
+            WorkerAck(
+                worker,
+                (worker.applied_us - published_us) / 1000
+                if published_us and worker.revision == revision and worker.published_us
+                else None,
+            )
+            for worker in reached
+        ]
+        return PropagationReport(
+            revision=revision,
+            epoch=epoch,
+            reached=sorted(acks, key=lambda ack: ack.worker.id),
+            missing=sorted(missing, key=lambda worker: worker.id),
+            waited_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+
+    def close(self) -> None:
+        """Close the connection, if this view opened it."""
+        if self._owns_client:
+            self._redis.close()
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _presence_keys(self) -> list[bytes]:
+        with store_errors(self.url):
+            return list(self._redis.scan_iter(match=self.keys.worker_pattern, count=1000))
+
+    def _live(self, keys: list[bytes], *, warn: bool = True) -> list[WorkerInfo]:
+        """The readable presence records still there (a key may expire between SCAN and
+        MGET); an unreadable one is skipped, and logged when `warn`."""
+        if not keys:
+            return []
+        with store_errors(self.url):
+            blobs = self._redis.mget(keys)
+        workers = []
+        for blob in blobs:
+            if blob is None:
+                continue
+            try:
+                workers.append(decode_presence(blob))
+            except MalformedMessageError as error:
+                if warn:
+                    _log.warning("presence_unreadable", error=str(error))
+        return workers
+
+    def _find_published(self, revision: int) -> int:
+        with store_errors(self.url):
+            for _, fields in self._redis.xrevrange(self.keys.log, count=_PUBLISHED_SEARCH):
+                if int(fields[b"rev"]) == revision:
+                    return int(fields[b"time"])
+        return 0
+
+
+def _history_entry(fields: Mapping[bytes, bytes]) -> HistoryEntry:
+    def text(name: str) -> str:
+        return fields.get(name.encode(), b"").decode("utf-8", "replace")
+
+    def definition(name: str) -> dict[str, Any] | None:
+        blob = fields.get(name.encode(), b"")
+        if not blob:
+            return None
+        try:
+            return decode_definition(blob, text("kind"), text("key")).definition
+        except MalformedMessageError:
+            return None
+
+    return HistoryEntry(
+        revision=int(text("rev") or 0),
+        epoch=text("epoch"),
+        time_us=int(text("time") or 0),
+        actor=text("actor"),
+        reason=text("reason"),
+        kind=text("kind"),
+        key=text("key"),
+        op=text("op"),
+        version=int(text("version") or 0),
+        before=definition("before"),
+        after=definition("after"),
+    )
