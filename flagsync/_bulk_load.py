@@ -147,7 +147,11 @@ def _decode_segment(blob: bytes, key: str) -> _StoredSegment | None:
 def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_bytes: int) -> bool:
     """Whether `flag` (decoded from a canonical blob of `stored_bytes`) fails any check of
     `_validation.check_flag`; True may also mean "not sure": ask `check_flag` for why.
-    (An empty `key` or `stored_bytes` of 0 leaves out the checks that depend on them.)"""
+    (An empty `key` or `stored_bytes` of 0 leaves out the checks that depend on them.)
+
+    Only for flags decoded from msgpack: that format cannot hold an integer outside the
+    storable range (`_validation.int_problem`) or a lone surrogate, so neither is
+    looked for here."""
     if len(flag.description) > MAX_TEXT_CHARS:
         return True
     variants = flag.variants
