@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
@@ -86,7 +86,13 @@ def parse_document(text: str, syntax: str, where: str = "<text>") -> object:
 
 def check_shape(value: object, where: str, *, max_depth: int = MAX_DEPTH) -> None:
     """Refuse nesting deeper than `max_depth` and integers msgpack cannot store, naming the
-    path of the first offending value (walked without recursion, so any depth is safe)."""
+    path of the first offending value (walked without recursion, so any depth is safe).
+
+    A first walk builds no paths, so a valid document (the usual case) costs one visit per
+    value; only a refused one is walked again to name the place.
+    """
+    if _shape_is_fine(value, max_depth):
+        return
     stack: list[tuple[object, str, int]] = [(value, "", 0)]
     while stack:
         item, path, depth = stack.pop()
@@ -103,6 +109,29 @@ def check_shape(value: object, where: str, *, max_depth: int = MAX_DEPTH) -> Non
                 _join(where, path), f"nested deeper than {max_depth} levels"
             )
         stack.extend((child, child_path, depth + 1) for child, child_path in reversed(children))
+
+
+def _shape_is_fine(value: object, max_depth: int) -> bool:
+    """Whether `value` is within `max_depth` and holds only storable integers."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            if int_problem(item) is not None:
+                return False
+            continue
+        if depth >= max_depth and len(item):
+            return False
+        for child in children:
+            kind = child.__class__
+            if kind is str or kind is float or kind is bool or child is None:
+                continue  # the common leaves, without a call
+            stack.append((child, depth + 1))
+    return True
 
 
 def _join(where: str, path: str) -> str:

@@ -396,6 +396,31 @@ class TestShapeLimits:
         with pytest.raises(InvalidFlagError, match="nested deeper than 8 levels"):
             flagsync.loader.check_shape(deep, "--context", max_depth=8)
 
+    @pytest.mark.parametrize("container", ["list", "dict"])
+    def test_check_shape_depth_limit_is_exact(self, container: str) -> None:
+        """A value nested exactly `max_depth` levels passes; one level more is refused, with
+        its path, for lists and mappings alike."""
+
+        def nested(levels: int) -> object:
+            value: object = 1
+            for _ in range(levels):
+                value = [value] if container == "list" else {"k": value}
+            return value
+
+        flagsync.loader.check_shape(nested(8), "--context", max_depth=8)
+        with pytest.raises(InvalidFlagError, match="nested deeper than 8 levels") as caught:
+            flagsync.loader.check_shape(nested(9), "--context", max_depth=8)
+        assert str(caught.value.issues[0]).startswith("--context at ")
+
+    @pytest.mark.parametrize("value", [2**64, -(2**63) - 1])
+    def test_check_shape_finds_a_huge_integer_anywhere(self, value: int) -> None:
+        """An unstorable integer deep inside lists and mappings is refused naming its path;
+        the limits themselves pass."""
+        flagsync.loader.check_shape({"a": [{"b": [2**64 - 1, -(2**63)]}]}, "x")
+        with pytest.raises(InvalidFlagError) as caught:
+            flagsync.loader.check_shape({"a": [{"b": [1, "s", value]}]}, "x")
+        assert str(caught.value.issues[0]).startswith("x at a[0].b[2]: integer")
+
 
 class TestYamlErrorMessages:
     def test_a_yaml_error_names_line_and_column_not_the_stream(self, tmp_path: Path) -> None:
