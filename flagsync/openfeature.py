@@ -189,7 +189,11 @@ class FlagsyncProvider(AbstractProvider):
         return Metadata(name="flagsync")
 
     def initialize(self, evaluation_context: EvaluationContext) -> None:
-        """Start the event watcher and wait for the client's first sync (see `__init__`)."""
+        """Start the event watcher and wait for the client's first sync (see `__init__`).
+
+        It blocks the calling thread: with a `connect_async` client, await
+        `wait_ready_async` first (then this returns at once), or use `api.set_provider`,
+        which calls it in a thread, so the event loop keeps syncing."""
         self._events.start()
         if self.client.wait_ready(self.ready_timeout_s):
             self._events.initialized(ready=True)

@@ -4,6 +4,7 @@ server freezes (SIGSTOP), ERROR past `error_after_s`, READY again on SIGCONT."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -16,6 +17,7 @@ from openfeature.exception import ProviderNotReadyError
 from openfeature.flag_evaluation import Reason as OFReason
 from openfeature.provider import ProviderStatus
 
+from flagsync import FlagClient
 from flagsync.openfeature import FlagsyncProvider
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
@@ -171,3 +173,37 @@ class TestShutdown:
         assert wait_until(lambda: owned.client.status().state == "closed", 2.0)
         assert shared_client.status().state == "ready"
         assert wait_until(lambda: not watcher_threads(), 2.0), watcher_threads()
+
+
+class TestAsyncClient:
+    """A `connect_async` client behind the provider: events and async resolution."""
+
+    def test_connect_async_client_events_and_async_resolution(
+        self, server: ServerProcess, publisher: Publisher, namespace: str, domain: str
+    ) -> None:
+        """Awaiting `wait_ready_async` first makes `set_provider_and_wait` return at once
+        inside the event loop; changes applied by the async task reach handlers, and the
+        async API serves them."""
+        publisher.apply(base_document())
+
+        async def main() -> tuple[float, list[str], str, str]:
+            async with FlagClient.connect_async(server.url, namespace) as flags:
+                assert await flags.wait_ready_async(5.0)
+                started = time.monotonic()
+                api.set_provider_and_wait(FlagsyncProvider(flags), domain)
+                waited_s = time.monotonic() - started
+                client = api.get_client(domain)
+                recorder = EventRecorder(client)
+                before = await client.get_string_value_async("model", "x", USER)
+                publisher.kill("model")
+                deadline = time.monotonic() + 3.0
+                while time.monotonic() < deadline and recorder.count() < 2:
+                    await asyncio.sleep(0.01)
+                details = await client.get_string_details_async("model", "x", USER)
+                api.shutdown()
+                return waited_s, recorder.names(), before, str(details.reason)
+
+        waited_s, names, before, reason = asyncio.run(main())
+        assert waited_s < 0.5
+        assert names == ["READY", "CONFIGURATION_CHANGED"]
+        assert (before, reason) == ("gpt-4.1", "DISABLED")
