@@ -21,13 +21,18 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Final
 
-from openfeature.evaluation_context import EvaluationContext
-from openfeature.exception import ErrorCode as OFErrorCode
-from openfeature.exception import ProviderNotReadyError
-from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
-from openfeature.flag_evaluation import Reason as OFReason
-from openfeature.provider import AbstractProvider, Metadata
-from openfeature.track import TrackingEventDetails
+try:
+    from openfeature.evaluation_context import EvaluationContext
+    from openfeature.exception import ErrorCode as OFErrorCode
+    from openfeature.exception import ProviderNotReadyError
+    from openfeature.flag_evaluation import FlagResolutionDetails, FlagValueType
+    from openfeature.flag_evaluation import Reason as OFReason
+    from openfeature.provider import AbstractProvider, Metadata
+    from openfeature.track import TrackingEventDetails
+except ImportError as missing:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "flagsync.openfeature needs openfeature-sdk: pip install 'flagsync[openfeature]'"
+    ) from missing
 
 from flagsync._provider_events import ProviderEvents
 from flagsync.client import FlagClient

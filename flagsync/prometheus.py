@@ -19,8 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector, CollectorRegistry
+try:
+    from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.registry import Collector, CollectorRegistry
+except ImportError as missing:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "flagsync.prometheus needs prometheus-client: pip install 'flagsync[prometheus]'"
+    ) from missing
 
 from flagsync.status import ClientStatus, SyncState
 
