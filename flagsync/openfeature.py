@@ -37,9 +37,10 @@ except ImportError as missing:  # pragma: no cover - depends on the environment
 from flagsync._provider_events import ProviderEvents
 from flagsync.client import FlagClient
 from flagsync.compile import CompiledFlag
+from flagsync.errors import FlagsyncError
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
 
-__all__ = ["ERROR_CODES", "REASONS", "FlagsyncProvider", "to_context"]
+__all__ = ["ERROR_CODES", "REASONS", "FlagsyncProvider", "ProviderOptionError", "to_context"]
 
 REASONS: Final[Mapping[Reason, str]] = {
     Reason.STATIC: OFReason.STATIC,
@@ -118,6 +119,10 @@ def to_context(evaluation_context: EvaluationContext | None) -> dict[str, Any]:
     return context
 
 
+class ProviderOptionError(FlagsyncError, ValueError):
+    """A `FlagsyncProvider` option out of range (the message names it)."""
+
+
 class FlagsyncProvider(AbstractProvider):
     """OpenFeature provider over a `FlagClient` (connected, async-connected or offline).
 
@@ -148,11 +153,13 @@ class FlagsyncProvider(AbstractProvider):
         revision for `error_after_s` seconds. `track_flags` maps tracking event names to
         the flags their outcomes are attributed to. `owns_client`: `shutdown` closes it."""
         super().__init__()
-        if ready_timeout_s < 0 or error_after_s <= 0 or poll_interval_s <= 0:
-            raise ValueError(
-                "ready_timeout_s must be >= 0, error_after_s and poll_interval_s > 0, got "
-                f"{ready_timeout_s}, {error_after_s}, {poll_interval_s}"
-            )
+        for name, value, least in (
+            ("ready_timeout_s", ready_timeout_s, 0.0),
+            ("error_after_s", error_after_s, 1e-3),
+            ("poll_interval_s", poll_interval_s, 1e-3),
+        ):
+            if not value >= least:  # NaN included
+                raise ProviderOptionError(f"{name} must be at least {least} s, got {value!r}")
         self.client = client
         self.ready_timeout_s = ready_timeout_s
         self.track_flags: dict[str, tuple[str, ...]] = {

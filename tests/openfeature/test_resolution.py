@@ -14,7 +14,13 @@ from openfeature.exception import ErrorCode as OFErrorCode
 from openfeature.flag_evaluation import Reason as OFReason
 
 from flagsync import ErrorCode, FlagClient, Reason
-from flagsync.openfeature import ERROR_CODES, REASONS, FlagsyncProvider, to_context
+from flagsync.openfeature import (
+    ERROR_CODES,
+    REASONS,
+    FlagsyncProvider,
+    ProviderOptionError,
+    to_context,
+)
 
 PAID = {"attr": "plan", "op": "in", "values": ["paid"]}
 
@@ -84,6 +90,15 @@ class TestMappings:
         assert set(ERROR_CODES) == set(ErrorCode)
         assert all(ERROR_CODES[code].value == code.value for code in ErrorCode)
         assert all(isinstance(of, OFErrorCode) for of in ERROR_CODES.values())
+
+    @pytest.mark.parametrize(
+        ("option", "value"),
+        [("ready_timeout_s", -1.0), ("error_after_s", 0.0), ("poll_interval_s", float("nan"))],
+    )
+    def test_options_out_of_range_are_refused(self, option: str, value: float) -> None:
+        """A negative, zero or NaN interval is refused with a message naming the option."""
+        with pytest.raises(ProviderOptionError, match=f"^{option} must be at least"):
+            FlagsyncProvider(FlagClient.offline(FLAGS), **{option: value})  # type: ignore[arg-type]
 
     def test_the_targeting_key_becomes_the_key_attribute(self) -> None:
         """The targeting key is flagsync's `key` and wins over a `key` attribute."""
