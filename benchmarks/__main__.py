@@ -79,6 +79,13 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
             for metric, budget in budgets["engine"]["hot_path"].items()
             if hot[metric] > budget
         )
+        provider = engine_results.get("openfeature")
+        if provider is not None:  # None: openfeature-sdk is not installed
+            failures.extend(
+                f"engine openfeature {metric}: {provider[metric]}x > budget {budget}x"
+                for metric, budget in budgets["engine"]["openfeature"].items()
+                if provider[metric] > budget
+            )
         for metric, budget in budgets["engine"]["cold_10k"].items():
             value = engine_results["cold_10k"][metric]
             if value > budget:
@@ -153,6 +160,16 @@ def _print_engine(results: dict[str, Any]) -> None:
         f" | string_value {ns['string_value']:>6.1f} ns"
         f" ({hot['string_value_ratio_to_variation']}x variation)"
     )
+    provider = results.get("openfeature")
+    if provider is not None:
+        ns = provider["median_ns"]
+        print(
+            f"openfeature (rule + 50/50): variation {ns['variation']:.1f} ns | detail"
+            f" {ns['detail']:.1f} ns | provider resolve {ns['provider_resolve']:.1f} ns"
+            f" ({provider['provider_ratio_to_variation']}x variation,"
+            f" {provider['provider_ratio_to_detail']}x detail) | SDK get_string_details"
+            f" {ns['sdk_get_details']:.1f} ns ({provider['sdk_ratio_to_variation']}x variation)"
+        )
     cold = results["cold_10k"]
     print(
         f"10,000 flags: validate {cold['validate_ms']} ms + compile all "
