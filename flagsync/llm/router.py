@@ -40,6 +40,7 @@ __all__ = [
     "Clock",
     "FallbackRouter",
     "Routed",
+    "SystemClock",
     "classify_error",
     "trigger_matches",
 ]

@@ -28,7 +28,7 @@ from flagsync.model import ModelPrice
 if TYPE_CHECKING:
     from flagsync.client import FlagClient
 
-__all__ = ["CallId", "LLMCall", "parse_call_id"]
+__all__ = ["CallId", "LLMCall", "parse_call_id", "record_feedback"]
 
 _log = structlog.get_logger("flagsync.llm")
 _ID: Final = re.compile(
