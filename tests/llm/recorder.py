@@ -77,7 +77,7 @@ class Recorder:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 """Quiet: the tests read `requests`, not stderr."""
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
