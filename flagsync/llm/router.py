@@ -6,7 +6,8 @@ the router does it, per process:
 - a failure is classified (`429`, `503`, `timeout`, `connection_error`,
   `context_length`, or whatever the caller maps an exception type to); the next
   option tried is the first later fallback whose `on` lists it (`5xx` covers 500-599);
-  a failure no later fallback lists is raised as it is;
+  a failure of the request (a 400, a context overflow) that no later fallback lists is
+  raised as it is;
 - an option that failed with a provider-health failure (429, 5xx, timeout, connection
   error) cools down for `cooldown_s`: it is skipped, as if it had failed that way again;
 - when every eligible option is cooling down, the router waits for the first to come
@@ -161,11 +162,13 @@ class FallbackRouter:
             }
 
     def call(self, config: LLMConfig, send: Callable[[LLMConfig], _T]) -> Routed[_T]:
-        """`send(option)` for the primary, then the fallbacks its failures allow; raises
-        the failure no fallback lists, or `AllOptionsFailedError` past the deadline."""
+        """`send(option)` for the primary, then the fallbacks its failures allow; raises a
+        request failure no fallback lists as it is, or `AllOptionsFailedError` (its cause:
+        the last failure) when no option answers by the deadline."""
         start = self.clock.monotonic()
         deadline = start + self.wait_deadline_s
         attempts: list[Attempt] = []
+        last_error: BaseException | None = None
         for _ in range(_MAX_ROUNDS):
             wake = None  # the earliest end of a cooldown that blocked an eligible option
             failure: str | None = None
@@ -183,10 +186,13 @@ class FallbackRouter:
                 except Exception as error:
                     kind = self._kind(error)
                     attempts.append(Attempt(option, kind or type(error).__name__))
-                    if kind is None or not self._listed_later(config, index, kind):
-                        self._fail(option, kind)
-                        raise
-                    self._fail(option, kind)
+                    until = self._fail(option, kind)
+                    listed = kind is not None and self._listed_later(config, index, kind)
+                    if until is None and not listed:
+                        raise  # a failure of the request that no fallback takes over
+                    if until is not None:
+                        wake = until if wake is None else min(wake, until)
+                    last_error = error
                     failure = kind
                     continue
                 attempts.append(Attempt(option, "ok"))
@@ -203,7 +209,7 @@ class FallbackRouter:
             if wake is None or wake > deadline:
                 break
             self.clock.sleep(max(0.0, wake - now))
-        raise AllOptionsFailedError(config, tuple(attempts))
+        raise AllOptionsFailedError(config, tuple(attempts)) from last_error
 
     def _served(
         self,
@@ -251,9 +257,12 @@ class FallbackRouter:
                 return None
             return entry
 
-    def _fail(self, option: LLMConfig, kind: str | None) -> None:
-        """Cool an option down after a failure of the provider, not of the request."""
+    def _fail(self, option: LLMConfig, kind: str | None) -> float | None:
+        """Cool an option down after a failure of the provider, not of the request; the
+        end of its cooldown (None: not cooled)."""
         if kind is None or not (kind in _HEALTH_FAILURES or kind.startswith("5")):
-            return
+            return None
+        until = self.clock.monotonic() + self.cooldown_s
         with self._lock:
-            self._cooling[option.label] = (self.clock.monotonic() + self.cooldown_s, kind)
+            self._cooling[option.label] = (until, kind)
+        return until

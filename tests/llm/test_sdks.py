@@ -4,7 +4,7 @@ the real `openai` and `anthropic` SDKs send (to a loopback recorder, never the n
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
@@ -18,7 +18,10 @@ from flagsync.llm.params import PROVIDERS
 from tests.llm.recorder import Recorder
 from tests.llm.support import FLAGS_FILE
 
-SDK_METHODS = {"openai": Completions.create, "anthropic": Messages.create}
+SDK_METHODS: dict[str, Callable[..., Any]] = {
+    "openai": Completions.create,
+    "anthropic": Messages.create,
+}
 VARIABLES = {"product": "Acme", "plan": "paid", "question": "¿Qué tal? {{not_a_var}}"}
 
 
