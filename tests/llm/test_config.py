@@ -4,7 +4,7 @@ safely, with a version that follows the flag's own definition only."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -144,7 +144,7 @@ class TestVersion:
 class TestDefaults:
     """The caller's default is served, as a config, with the reason in the detail."""
 
-    DEFAULT: dict[str, Any] = {
+    DEFAULT: ClassVar[dict[str, Any]] = {
         "provider": "openai",
         "model": "gpt-4o-mini",
         "params": {"temperature": 0.0},
@@ -165,7 +165,7 @@ class TestDefaults:
 
     def test_bad_context(self) -> None:
         """A context that is not a mapping serves the default, without raising."""
-        config = offline().llm_config("chat-llm", "user-1", self.DEFAULT)  # type: ignore[arg-type]
+        config = offline().llm_config("chat-llm", "user-1", self.DEFAULT)  # type: ignore[call-overload]
         assert config.model == "gpt-4o-mini"
 
     def test_invalid_default_lists_problems(self) -> None:

@@ -38,7 +38,7 @@ class FakeClock:
         self.now += seconds
 
 
-class Status(Exception):
+class StatusError(Exception):
     """An SDK-like error carrying an HTTP status."""
 
     def __init__(self, status_code: int) -> None:
@@ -88,7 +88,7 @@ class TestFallingBack:
 
     @pytest.mark.parametrize(
         ("error", "reason"),
-        [(Status(429), "429"), (Status(503), "503"), (TimeoutError(), "timeout")],
+        [(StatusError(429), "429"), (StatusError(503), "503"), (TimeoutError(), "timeout")],
     )
     def test_listed_failure_falls_back(self, error: Exception, reason: str) -> None:
         """429, a 5xx and a timeout (all in `on`) move the call to the fallback."""
@@ -98,8 +98,8 @@ class TestFallingBack:
 
     def test_unlisted_failure_is_raised(self) -> None:
         """A 400 (not in `on`) is raised as it is, and nothing else is tried."""
-        sent = script([Status(400)], ["b"])
-        with pytest.raises(Status):
+        sent = script([StatusError(400)], ["b"])
+        with pytest.raises(StatusError):
             FallbackRouter(clock=FakeClock()).call(config(), sent)
         assert sent.calls == ["openai/gpt-4o"]
 
@@ -116,7 +116,7 @@ class TestFallingBack:
         """When the fallback also fails (and cools down) past the deadline, the error lists both."""
         router = FallbackRouter(clock=FakeClock(), cooldown_s=30, wait_deadline_s=5)
         with pytest.raises(AllOptionsFailedError) as caught:
-            router.call(config(), script([Status(429)], [Status(503)]))
+            router.call(config(), script([StatusError(429)], [StatusError(503)]))
         assert [a.outcome for a in caught.value.attempts] == ["429", "503"]
 
 
@@ -127,7 +127,7 @@ class TestCooldowns:
         """After a 429, the next call goes straight to the fallback without trying the primary."""
         clock = FakeClock()
         router = FallbackRouter(clock=clock, cooldown_s=30)
-        sent = script([Status(429), "a"], ["b"])
+        sent = script([StatusError(429), "a"], ["b"])
         router.call(config(), sent)
         clock.now += 10
         routed = router.call(config(), sent)
@@ -143,17 +143,17 @@ class TestCooldowns:
         """Once the cooldown is over, the primary is tried (and serves) again."""
         clock = FakeClock()
         router = FallbackRouter(clock=clock, cooldown_s=30)
-        sent = script([Status(429), "a"], ["b"])
+        sent = script([StatusError(429), "a"], ["b"])
         router.call(config(), sent)
         clock.now += 30
         assert router.call(config(), sent).value == "a"
         assert router.cooling() == {}
 
     def test_waits_when_everything_cools(self) -> None:
-        """Both options cooling: the router sleeps until the first comes back, within the deadline."""
+        """Both options cooling: the router sleeps until the first is back, within the deadline."""
         clock = FakeClock()
         router = FallbackRouter(clock=clock, cooldown_s=3, wait_deadline_s=5)
-        sent = script([Status(429), "a"], [Status(503), "b"])
+        sent = script([StatusError(429), "a"], [StatusError(503), "b"])
         routed = router.call(config(), sent)
         assert (routed.value, routed.index) == ("a", 0)
         assert clock.slept == [3.0]
@@ -164,7 +164,7 @@ class TestCooldowns:
         clock = FakeClock()
         router = FallbackRouter(clock=clock, cooldown_s=60, wait_deadline_s=5)
         with pytest.raises(AllOptionsFailedError):
-            router.call(config(), script([Status(429)], [Status(503)]))
+            router.call(config(), script([StatusError(429)], [StatusError(503)]))
         assert clock.slept == []
 
     def test_request_errors_do_not_cool(self) -> None:
@@ -175,7 +175,7 @@ class TestCooldowns:
         ]
         client = FlagClient.offline(fallbacks)
         router = FallbackRouter(clock=FakeClock())
-        error = Status(400)
+        error = StatusError(400)
         error.args = ("This model's maximum context_length is 128000 tokens",)
         assert router.call(config(client), script([error], ["b"])).reason == "context_length"
         assert router.cooling() == {}
@@ -188,7 +188,7 @@ class TestMetrics:
         """Three calls, one fallen back: fallback_rate(current) is 1/3 in the drained series."""
         client = MeteredFlagClient(Snapshot.build(load_flags(FLAGS_FILE)))
         router = FallbackRouter(client, clock=FakeClock(), cooldown_s=0)
-        sent = script(["a", Status(429), "a"], ["b"])
+        sent = script(["a", StatusError(429), "a"], ["b"])
         for _ in range(3):
             router.call(config(client), sent)
         assert client._metrics is not None
