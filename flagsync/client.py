@@ -66,8 +66,9 @@ class FlagClient:
         self._sync: SyncHandle | None = None
         """What keeps this client current (None offline); set by `_follow` only."""
         self._metrics: MetricsTables | None = None
-        self._llm_configs: dict[int, tuple[Any, LLMConfig]] = {}
-        """Served llm variant (by identity) -> its config: see `flagsync.llm.serve`."""
+        self._llm_configs: dict[str, tuple[Any, Any, dict[str, LLMConfig]]] = {}
+        """llm flag key -> its configs per outcome, the table entry they belong to, and
+        per variant: see `flagsync.llm.serve.cached_config`."""
 
     @classmethod
     def offline(cls, source: FlagSource) -> FlagClient:
@@ -191,16 +192,18 @@ class FlagClient:
         config's `problems`). Never raises; `llm_config_detail` says why a default served."""
         try:  # the common case: one evaluation and one cache hit (see flagsync.llm.serve)
             select, served, _ = self._table[key]
-            if select is None:
-                index, value = -1, served
-            else:
-                index = select(context)
-                value = served[index]
-            hit = self._llm_configs[id(value)]
-            if hit[0] is value and hit[1].key == key:
-                if index >= 0 and self._counts_exposures:
-                    select.counts[index] += 1  # type: ignore[union-attr]
-                return hit[1] if variables is None else hit[1].render(variables)
+            configs, known, _ = self._llm_configs[key]
+            if known is served:
+                if select is None:
+                    config = configs
+                else:
+                    index = select(context)
+                    config = configs[index]
+                    if config is not None and self._counts_exposures:
+                        select.counts[index] += 1  # type: ignore[attr-defined]
+                if config is not None:
+                    found: LLMConfig = config
+                    return found if variables is None else found.render(variables)
         except Exception:  # noqa: BLE001, S110 - first use, a miss, or an error: the slow path
             pass
         return self.llm_config_detail(key, context, default, variables).value  # type: ignore[no-any-return]

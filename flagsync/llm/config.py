@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -29,21 +28,19 @@ _SYSTEM_ROLES: Final = frozenset({"system", "developer"})
 _encoder: Final = msgspec.msgpack.Encoder(order="sorted")
 
 
-@dataclass(frozen=True, slots=True)
-class LLMMessage:
+class LLMMessage(msgspec.Struct, frozen=True):
     """One prompt message: a role (system, developer, user, assistant) and its text."""
 
     role: str
     content: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LLMConfig:
+class LLMConfig(msgspec.Struct, frozen=True, kw_only=True):
     """One LLM option: the served config, or one of its fallbacks (same fields, same methods)."""
 
     provider: str
     model: str
-    params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    params: Mapping[str, Any] = _EMPTY
     """Parameters as the provider's SDK spells them (read-only)."""
     messages: tuple[LLMMessage, ...] = ()
     fallbacks: tuple[LLMConfig, ...] = ()
@@ -52,7 +49,7 @@ class LLMConfig:
     """For a fallback: the failures (`429`, `5xx`, `timeout`, ...) that move to it."""
     context_window: int | None = None
     retrieval: Mapping[str, Any] | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    extra: Mapping[str, Any] = _EMPTY
     key: str | None = None
     """The flag that served this config (None for a caller's default)."""
     variant: str | None = None
@@ -76,9 +73,25 @@ class LLMConfig:
         """A copy with `{{name}}` placeholders filled from `variables` (one pass: values are
         never expanded again). Missing variables stay as written and are listed on `problems`."""
         messages, missing = _render_messages(self.messages, variables)
-        fallbacks = tuple(option.render(variables) for option in self.fallbacks)
         problems = self.problems + tuple(f"missing variable {name!r}" for name in missing)
-        return replace(self, messages=messages, fallbacks=fallbacks, problems=problems)
+        fallbacks = tuple(
+            option._rendered(messages, (), problems)
+            if option.messages is self.messages
+            else option.render(variables)
+            for option in self.fallbacks
+        )
+        return self._rendered(messages, fallbacks, problems)
+
+    def _rendered(
+        self,
+        messages: tuple[LLMMessage, ...],
+        fallbacks: tuple[LLMConfig, ...],
+        problems: tuple[str, ...],
+    ) -> LLMConfig:
+        """A copy with new messages, fallbacks and problems."""
+        return msgspec.structs.replace(
+            self, messages=messages, fallbacks=fallbacks, problems=problems
+        )
 
     def to_openai_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for openai's `client.chat.completions.create(**kwargs)`."""

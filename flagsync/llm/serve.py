@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from flagsync.errors import InvalidFlagError
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
@@ -21,12 +21,12 @@ from flagsync.model import Flag
 
 if TYPE_CHECKING:
     from flagsync.client import FlagClient
+    from flagsync.compile import CompiledFlag
 
 __all__ = ["DefaultConfig", "as_default", "cached_config", "record_outcome", "serve_detail"]
 
 DefaultConfig = LLMConfig | Mapping[str, Any] | None
 """What a caller may pass as the default: a config, a variant in the file's shape, or None."""
-MAX_CACHED: Final = 4096
 
 
 def serve_detail(
@@ -45,7 +45,7 @@ def serve_detail(
         flag = client._flag(key)
         if flag is None or flag.definition.kind != "llm":
             return _default(default, variables, Reason.ERROR, ErrorCode.TYPE_MISMATCH, None)
-        config = cached_config(client, key, flag.definition, detail.variant, detail.value)
+        config = cached_config(client, key, flag, detail.variant)
         if variables is not None:
             config = config.render(variables)
         return EvaluationDetail(
@@ -55,21 +55,28 @@ def serve_detail(
         return _default(default, variables, Reason.ERROR, ErrorCode.GENERAL, None)
 
 
-def cached_config(
-    client: FlagClient, key: str, definition: Flag, variant: str, value: Any
-) -> LLMConfig:
-    """The config of `value` (a served variant), built once per variant object."""
-    cache = client._llm_configs
-    hit = cache.get(id(value))
-    if hit is not None and hit[0] is value and hit[1].key == key:
-        config: LLMConfig = hit[1]
-        return config
-    config = config_from_variant(
-        value, key=key, variant=variant, flag_version=flag_hash(definition)
-    )
-    if len(cache) >= MAX_CACHED:  # old snapshots' variants: drop them all, rebuild on use
-        cache.clear()
-    cache[id(value)] = (value, config)  # the value is held, so its id is never reused
+def cached_config(client: FlagClient, key: str, flag: CompiledFlag, variant: str) -> LLMConfig:
+    """The config of `variant` of compiled llm flag `flag`, from the client's cache.
+
+    The cache holds, per flag key, the configs of every outcome in the compiled flag's
+    order, beside the very `served` object of its table entry: `llm_config` checks that
+    identity (a new snapshot compiles a new entry) and indexes the configs with the
+    outcome index, which costs what `json_value` costs plus one dict lookup."""
+    cached = client._llm_configs.get(key)
+    served = flag.entry[1]
+    if cached is None or cached[1] is not served:
+        version = flag_hash(flag.definition)
+        by_variant = {
+            name: config_from_variant(value, key=key, variant=name, flag_version=version)
+            for name, value in flag.definition.variants.items()
+        }
+        outcomes = tuple(
+            None if outcome.variant is None else by_variant[outcome.variant]
+            for outcome in flag.outcomes
+        )
+        configs: Any = outcomes[0] if flag.select is None else outcomes
+        cached = client._llm_configs[key] = (configs, served, by_variant)
+    config: LLMConfig = cached[2][variant]
     return config
 
 

@@ -10,6 +10,7 @@ that does not open a well-formed placeholder is refused when the flag is validat
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Final
@@ -49,17 +50,35 @@ def template_problems(template: str) -> list[str]:
 def render(template: str, variables: Mapping[str, object]) -> tuple[str, tuple[str, ...]]:
     """The template with every known variable substituted (as `str(value)`), and the
     names of the variables that were missing (their placeholders are left as written)."""
-    if "{{" not in template:
+    parts = _parts(template)
+    if len(parts) == 1:
         return template, ()
     missing: list[str] = []
-
-    def substitute(match: re.Match[str]) -> str:
-        name = match.group(1)
+    out: list[str] = []
+    for index, part in enumerate(parts):
+        if not index % 2:
+            out.append(part)
+            continue
+        name, written = part.split("\x00", 1)
         if name in variables:
             value = variables[name]
-            return value if isinstance(value, str) else str(value)
-        if name not in missing:
-            missing.append(name)
-        return match.group(0)
+            out.append(value if isinstance(value, str) else str(value))
+        else:
+            out.append(written)
+            if name not in missing:
+                missing.append(name)
+    return "".join(out), tuple(missing)
 
-    return PLACEHOLDER.sub(substitute, template), tuple(missing)
+
+@functools.lru_cache(maxsize=1024)
+def _parts(template: str) -> tuple[str, ...]:
+    """Literal text and placeholders alternating (`name\\x00{{ name }}` at odd indices),
+    parsed once per template text."""
+    parts: list[str] = []
+    position = 0
+    for match in PLACEHOLDER.finditer(template):
+        parts.append(template[position : match.start()])
+        parts.append(f"{match.group(1)}\x00{match.group(0)}")
+        position = match.end()
+    parts.append(template[position:])
+    return tuple(parts)
