@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from flagsync import FlagClient, load_flags
+from flagsync import FlagClient, FlagsyncError, load_flags
 from flagsync.client import MeteredFlagClient
 from flagsync.evaluation import ErrorCode, Reason
 from flagsync.llm import LLMConfig
@@ -202,3 +202,43 @@ class TestExposures:
         assert client._metrics is not None
         series = client._metrics.drain()
         assert sum(s.count for (key, _, metric), s in series.items() if key == "chat-llm") == 10
+
+
+class TestKwargsTranslation:
+    """A config written for one provider maps onto the other's call shape, or says why not."""
+
+    def test_openai_params_for_anthropic(self) -> None:
+        """`stop` becomes `stop_sequences`, `reasoning_effort` becomes `output_config`."""
+        config = LLMConfig(
+            provider="openai",
+            model="m",
+            params={"max_tokens": 10, "stop": "END", "reasoning_effort": "high", "top_p": 0.5},
+        )
+        assert config.to_anthropic_kwargs() == {
+            "model": "m",
+            "max_tokens": 10,
+            "messages": [],
+            "stop_sequences": ["END"],
+            "output_config": {"effort": "high"},
+        }
+
+    def test_anthropic_params_for_openai(self) -> None:
+        """`output_config.effort` becomes `reasoning_effort`, `stop_sequences` becomes `stop`."""
+        config = LLMConfig(
+            provider="anthropic",
+            model="m",
+            params={"max_tokens": 10, "stop_sequences": ["x"], "output_config": {"effort": "low"}},
+        )
+        assert config.to_openai_kwargs() == {
+            "model": "m",
+            "messages": [],
+            "max_tokens": 10,
+            "stop": ["x"],
+            "reasoning_effort": "low",
+        }
+
+    def test_anthropic_without_max_tokens_is_refused(self) -> None:
+        """anthropic cannot be called without max_tokens: the error names the field."""
+        config = LLMConfig(provider="openai", model="m", params={"temperature": 0.1})
+        with pytest.raises(FlagsyncError, match=r"params\.max_tokens"):
+            config.to_anthropic_kwargs()
