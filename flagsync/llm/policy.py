@@ -17,7 +17,7 @@ from flagsync.errors import InvalidFlagError
 from flagsync.llm.validate import check_models
 from flagsync.model import Flag, LLMSettings
 
-__all__ = ["check_against_stored", "read_settings", "store_settings"]
+__all__ = ["check_against_stored", "fetch_settings", "read_settings", "store_settings"]
 
 _decoder: Final = msgspec.msgpack.Decoder(LLMSettings)
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -44,3 +44,19 @@ def check_against_stored(flags: Mapping[str, Flag], settings: LLMSettings | None
     issues = check_models(flags, settings)
     if issues:
         raise InvalidFlagError(issues)
+
+
+def fetch_settings(url: str | None = None, namespace: str = "default") -> LLMSettings | None:
+    """The namespace's stored `llm:` section, read once over a short-lived connection —
+    how a connected worker gets the price table for `client.llm_call(..., prices=...)`
+    (the sync itself follows flags and segments only)."""
+    from flagsync._connection import connect, resolve_url, store_errors  # noqa: PLC0415
+    from flagsync.store import StoreKeys  # noqa: PLC0415
+
+    resolved = resolve_url(url)
+    redis = connect(resolved)
+    try:
+        with store_errors(resolved):
+            return read_settings(redis, StoreKeys(namespace).llm)
+    finally:
+        redis.close()

@@ -13,6 +13,7 @@ import redis
 
 from flagsync import InvalidFlagError, load_flags
 from flagsync._bulk_load import flag_problem
+from flagsync.llm.policy import fetch_settings
 from flagsync.metrics import merge_window
 from flagsync.model import Flag
 from flagsync.publisher import Publisher
@@ -74,6 +75,13 @@ class TestModelsAllowList:
         publisher.put("chat", chat_flag(model="gpt-4.1"))
         assert publisher.revision()[1] == revision + 1
 
+    def test_workers_fetch_the_stored_prices(self, publisher: Publisher) -> None:
+        """`fetch_settings` reads the applied section back (a worker's price table)."""
+        assert fetch_settings(publisher.url, publisher.keys.namespace) is None
+        publisher.apply(FLAGS_FILE)
+        settings = fetch_settings(publisher.url, publisher.keys.namespace)
+        assert settings == load_flags(FLAGS_FILE).llm
+
     def test_apply_without_section_checks_the_stored_list(self, publisher: Publisher) -> None:
         """A later file without `llm:` is still checked against the stored allow-list."""
         publisher.apply(FLAGS_FILE)
@@ -97,8 +105,8 @@ class TestServedByWorkers:
         config = worker.llm_config("chat-llm", FREE, None, {"product": "Acme"})
         assert config is not None
         assert config.model == "gpt-4o"
-        settings = load_flags(FLAGS_FILE).llm
-        assert settings is not None  # a worker is given the file's prices (see README)
+        settings = fetch_settings(url, publisher.keys.namespace)
+        assert settings is not None  # the worker reads the stored prices (see README)
         with worker.llm_call(config, prices=settings.prices) as call:
             call.usage(1000, 100)
         assert call.id is not None
