@@ -86,6 +86,10 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
                 for metric, budget in budgets["engine"]["openfeature"].items()
                 if provider[metric] > budget
             )
+        llm_ratio = engine_results["llm"]["llm_config_ratio_to_json_value"]
+        llm_budget = budgets["engine"]["llm"]["llm_config_ratio_to_json_value"]
+        if llm_ratio > llm_budget:
+            failures.append(f"engine llm_config: {llm_ratio}x json_value > budget {llm_budget}x")
         for metric, budget in budgets["engine"]["cold_10k"].items():
             value = engine_results["cold_10k"][metric]
             if value > budget:
@@ -170,6 +174,14 @@ def _print_engine(results: dict[str, Any]) -> None:
             f" {provider['provider_ratio_to_detail']}x detail) | SDK get_string_details"
             f" {ns['sdk_get_details']:.1f} ns ({provider['sdk_ratio_to_variation']}x variation)"
         )
+    llm = results["llm"]
+    print(
+        f"llm configs (rule + 50/50): json_value {llm['median_ns']['json_value']:.1f} ns"
+        f" | llm_config {llm['median_ns']['llm_config']:.1f} ns"
+        f" ({llm['llm_config_ratio_to_json_value']}x json_value)"
+        f" | with variables {llm['median_ns']['llm_config_rendered']:.1f} ns"
+        f" (rendering: +{llm['render_ns']:.1f} ns)"
+    )
     cold = results["cold_10k"]
     print(
         f"10,000 flags: validate {cold['validate_ms']} ms + compile all "

@@ -179,10 +179,26 @@ class Publisher:
         `last_write.changed` is False) when nothing differs: applying the same file
         twice writes nothing.
         """
-        changes, writes = self._plan(load_flags(source), prune)
+        document = load_flags(source)
+        llm = self._llm_settings(document)
+        changes, writes = self._plan(document, prune)
+        if document.llm is not None:
+            with store_errors(self.url):
+                llm.store_settings(self._redis, self.keys.llm, document.llm)
         if not changes:
             return self._unchanged("apply", None)
         return self._write(writes, reason, op_name="apply")
+
+    def _llm_settings(self, document: FlagSet) -> Any:
+        """`flagsync.llm.policy`, after checking `document`'s llm flags against the stored
+        allow-list (its own `llm:` section was checked when it was loaded)."""
+        from flagsync.llm import policy  # noqa: PLC0415 - only llm users pay for it
+
+        if document.llm is None and any(flag.kind for flag in document.flags.values()):
+            with store_errors(self.url):
+                stored = policy.read_settings(self._redis, self.keys.llm)
+            policy.check_against_stored(document.flags, stored)
+        return policy
 
     def put(
         self,
@@ -218,6 +234,8 @@ class Publisher:
         state, versions = self._read_all()
         segments = state["segments"].keys()
         parsed = parse_flag(key, definition, segments)  # any shape: refused with its path
+        if parsed.kind is not None:
+            self._llm_settings(FlagSet(flags={key: parsed}))
         stored = msgspec.to_builtins(parsed)
         flags = dict(state["flags"])
         flags[key] = stored
