@@ -25,6 +25,7 @@ import structlog
 from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
+from flagsync._lease import LEASE_KIND
 from flagsync._validation import check_references, parse_flag, parse_flagset
 from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
@@ -51,7 +52,6 @@ from flagsync.store import (
 )
 
 __all__ = [
-    "LEASE_KIND",
     "DefinitionChange",
     "HistoryEntry",
     "PropagationReport",
@@ -63,8 +63,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("flagsync.publisher")
-LEASE_KIND: Final = "lease"
-"""The versions-hash kind of a rollout lease: field `lease:<flag>` (see `lease_guard`)."""
 _INTENT_RETRIES: Final = 64
 """Attempts of an intent write (kill, enable, ramp, ...) without an expected version: a
 conflict only means another writer got in first, so it is re-read and re-applied. 8

@@ -257,6 +257,9 @@ def rollout_status(status: RolloutStatus) -> str:
         plan(status.key, rollout_plan),
         f"status: {status.state.status.replace('_', ' ')}, {_where_in_plan(status)}",
     ]
+    if status.state.status == "paused":
+        lines.append(f"paused: {status.state.pause_summary}")
+        lines.append(f"  resume with: flagsync rollout resume {status.key}")
     age_s = max(0.0, (status.now_ms - status.samples_since_ms) / 1000)
     started = status.samples_since_ms == status.state.step_started_ms
     lines.append(

@@ -1,4 +1,4 @@
-"""Guarded rollouts: `rollout plan|run|status` for one flag, `controller` for all of them.
+"""Guarded rollouts: `rollout plan|run|status|resume` for one flag, `controller` for all.
 
 The decisions are made in `flagsync.controller` (the loop included); these handlers only
 read the options, print the decisions and map the outcome to an exit code.
@@ -57,6 +57,20 @@ def status(args: argparse.Namespace) -> int:
         args,
         msgspec.to_builtins(report),
         lambda: _render.rollout_status(report),
+    )
+    return EXIT_OK
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Resume a rollout a human's change paused, from where the flag is now."""
+    from flagsync.controller import RolloutController  # noqa: PLC0415
+
+    with publisher(args) as store:
+        state = RolloutController(store, args.key).resume()
+    emit(
+        args,
+        {"key": args.key, "state": state},
+        lambda: f"{args.key}: rollout resumed from the flag as it is now",
     )
     return EXIT_OK
 
@@ -128,7 +142,7 @@ _PLAN_ARGS: tuple[Any, ...] = (
 )
 
 COMMANDS = (
-    Group("rollout", "guarded rollouts: plan, run, status"),
+    Group("rollout", "guarded rollouts: plan, run, status, resume"),
     Command(
         "rollout plan",
         "set a flag's rollout plan (steps, hold, window, guards)",
@@ -148,6 +162,13 @@ COMMANDS = (
         "current step, guard values with samples since the step began, this plan's decisions",
         status,
         (_KEY,),
+    ),
+    Command(
+        "rollout resume",
+        "resume a rollout paused by a change made by hand (the change stands)",
+        resume,
+        (_KEY,),
+        writes=True,
     ),
     Command(
         "controller",
