@@ -45,6 +45,10 @@ class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     guards: list[str]
     on_breach: str = "kill"
     """`kill` (the kill switch) or `revert` (the variant back to 0 %)."""
+    max_source_share: float = 1.0
+    """Never advance while one metrics stream (one worker) supplies more than this share
+    of a guard's samples: a single compromised worker cannot outvote the fleet. 1.0 (the
+    default) turns the check off; 0.5 suits fleets of several workers."""
 
     def validate(self, key: str) -> None:
         """Refuse a plan that cannot run, naming the field."""
@@ -60,6 +64,8 @@ class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             issues.append(ValidationIssue(f"{at}.steps", "steps must increase"))
         if self.hold_s < 0 or self.window_s <= 0 or self.min_samples < 1:
             issues.append(ValidationIssue(at, "hold_s >= 0, window_s > 0, min_samples >= 1"))
+        if not 0 < self.max_source_share <= 1:
+            issues.append(ValidationIssue(f"{at}.max_source_share", "a share in (0, 1]"))
         if self.on_breach not in ("kill", "revert"):
             issues.append(ValidationIssue(f"{at}.on_breach", "use 'kill' or 'revert'"))
         if not self.guards:
@@ -134,6 +140,8 @@ class RolloutStatus(msgspec.Struct, frozen=True):
     guards: list[GuardResult]
     decisions: list[dict[str, Any]]
     """The current plan's decisions, newest first (a replaced plan's are left out)."""
+    metrics_problems: list[str] = msgspec.field(default_factory=list)
+    """Metrics streams that could not be read or held malformed fields."""
 
 
 plan_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RolloutPlan))

@@ -42,6 +42,7 @@ import msgspec
 import structlog
 
 from flagsync._lease import LEASE_KIND, Lease
+from flagsync._metrics_window import MetricsWindow, read_window
 from flagsync._rollout_model import (
     Decision,
     RolloutPlan,
@@ -55,7 +56,6 @@ from flagsync._rollout_model import (
 )
 from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
 from flagsync.guards import GuardResult, evaluate_guard, parse_guard
-from flagsync.metrics import merge_window
 from flagsync.publisher import Publisher, StoredFlag
 from flagsync.store import StoreClient
 
@@ -104,8 +104,8 @@ class RolloutController:
         self._plan_key = keys.plans
         self._state_key = keys.rollout(key)
         self._log_key = keys.rollout_log(key)
-        self._metrics_key = keys.metrics(key)
         self._redis: Any = StoreClient(publisher.client, publisher.url)  # errors mapped
+        self._reported_problems: list[str] = []
         self.lease = Lease(self._redis, keys, key, self.owner, self.lease_ttl_ms)
         """The flag's lease; its token fences every write of this controller."""
 
@@ -203,7 +203,7 @@ class RolloutController:
         percent = weight_of(stored.flag, plan)
         now_ms = int(self.clock() * 1000)
         since = max(state.step_started_ms, now_ms - int(plan.window_s * 1000))
-        window = self.window(since)
+        window = self.read_window(since)
         return RolloutStatus(
             key=self.key,
             plan=plan,
@@ -213,14 +213,22 @@ class RolloutController:
             enabled=stored.flag.enabled,
             samples_since_ms=since,
             now_ms=now_ms,
-            guards=[evaluate_guard(parse_guard(g), window, plan.min_samples) for g in plan.guards],
+            guards=[
+                evaluate_guard(parse_guard(g), window.stats, plan.min_samples) for g in plan.guards
+            ],
             decisions=self.decisions(decisions),
+            metrics_problems=window.problems,
         )
 
     def window(self, since_ms: int) -> dict[tuple[str, str], Any]:
         """Metrics of the flag flushed since `since_ms`, summed per (variant, metric)."""
-        entries = self._redis.xrange(self._metrics_key, min=str(since_ms), max="+")
-        return merge_window(fields for _, fields in entries)
+        return self.read_window(since_ms).stats
+
+    def read_window(self, since_ms: int) -> MetricsWindow:
+        """The window with what each worker's stream gave and what could not be read."""
+        return read_window(
+            self.publisher.client, self.publisher.url, self.publisher.keys, self.key, since_ms
+        )
 
     # -- acting ----------------------------------------------------------------
 
@@ -266,9 +274,10 @@ class RolloutController:
         if step != state.step:  # a restart, or a resumed plan: hold from now
             state.step, state.step_started_ms = step, now_ms
         since = max(state.step_started_ms, now_ms - int(plan.window_s * 1000))
-        window = self.window(since)
+        window = self.read_window(since)
         results = [
-            evaluate_guard(parse_guard(text), window, plan.min_samples) for text in plan.guards
+            evaluate_guard(parse_guard(text), window.stats, plan.min_samples)
+            for text in plan.guards
         ]
         breaches = [result for result in results if result.verdict == "breach"]
         if breaches:
@@ -285,6 +294,9 @@ class RolloutController:
                 revision = self._ramp(plan, state, stored, 0, reason)
             state.status = "rolled_back"
             return self._decide(state, plan, "rollback", percent, reason, results, now_ms, revision)
+        distrust = self._distrust(plan, window)
+        if distrust is not None:  # a breach above still rolls back; nothing else happens
+            return self._decide(state, plan, "hold", percent, distrust, results, now_ms)
         held_s = (now_ms - state.step_started_ms) / 1000
         if all(result.verdict == "pass" for result in results) and held_s >= plan.hold_s:
             if step == len(plan.steps) - 1:
@@ -422,6 +434,32 @@ class RolloutController:
         )
         self._wrote(state, stored)
         return revision
+
+    def _distrust(self, plan: RolloutPlan, window: MetricsWindow) -> str | None:
+        """Why the window must not advance the rollout, or None: a stream that could not
+        be read or held malformed fields (a worker credential can do both), or one stream
+        supplying more of a guard's samples than `plan.max_source_share`."""
+        if window.problems:
+            if window.problems != self._reported_problems:
+                _log.warning("rollout_metrics_unreadable", key=self.key, problems=window.problems)
+            self._reported_problems = window.problems
+            return "metrics untrustworthy, not advancing: " + "; ".join(window.problems)[:500]
+        self._reported_problems = []
+        if plan.max_source_share >= 1:
+            return None
+        for text in plan.guards:
+            guard = parse_guard(text)
+            for side in (guard.left, guard.right):
+                if side.variant is None or side.metric is None:
+                    continue
+                share, source = window.largest_share(side.variant, side.metric)
+                if share > plan.max_source_share:
+                    return (
+                        f"one metrics stream ({source}) holds {share:.0%} of the samples of "
+                        f"{side.variant}/{side.metric} (max_source_share "
+                        f"{plan.max_source_share:.0%}): not advancing on it"
+                    )
+        return None
 
     def _wrote(self, state: RolloutState, stored: StoredFlag) -> None:
         """Remember the flag's version after this controller's write (unchanged when the

@@ -1,8 +1,9 @@
 """Flush a client's metrics to Redis from a background thread, surviving outages.
 
 Every `interval_s` the reporter drains the in-process counts (`MetricsTables`) into a
-bounded pending set and appends one stream entry per flag. When Redis is unreachable
-the pending set keeps growing up to its bound and is flushed once the server is back;
+bounded pending set and appends one stream entry per flag, to this worker's own stream of
+that flag (so a per-worker ACL can confine a worker to its own streams). When Redis is
+unreachable the pending set keeps growing up to its bound and is flushed once the server is back;
 series that do not fit are dropped and counted (`dropped`), and the transition is
 logged once, not per attempt.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 import structlog
@@ -39,8 +41,12 @@ class MetricsReporter:
         max_series: int = 10_000,
         retention_s: float = 86_400.0,
         timeout_s: float = 1.0,
+        worker_id: Callable[[], str] | None = None,
     ) -> None:
         self.tables = tables
+        self.worker_id = worker_id
+        """This worker's id, read at each flush: entries go to its own streams
+        (`flagsync.metrics.worker_metrics_key`); None: the flags' shared streams."""
         self.url = url
         self.keys = keys
         self.interval_s = interval_s
@@ -75,7 +81,11 @@ class MetricsReporter:
         if not self.pending.series:
             return True
         commands = flush_commands(
-            self.keys, self.pending.by_flag(), self.retention_ms, int(time.time() * 1000)
+            self.keys,
+            self.pending.by_flag(),
+            self.retention_ms,
+            int(time.time() * 1000),
+            None if self.worker_id is None else self.worker_id(),
         )
         try:
             with store_errors(self.url, "flush metrics"):
@@ -107,7 +117,7 @@ class MetricsReporter:
                 dropped=self.pending.dropped,
             )
             self.last_error = None
-        self.flushed_entries += len(commands)
+        self.flushed_entries += sum(command[0] == "XADD" for command in commands)
         self.pending.series.clear()
         return True
 

@@ -122,6 +122,7 @@ def _plan_from_args(args: argparse.Namespace) -> RolloutPlan:
         min_samples=args.min_samples,
         guards=args.guard,
         on_breach=args.on_breach,
+        max_source_share=args.max_source_share,
     )
 
 
@@ -139,6 +140,12 @@ _PLAN_ARGS: tuple[Any, ...] = (
     arg("--min-samples", type=int, default=200, help="per variant and guard"),
     arg("--guard", action="append", default=[], help="repeatable"),
     arg("--on-breach", choices=("kill", "revert"), default="kill"),
+    arg(
+        "--max-source-share",
+        type=float,
+        default=1.0,
+        help="never advance while one worker's metrics supply more than this share (0-1]",
+    ),
 )
 
 COMMANDS = (
