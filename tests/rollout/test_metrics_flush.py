@@ -48,7 +48,9 @@ def stream_keys(raw: redis.Redis, namespace: str) -> list[bytes]:
 
 def stream(raw: redis.Redis, namespace: str) -> dict[tuple[str, str], MetricStat]:
     """Everything flushed for the model flag, summed per (variant, metric)."""
-    entries: Any = [entry for key in stream_keys(raw, namespace) for entry in raw.xrange(key)]
+    entries: list[Any] = []
+    for key in stream_keys(raw, namespace):
+        entries.extend(raw.xrange(key))  # type: ignore[arg-type]
     return merge_window(fields for _, fields in entries)
 
 
