@@ -36,7 +36,9 @@ __all__ = ["WORKER_ID_PATTERN", "acl_rules", "acl_setuser_commands", "check_work
 # flagsync's connections send no CLIENT SETINFO (Redis 7.0 has no such command, and an
 # ACL denial of it would only fill the ACL log), so it needs no grant.
 _CONNECTION = "+ping +hello +auth +client|setname +client|id"
-_WORKER_COMMANDS = "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del +xadd"
+_WORKER_COMMANDS = (
+    "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del +xadd +pexpire"
+)
 WORKER_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 """Worker ids a per-worker ACL accepts: no `:` (key separator) and no glob character."""
 
@@ -47,13 +49,11 @@ def acl_rules(namespace: str = "default", worker_id: str | None = None) -> dict[
     keys = StoreKeys(namespace)
     if worker_id is None:
         writes = f"%W~{keys.worker_pattern} %W~{keys.metrics_pattern}"
-        commands = _WORKER_COMMANDS
     else:
         check_worker_id(worker_id)
         writes = f"%W~{keys.worker(worker_id)} %W~{keys.metrics_pattern}:{worker_id}"
-        commands = f"{_WORKER_COMMANDS} +pexpire"
     worker = (
-        f"resetkeys resetchannels -@all {_CONNECTION} {commands} "
+        f"resetkeys resetchannels -@all {_CONNECTION} {_WORKER_COMMANDS} "
         f"%R~{keys.pattern} {writes} &{keys.channel}"
     )
     operator = (

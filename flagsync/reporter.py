@@ -14,6 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import structlog
@@ -56,6 +57,7 @@ class MetricsReporter:
         self.flushed_entries = 0
         self.last_error: str | None = None
         self._client: redis.Redis | None = None
+        self._expiry_refused = False
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"flagsync-metrics-{keys.namespace}", daemon=True
@@ -96,7 +98,8 @@ class MetricsReporter:
                 pipe = self._client.pipeline(transaction=False)
                 for command in commands:
                     pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-                pipe.execute()
+                replies = pipe.execute(raise_on_error=False)
+                self._raise_unless_appended(commands, replies)
         except (StoreError, OSError) as error:
             message = f"{type(error).__name__}: {error}"
             if message != self.last_error:
@@ -120,6 +123,23 @@ class MetricsReporter:
         self.flushed_entries += sum(command[0] == "XADD" for command in commands)
         self.pending.series.clear()
         return True
+
+    def _raise_unless_appended(self, commands: list[tuple[Any, ...]], replies: list[Any]) -> None:
+        """Raise the first refused XADD (the entries stay pending); a refused PEXPIRE (an
+        ACL from before streams expired) only costs the expiry: logged once, and the
+        entries, already appended, are not sent again (they would count twice)."""
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception) and command[0] == "XADD":
+                raise reply
+        refused = [r for c, r in zip(commands, replies, strict=True) if isinstance(r, Exception)]
+        if refused and not self._expiry_refused:
+            self._expiry_refused = True
+            _log.warning(
+                "metrics_expiry_refused",
+                namespace=self.keys.namespace,
+                error=f"{type(refused[0]).__name__}: {refused[0]}",
+                hint="grant the worker user +pexpire (see: flagsync acl)",
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -35,6 +35,7 @@ from tests.faults.children import ChildProcess
 from tests.faults.figures import record
 from tests.integration.conftest import ClientFactory, RawFactory
 from tests.integration.support import wait_until
+from tests.logs import captured_logs, events
 from tests.rollout.support import (
     KEY,
     SCRIPT,
@@ -182,6 +183,66 @@ class TestPerWorkerAcl:
         assert admin.xlen(worker_metrics_key(StoreKeys(namespace), KEY, "w1")) == 1
         assert admin.pttl(worker_metrics_key(StoreKeys(namespace), KEY, "w1")) > 0
         assert denied_commands(admin, "flagsync-worker-w1") == []
+
+    def test_a_client_with_the_shared_worker_user_flushes_to_its_own_streams(
+        self,
+        dedicated_server: ServerProcess,
+        acl: AclUsers,
+        make_client: ClientFactory,
+        make_raw: RawFactory,
+        namespace: str,
+    ) -> None:
+        """The shared worker user (no --worker-id) may also write and expire a worker's own
+        metrics stream: the flush succeeds with no command refused."""
+        admin = make_raw(dedicated_server.url)
+        with Publisher(acl.operator_url, namespace, "operator") as publisher:
+            publisher.apply(model_document())
+        client = make_client(acl.worker_url, **FAST)
+        assert client.wait_ready(5), client.status()
+        client.track(KEY, {"key": "user-1"}, "latency_ms", 120.0)
+
+        assert reporter_of(client).flush()
+
+        worker_id = client.status().worker_id
+        assert worker_id is not None
+        stream = worker_metrics_key(StoreKeys(namespace), KEY, worker_id)
+        assert admin.xlen(stream) == 1
+        assert admin.pttl(stream) > 0
+        assert denied_commands(admin, acl.worker) == []
+
+    def test_a_user_without_pexpire_still_flushes_each_sample_once(
+        self,
+        dedicated_server: ServerProcess,
+        make_client: ClientFactory,
+        make_raw: RawFactory,
+        namespace: str,
+    ) -> None:
+        """With a worker user made before streams expired (no +pexpire), entries are
+        appended once each (never re-sent because the expiry was refused), and the
+        refusal is logged once."""
+        admin = make_raw(dedicated_server.url)
+        old_rule = acl_rules(namespace)["worker"].replace(" +pexpire", "")
+        admin.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "old-worker", "on", ">old-pw", *old_rule.split()
+        )
+        with Publisher(dedicated_server.url, namespace, "operator") as publisher:
+            publisher.apply(model_document())
+        url = f"redis://old-worker:old-pw@127.0.0.1:{dedicated_server.port}"
+        client = make_client(url, **FAST)
+        assert client.wait_ready(5), client.status()
+        reporter = reporter_of(client)
+
+        with captured_logs() as logs:
+            for value in (100.0, 200.0):
+                client.track(KEY, {"key": "user-1"}, "latency_ms", value)
+                assert reporter.flush()
+
+        worker_id = client.status().worker_id
+        assert worker_id is not None
+        entries: Any = admin.xrange(worker_metrics_key(StoreKeys(namespace), KEY, worker_id))
+        assert len(entries) == 2
+        assert len(events(logs, "metrics_expiry_refused")) == 1
+        assert reporter.pending.series == {}
 
     def test_a_worker_id_a_pattern_cannot_confine_is_refused(self) -> None:
         """Ids with `:` or glob characters would widen the ACL pattern: refused."""
@@ -357,8 +418,11 @@ class TestPresenceTampering:
             assert wait_until(lambda: worker.get(keys.worker(worker_id)) is not None, 2)
             os.kill(child.pid, signal.SIGSTOP)
             _, revision = operator.revision()
-            killer = run_kill_wait(acl.operator_url, namespace, 2.0)
-            time.sleep(0.6)  # the command has read the fleet and is waiting
+            killer = run_kill_wait(acl.operator_url, namespace, 3.0)
+            # The command reads the fleet right after its write: wait for the write, then
+            # a little, so the deletion below happens during the wait, not before it.
+            assert wait_until(lambda: operator.revision()[1] > revision, 15)
+            time.sleep(0.3)
             blob: Any = worker.get(keys.worker(worker_id))
             stale = decode_presence(blob)
             worker.delete(keys.worker(worker_id))
