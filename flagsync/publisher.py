@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import getpass
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -23,12 +23,14 @@ import structlog
 from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
+from flagsync._reseed import dropped_by_reseed
 from flagsync._validation import check_references, parse_flag, parse_flagset
 from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
     ConflictError,
     FlagNotFoundError,
     InvalidFlagError,
+    PartialReseedError,
     StoreUnavailableError,
     ValidationIssue,
 )
@@ -171,18 +173,39 @@ class Publisher:
         """What `apply(source)` would change, without writing anything (the dry run)."""
         return self._plan(load_flags(source), prune)[0]
 
-    def apply(self, source: FlagSource, *, prune: bool = False, reason: str = "") -> int:
+    def apply(
+        self,
+        source: FlagSource,
+        *,
+        prune: bool = False,
+        reason: str = "",
+        complete: bool = False,
+    ) -> int:
         """Make the store match a flag file (or mapping) as one atomic revision.
 
         Flags and segments in `source` are added or replaced; with `prune`, the ones
         not in it are deleted. Returns the new revision, or the current one (and
         `last_write.changed` is False) when nothing differs: applying the same file
         twice writes nothing.
+
+        Into a wiped namespace (FLUSHALL, a deleted flags hash) whose live workers
+        still serve flags the result would lack, nothing is written and
+        `PartialReseedError` lists them, unless `complete` says the content is all.
         """
-        changes, writes = self._plan(load_flags(source), prune)
+        changes, writes, result = self._plan(load_flags(source), prune)
+        if not complete:
+            dropped = self.dropped_by_reseed(result)
+            if dropped:
+                raise PartialReseedError(self.keys.namespace, dropped)
         if not changes:
             return self._unchanged("apply", None)
         return self._write(writes, reason, op_name="apply")
+
+    def dropped_by_reseed(self, keys: Collection[str]) -> dict[str, list[str]]:
+        """Flags live workers serve from before a wipe that a namespace of only `keys`
+        would lack, with the workers serving each (see `flagsync._reseed`)."""
+        epoch, revision = self.revision()
+        return dropped_by_reseed(self.fleet.workers(), epoch, revision, keys)
 
     def put(
         self,
@@ -417,7 +440,9 @@ class Publisher:
 
     def _plan(
         self, document: FlagSet, prune: bool
-    ) -> tuple[list[DefinitionChange], list[ScriptWrite]]:
+    ) -> tuple[list[DefinitionChange], list[ScriptWrite], Collection[str]]:
+        """The changes and writes that make the store hold `document` (merged with what
+        it holds, unless `prune`), and the flag keys it will then hold."""
         state, versions = self._read_all()
         wanted = document.to_builtins()
         merged: dict[str, dict[str, Any]] = {
@@ -432,7 +457,7 @@ class Publisher:
             else ScriptWrite(change.kind, change.key, change.version, "delete")
             for change, after in plan
         ]
-        return [change for change, _ in plan], writes
+        return [change for change, _ in plan], writes, merged["flags"].keys()
 
     def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""

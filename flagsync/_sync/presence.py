@@ -109,6 +109,7 @@ class Presence:
                 started_ms=self.started_ms,
                 heartbeat_ms=_now_ms(),
                 state=str(follower.state()),
+                held=tuple(sorted(snapshot)) if follower.snapshot_missing else (),
             )
         )
 
