@@ -62,6 +62,8 @@ __all__ = [
 
 _log = structlog.get_logger("flagsync.publisher")
 _INTENT_RETRIES: Final = 5
+_LOGGED_KEYS: Final = 10
+"""How many written keys `flags_written` names (a bulk apply may write thousands)."""
 
 
 class WriteResult(msgspec.Struct, frozen=True):
@@ -489,7 +491,8 @@ class Publisher:
             namespace=self.keys.namespace,
             op=op_name,
             revision=revision,
-            keys=written,
+            count=len(written),
+            keys=written[:_LOGGED_KEYS],  # the change log has them all
             actor=self.actor,
         )
         self.last_write = WriteResult(
