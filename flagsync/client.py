@@ -37,8 +37,9 @@ class FlagClient:
     """Evaluates flags from the current snapshot; the same class serves offline and synced use.
 
     Every evaluation method returns the caller's `default` rather than raising: on an
-    unknown flag, a default of the wrong type, a context that is not a mapping, or a
-    rollout whose bucketing attribute is missing. `detail()` says which.
+    unknown flag, a flag the sync quarantined (see `ClientStatus.quarantined`), a default
+    of the wrong type, a context that is not a mapping, or a rollout whose bucketing
+    attribute is missing. `detail()` says which.
 
     JSON (object/array) values are shared with the snapshot: treat them as read-only.
     """
