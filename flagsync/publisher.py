@@ -194,11 +194,9 @@ class Publisher:
         still serve flags the result would lack, nothing is written and
         `PartialReseedError` lists them, unless `complete` says the content is all.
         """
-        changes, writes, result = self._plan(load_flags(source), prune)
-        if not complete:
-            dropped = self.dropped_by_reseed(result)
-            if dropped:
-                raise PartialReseedError(self.keys.namespace, dropped)
+        changes, writes, result, store_empty = self._plan(load_flags(source), prune)
+        if store_empty and not complete:
+            self._refuse_partial_reseed(result)
         if not changes:
             return self._unchanged("apply", None)
         return self._write(writes, reason, op_name="apply")
@@ -209,6 +207,13 @@ class Publisher:
         epoch, revision = self.revision()
         return dropped_by_reseed(self.fleet.workers(), epoch, revision, keys)
 
+    def _refuse_partial_reseed(self, keys: Collection[str]) -> None:
+        """Raise `PartialReseedError` if writing a store of only `keys` into this (empty)
+        namespace would drop flags live workers still serve."""
+        dropped = self.dropped_by_reseed(keys)
+        if dropped:
+            raise PartialReseedError(self.keys.namespace, dropped)
+
     def put(
         self,
         key: str | Mapping[str, Any],
@@ -216,12 +221,14 @@ class Publisher:
         *,
         expected_version: int | None = None,
         reason: str = "",
+        complete: bool = False,
     ) -> int:
         """Create or replace one flag; returns the new revision (see `last_write`).
 
         `put("key", definition)`, or `put({"key": definition})` in the file's `flags:`
         shape. With `expected_version`, a flag changed since that version is refused
-        with `ConflictError`; without it, the version just read is expected.
+        with `ConflictError`; without it, the version just read is expected. Into a
+        wiped namespace, refused like `apply` unless `complete`.
         """
         if isinstance(key, Mapping):
             if flag is not None or len(key) != 1:
@@ -229,7 +236,7 @@ class Publisher:
             ((key, flag),) = key.items()
         if flag is None:
             raise TypeError("put() needs a definition")
-        return self._put(key, flag, expected_version, reason, "put")
+        return self._put(key, flag, expected_version, reason, "put", complete=complete)
 
     def _put(
         self,
@@ -238,9 +245,13 @@ class Publisher:
         expected_version: int | None,
         reason: str,
         op: str,
+        *,
+        complete: bool = False,
     ) -> int:
         """Validate and write one flag; `op` names the change in the log (put, rollback)."""
         state, versions = self._read_all()
+        if not state["flags"] and not complete:  # wiped? (see `apply`)
+            self._refuse_partial_reseed({key})
         segments = state["segments"].keys()
         parsed = parse_flag(key, definition, segments)  # any shape: refused with its path
         stored = msgspec.to_builtins(parsed)
@@ -442,9 +453,10 @@ class Publisher:
 
     def _plan(
         self, document: FlagSet, prune: bool
-    ) -> tuple[list[DefinitionChange], list[ScriptWrite], Collection[str]]:
+    ) -> tuple[list[DefinitionChange], list[ScriptWrite], Collection[str], bool]:
         """The changes and writes that make the store hold `document` (merged with what
-        it holds, unless `prune`), and the flag keys it will then hold."""
+        it holds, unless `prune`), the flag keys it will then hold, and whether it holds
+        no flag now (wiped, or never written: see `dropped_by_reseed`)."""
         state, versions = self._read_all()
         wanted = document.to_builtins()
         merged: dict[str, dict[str, Any]] = {
@@ -459,7 +471,8 @@ class Publisher:
             else ScriptWrite(change.kind, change.key, change.version, "delete")
             for change, after in plan
         ]
-        return [change for change, _ in plan], writes, merged["flags"].keys()
+        changes = [change for change, _ in plan]
+        return changes, writes, merged["flags"].keys(), not state["flags"]
 
     def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""

@@ -2,9 +2,9 @@
 
 After FLUSHALL two workers keep their 50 last-known-good flags (snapshot missing) and
 list them in their presence records. A teammate's `apply` of a file holding 1 of the 50
-is refused, naming the 49 it would take from them, and nothing is written; the same
-apply with `--complete` (the operator saying the file is all there is) is accepted and
-every worker converges on it.
+(or a `put` of it) is refused, naming the 49 it would take from them, and nothing is
+written; the same apply with `--complete` (the operator saying the file is all there
+is) is accepted and every worker converges on it.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ class TestPartialReseed:
         make_raw: RawFactory,
         tmp_path: Path,
     ) -> None:
-        """Refused with the 49 flags both workers hold, nothing written, LKG still
-        served; `apply --complete` is accepted and both workers converge on the 1 flag."""
+        """`apply` (and `put`) of 1 flag is refused naming the 49 both workers hold,
+        nothing written, LKG still served; `apply --complete` is accepted and both
+        workers converge on the 1 flag."""
         url = dedicated_server.url
         publisher = make_publisher(url)
         raw = make_raw(url)
@@ -78,6 +79,9 @@ class TestPartialReseed:
         assert "2 live worker(s) still serve 49 flag(s)" in message, message
         assert others[0] in message
         assert "complete=True" in message
+        with pytest.raises(PartialReseedError) as refused_put:
+            publisher.put(KEPT_KEY, counter_flag(100))
+        assert sorted(refused_put.value.dropped) == others
         assert raw.get(StoreKeys(namespace).epoch) is None  # nothing was written
         assert all(values(worker) == before for worker in workers)
         assert all(worker.status().snapshot_missing for worker in workers)
