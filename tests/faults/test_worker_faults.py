@@ -138,14 +138,15 @@ def bulk_document(count: int) -> dict[str, Any]:
 
 
 def child_verdict(client: FlagClient, value: int) -> int:
-    """In the forked child: 0 when its GC is on at once and after following `counter` to
-    `value`; 6 if the GC was off after the fork, 3 if `value` never came, 7 if the GC was
-    off at the end."""
-    if not gc.isenabled():
+    """In the forked child: 0 when its GC is on after the fork and again after following
+    `counter` to `value`; 6 if it stayed off after the fork, 3 if `value` never came, 7 if
+    it was off at the end. The child's own loads pause the GC too, briefly: each check
+    allows 2 s for it to be on (before the fix it never came back)."""
+    if not wait_until(gc.isenabled, 2):
         return 6
     if not wait_until(lambda: client.variation("counter", {}, -1) == value, 10):
         return 3
-    return 0 if gc.isenabled() else 7
+    return 0 if wait_until(gc.isenabled, 2) else 7
 
 
 def reap(pid: int, timeout_s: float) -> int:
