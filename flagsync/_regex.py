@@ -37,7 +37,8 @@ def pattern_problem(pattern: str) -> str | None:
         _compile(pattern)
     except re2.error as error:
         reason = _reason(error)
-        hint = _UNSUPPORTED_HINT if ("perl operator" in reason or "escape" in reason) else ""
+        backreference = reason.startswith("invalid escape sequence") and reason[-1:].isdigit()
+        hint = _UNSUPPORTED_HINT if ("perl operator" in reason or backreference) else ""
         return f"invalid regex {pattern!r}: {reason}{hint}"
     except UnicodeError:
         return f"invalid regex {pattern!r}: not encodable as UTF-8 (a lone surrogate)"

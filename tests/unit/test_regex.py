@@ -88,6 +88,14 @@ class TestRefusedAtValidation:
         ), issues
         assert issues[0].endswith("(RE2 syntax: no backreferences or lookaround)")
 
+    def test_python_only_escape_names_re2s_reason_without_the_hint(self) -> None:
+        """`\\Z` (Python's end of text; RE2 spells it `\\z`) is refused with RE2's reason."""
+        clause = {"attr": "email", "op": "matches", "values": [r"acme\Z"]}
+        assert issues_of(document({"f": one_rule(clause)})) == [
+            "flags.f.rules[0].when[0].values[0]: invalid regex 'acme\\\\Z': "
+            "invalid escape sequence: \\Z"
+        ]
+
     def test_repetition_past_re2s_limit(self) -> None:
         """A counted repetition above 1,000 is refused with RE2's words, not accepted as huge."""
         clause = {"attr": "email", "op": "matches", "values": ["a{2,1001}"]}
