@@ -14,18 +14,14 @@ may notice: `$` matches only at the very end (not before a trailing newline), `\
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, Final
-
-import re2
 
 __all__ = ["compile_search", "pattern_problem"]
 
-_OPTIONS: Final = re2.Options()
-_OPTIONS.log_errors = False  # refusals are reported as validation issues, not on stderr
-_OPTIONS.never_capture = True  # only "does it match" is asked: no group bookkeeping
-
-_UNANCHORED: Final = re2._Anchor.UNANCHORED  # the binding's own enum
 _NO_MATCH: Final = [(-1, -1)]
 
 _UNSUPPORTED_HINT: Final = " (RE2 syntax: no backreferences or lookaround)"
@@ -35,7 +31,7 @@ def pattern_problem(pattern: str) -> str | None:
     """Why RE2 refuses `pattern` (its own words), or None when it compiles."""
     try:
         _compile(pattern)
-    except re2.error as error:
+    except _re2().error as error:
         reason = _reason(error)
         backreference = reason.startswith("invalid escape sequence") and reason[-1:].isdigit()
         hint = _UNSUPPORTED_HINT if ("perl operator" in reason or backreference) else ""
@@ -61,17 +57,33 @@ def compile_search(pattern: str) -> Callable[[str], bool]:
 
         return search_public
     match = regexp.Match
+    unanchored = _re2()._Anchor.UNANCHORED  # the binding's own enum
 
     def search(text: str) -> bool:
         data = _utf8(text)
-        found: list[tuple[int, int]] = match(_UNANCHORED, data, 0, len(data))
+        found: list[tuple[int, int]] = match(unanchored, data, 0, len(data))
         return found != _NO_MATCH
 
     return search
 
 
+@functools.cache
+def _re2() -> ModuleType:
+    """The binding, imported on first use: it loads absl and RE2 (a cost `--help` and
+    flag-free processes need not pay)."""
+    return importlib.import_module("re2")
+
+
+@functools.cache
+def _options() -> Any:
+    options = _re2().Options()
+    options.log_errors = False  # refusals are reported as validation issues, not on stderr
+    options.never_capture = True  # only "does it match" is asked: no group bookkeeping
+    return options
+
+
 def _compile(pattern: str) -> Any:
-    return re2.compile(pattern, _OPTIONS)
+    return _re2().compile(pattern, _options())
 
 
 def _utf8(text: str) -> bytes:
