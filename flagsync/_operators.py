@@ -2,7 +2,8 @@
 
 Everything that can be prepared is prepared here, once: value lists become sets split
 by JSON type (equality is type-strict: `1` never equals `True` or `"1"`), regexes are
-compiled, semantic versions parsed, numeric bounds reduced to one comparison.
+compiled (RE2, linear time: see `flagsync._regex`), semantic versions parsed, numeric
+bounds reduced to one comparison.
 
 Semantics shared by every operator: a missing (or null) attribute makes the clause
 false, and `negate` does not make it true. A list attribute matches when any element
@@ -12,10 +13,10 @@ does not match, and `negate` flips that like any other non-match.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+from flagsync._regex import compile_search
 from flagsync._semver import parse_semver
 from flagsync.bucketing import bucketing_text
 from flagsync.model import Clause
@@ -79,10 +80,10 @@ def plan_clause(clause: Clause, segments: Mapping[str, frozenset[str]]) -> Claus
             attr, lambda value: isinstance(value, str) and any(n in value for n in needles), negate
         )
     if op == "matches":
-        patterns = tuple(re.compile(pattern) for pattern in values)
+        searches = tuple(compile_search(pattern) for pattern in values)
         return ClausePlan(
             attr,
-            lambda value: isinstance(value, str) and any(p.search(value) for p in patterns),
+            lambda value: isinstance(value, str) and any(search(value) for search in searches),
             negate,
         )
     if op in ("lt", "lte", "gt", "gte"):

@@ -16,6 +16,11 @@ _SEMVER: Final = re.compile(
     re.ASCII,  # `\d` means 0-9 only (not other scripts' digits); `\Z` refuses a trailing newline
 )
 
+MAX_SEMVER_CHARS: Final = 256
+"""Longer text is not a version (node-semver's limit too). Without a limit a crafted
+attribute of more than 4,300 digits made `int()` raise (CPython's digit limit), and the
+evaluation served the caller's default with ERROR instead of the clause being false."""
+
 SemverKey = tuple[int, int, int, int, tuple[tuple[int, int | str], ...]]
 
 
@@ -24,8 +29,11 @@ def parse_semver(text: str) -> SemverKey | None:
 
     Missing minor/patch parts count as 0 (`"2"` == `"2.0.0"`) and a leading `v` is
     allowed, as users write versions that way; build metadata is ignored, as the
-    spec says. A release sorts after its own pre-releases.
+    spec says. A release sorts after its own pre-releases. Text longer than
+    `MAX_SEMVER_CHARS` is not a version, so no numeric part ever reaches `int()`'s limit.
     """
+    if len(text) > MAX_SEMVER_CHARS:
+        return None
     match = _SEMVER.match(text)
     if match is None:
         return None

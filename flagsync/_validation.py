@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from flagsync._gc import gc_paused
+from flagsync._regex import pattern_problem
 from flagsync._semver import parse_semver
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.llm.validate import check_llm_flag, parse_llm_section
@@ -385,11 +386,8 @@ def _operand_problem(op: str, value: object, segment_names: Collection[str]) -> 
     if op == "matches":
         if len(value) > MAX_PATTERN_CHARS:
             return f"pattern longer than {MAX_PATTERN_CHARS} chars"
-        try:
-            re.compile(value)
-        except re.error as error:
-            return f"invalid regex {value!r}: {error}"
-    elif op in _SEMVER_OPS:
+        return pattern_problem(value)
+    if op in _SEMVER_OPS:
         if parse_semver(value) is None:
             return f"invalid semantic version {value!r}"
     elif op == "in_segment":

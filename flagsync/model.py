@@ -68,7 +68,12 @@ ROLLOUT_DECIMALS: Final = 3
 
 
 class Clause(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    """One test on one context attribute; `negate` flips it, except on a missing attribute."""
+    """One test on one context attribute; `negate` flips it, except on a missing attribute.
+
+    `matches` operands are RE2 patterns (https://github.com/google/re2/wiki/Syntax),
+    searched anywhere in the attribute in linear time; backreferences and lookaround
+    do not exist in RE2 and are refused at validation (see `flagsync._regex`).
+    """
 
     attr: str
     op: str

@@ -13,8 +13,11 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import select
+import selectors
 import subprocess
 import threading
+import time
 import uuid
 import weakref
 from typing import Any
@@ -185,20 +188,37 @@ class ThreadDriver:
                 pubsub.ping(token)
 
     def _next_message(self, pubsub: Any, wait_s: float) -> dict[str, Any] | None:
-        """The next channel message, if one begins within `wait_s` (0: only if buffered).
+        """The next channel message, if a whole one arrives within `wait_s` (0: if buffered).
 
-        redis-py's `get_message(timeout)` gives the rest of a frame the same timeout as
-        its start: a frame arriving in pieces (a slow or fragmenting link, a large
-        message) raised TimeoutError mid-frame, and the session was torn down. Once a
-        frame has begun it gets the socket timeout per read to complete, like any reply.
+        Every deadline of the session (revision check, heartbeat, ping, liveness) is at
+        most `wait_s` away, so no read may outlast it, whatever the socket does. redis-py
+        cannot promise that: its reads wait up to a timeout *per chunk*, so a frame
+        trickling in 1 byte every 0.5 s held the thread for as long as the frame lasted
+        (30 s+: no revision check, no liveness verdict). Here the socket is only read
+        without blocking; a partial frame stays in the parser's buffer (both of redis-py's
+        parsers keep it when a read finds nothing more) and is completed by a later call,
+        after the due work has run. Only whole frames count as heard: a link that never
+        completes one fails the liveness deadline.
         """
         connection = pubsub.connection
-        if connection is None or not connection.can_read(timeout=wait_s):
+        if connection is None:
             return None
-        message: dict[str, Any] | None = pubsub.get_message(
-            timeout=self.follower.options.socket_timeout_s
-        )
-        return message
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                response = connection.read_response(
+                    timeout=0, disconnect_on_error=False, push_request=True
+                )
+            except redis.TimeoutError:  # no whole frame buffered and nothing more to read now
+                left_s = deadline - time.monotonic()
+                if left_s <= 0 or not _readable(connection, left_s):
+                    return None
+                continue
+            message: dict[str, Any] | None = pubsub.handle_message(
+                response, ignore_subscribe_messages=False
+            )
+            if message is not None:
+                return message
 
     def _read_revision(self, commands: redis.Redis) -> tuple[int, str | None]:
         reply = commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
@@ -245,6 +265,27 @@ class ThreadDriver:
             return
         with contextlib.suppress(Exception):  # best effort: the key expires by itself
             commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
+
+
+def _readable(connection: Any, timeout_s: float) -> bool:
+    """Wait up to `timeout_s` for bytes (or EOF) on `connection`'s socket.
+
+    poll(), as redis-py does: select() fails on descriptors past 1024, and an epoll
+    selector costs a descriptor per call.
+    """
+    sock = getattr(connection, "_sock", None)  # redis-py keeps no public handle on it
+    if sock is None:
+        raise redis.ConnectionError("the change channel's connection is closed")
+    pending = getattr(sock, "pending", None)  # an SSLSocket may hold decrypted bytes
+    if pending is not None and pending():
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(timeout_s * 1000))
+    with selectors.DefaultSelector() as selector:  # Windows
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(timeout_s))
 
 
 _live_drivers: weakref.WeakSet[ThreadDriver] = weakref.WeakSet()

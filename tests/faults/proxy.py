@@ -16,6 +16,9 @@ server and can be switched, at runtime and from any thread, between these modes:
 - `latency(mean_ms, jitter_ms)`: delay every chunk, each way, by mean ± jitter
   (uniform), keeping the byte order of each direction.
 - `slice(delay_ms)`: forward one byte per write (and per TCP segment: Nagle is off).
+- `trickle(delay_ms, after)`: only on links whose client has sent `after` (b"SUBSCRIBE":
+  the pub/sub link), forward the server's bytes one at a time, `delay_ms` apart; every
+  other link, and the client's side of that one, pass through.
 
 Use it as a context manager: the thread stops and every socket is closed on exit, also
 after a failure. It only ever listens on, and connects to, 127.0.0.1.
@@ -42,6 +45,7 @@ LOOPBACK: Final = "127.0.0.1"
 CHUNK_BYTES: Final = 16 * 1024
 """Largest read per chunk; also the stream buffer limit, so a stall buffers little."""
 _CALL_TIMEOUT_S: Final = 5.0
+_CLIENT_PREFIX_BYTES: Final = 4096
 
 _T = TypeVar("_T")
 _Chunk = tuple[float, bytes] | None
@@ -57,6 +61,7 @@ class Mode(enum.StrEnum):
     STALL = "stall"
     LATENCY = "latency"
     SLICE = "slice"
+    TRICKLE = "trickle"
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class _Link:
         self.tasks: list[asyncio.Task[None]] = []
         self.tainted = False
         """Bytes were lost on this link (black-holed): it cannot carry a stream any more."""
+        self.client_sent = b""
+        """The client's first bytes (up to `_CLIENT_PREFIX_BYTES`): what `trickle` selects by."""
         self.closed = False
 
 
@@ -114,6 +121,7 @@ class FaultProxy:
         self._mode = Mode.PASS_THROUGH
         self._latency_s = (0.0, 0.0)
         self._slice_delay_s = 0.0
+        self._trickle_after = b""
         self._stats = ProxyStats()
         self._links: set[_Link] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -217,6 +225,13 @@ class FaultProxy:
         """Forward one byte per write, waiting `delay_ms` between bytes."""
         self._call(self._switch, Mode.SLICE, slice_delay_s=delay_ms / 1000)
 
+    def trickle(self, delay_ms: float, after: bytes = b"SUBSCRIBE") -> None:
+        """On links whose client sent `after`, forward the server's bytes one at a time,
+        `delay_ms` apart (a trickling pub/sub frame); everything else passes through."""
+        if not after:
+            raise ValueError("trickle needs the bytes that select its links")
+        self._call(self._switch, Mode.TRICKLE, slice_delay_s=delay_ms / 1000, trickle_after=after)
+
     # -- the loop's side -------------------------------------------------------
 
     def _call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
@@ -273,6 +288,7 @@ class FaultProxy:
         *,
         latency_s: tuple[float, float] | None = None,
         slice_delay_s: float | None = None,
+        trickle_after: bytes | None = None,
     ) -> None:
         if self._reset_timer is not None:
             self._reset_timer.cancel()
@@ -281,6 +297,8 @@ class FaultProxy:
             self._latency_s = latency_s
         if slice_delay_s is not None:
             self._slice_delay_s = slice_delay_s
+        if trickle_after is not None:
+            self._trickle_after = trickle_after
         if self._mode is Mode.BLACKHOLE and mode is not Mode.BLACKHOLE:
             for link in [link for link in self._links if link.tainted]:
                 self._close_link(link, rst=True)
@@ -319,6 +337,9 @@ class FaultProxy:
             stats, **{name: getattr(stats, name) + value for name, value in increments.items()}
         )
 
+    def _trickling(self, link: _Link) -> bool:
+        return self._mode is Mode.TRICKLE and self._trickle_after in link.client_sent
+
     def _resetting(self) -> bool:
         return self._mode is Mode.RESET
 
@@ -341,10 +362,10 @@ class FaultProxy:
         up: asyncio.Queue[_Chunk] = asyncio.Queue()
         down: asyncio.Queue[_Chunk] = asyncio.Queue()
         link.tasks = [
-            self._spawn(self._read_side(link, reader, up)),
+            self._spawn(self._read_side(link, reader, up, from_client=True)),
             self._spawn(self._send_side(link, upstream[1], up)),
             self._spawn(self._read_side(link, upstream[0], down)),
-            self._spawn(self._send_side(link, writer, down)),
+            self._spawn(self._send_side(link, writer, down, to_client=True)),
         ]
 
     @staticmethod
@@ -366,7 +387,12 @@ class FaultProxy:
             raise
 
     async def _read_side(
-        self, link: _Link, reader: asyncio.StreamReader, queue: asyncio.Queue[_Chunk]
+        self,
+        link: _Link,
+        reader: asyncio.StreamReader,
+        queue: asyncio.Queue[_Chunk],
+        *,
+        from_client: bool = False,
     ) -> None:
         """Read one direction into its queue, stamping each chunk with its delivery time."""
         loop = asyncio.get_running_loop()
@@ -377,6 +403,8 @@ class FaultProxy:
                 data = await reader.read(CHUNK_BYTES)
                 if not data:
                     break
+                if from_client and len(link.client_sent) < _CLIENT_PREFIX_BYTES:
+                    link.client_sent = (link.client_sent + data)[:_CLIENT_PREFIX_BYTES]
                 if self._mode is Mode.BLACKHOLE:
                     link.tainted = True
                     self._count(dropped_bytes=len(data))
@@ -389,7 +417,12 @@ class FaultProxy:
             queue.put_nowait(None)
 
     async def _send_side(
-        self, link: _Link, writer: asyncio.StreamWriter, queue: asyncio.Queue[_Chunk]
+        self,
+        link: _Link,
+        writer: asyncio.StreamWriter,
+        queue: asyncio.Queue[_Chunk],
+        *,
+        to_client: bool = False,
     ) -> None:
         """Write one direction's queued chunks when due; end the link after the last."""
         loop = asyncio.get_running_loop()
@@ -403,7 +436,19 @@ class FaultProxy:
                     link.tainted = True
                     self._count(dropped_bytes=len(data))
                     continue
-                if self._mode is Mode.SLICE:
+                if to_client and self._trickling(link):
+                    offset = 0
+                    while offset < len(data) and self._trickling(link):
+                        writer.write(data[offset : offset + 1])
+                        offset += 1
+                        self._count(writes=1, forwarded_bytes=1)
+                        await writer.drain()
+                        await asyncio.sleep(self._slice_delay_s)
+                    if offset < len(data):  # the trickle ended mid-chunk: the rest at once
+                        writer.write(data[offset:])
+                        self._count(writes=1, forwarded_bytes=len(data) - offset)
+                        await writer.drain()
+                elif self._mode is Mode.SLICE:
                     for offset in range(len(data)):
                         writer.write(data[offset : offset + 1])
                         self._count(writes=1, forwarded_bytes=1)

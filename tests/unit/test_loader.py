@@ -239,7 +239,7 @@ class TestInvalidFixtureFiles:
                 "bad-regex.yaml",
                 [
                     "flags.llm-model-version.rules[0].when[0].values[0]: invalid regex "
-                    "'(@acme\\\\.com': missing ), unterminated subpattern at position 0"
+                    "'(@acme\\\\.com': missing ): (@acme\\.com"
                 ],
             ),
             (
