@@ -53,13 +53,13 @@ def dashboard(args: argparse.Namespace) -> int:
 
             server = stack.enter_context(ServerProcess())
             config = replace(config, url=server.url)
-            note(f"server: embedded Valkey at {server.url} (set REDIS_URL or --url to use your own)")
+            note(
+                f"server: embedded Valkey at {server.url} (set REDIS_URL or --url to use your own)"
+            )
         else:
             note(f"server: {display_url(args)}")
         access = "token required" if config.token else "no token: this machine only"
-        note(
-            f"dashboard: http://{args.host}:{args.port}/ (namespace {args.namespace!r}; {access})"
-        )
+        note(f"dashboard: http://{args.host}:{args.port}/ (namespace {args.namespace!r}; {access})")
         serve_forever(config)
     return EXIT_OK
 

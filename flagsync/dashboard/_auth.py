@@ -13,9 +13,10 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
+from urllib.parse import parse_qsl
 
-__all__ = ["COOKIE", "CSRF_FIELD", "CSRF_HEADER", "Access", "Guard"]
+__all__ = ["COOKIE", "CSRF_FIELD", "CSRF_HEADER", "Access", "Guard", "read_form"]
 
 COOKIE: Final = "flagsync_session"
 CSRF_FIELD: Final = "csrf"
@@ -71,3 +72,21 @@ class Guard:
     def csrf_ok(self, given: str | None) -> bool:
         """True when `given` is this dashboard's CSRF token."""
         return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
+
+
+MAX_FORM_BYTES: Final = 64 * 1024
+
+
+async def read_form(request: Any) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body (what every page form sends) as a dict;
+    parsed here so the dashboard needs no multipart library. Other bodies read as empty."""
+    cached: dict[str, str] | None = request.scope.get("flagsync.form")
+    if cached is not None:
+        return cached
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    body = await request.body()
+    form: dict[str, str] = {}
+    if content_type == "application/x-www-form-urlencoded" and len(body) <= MAX_FORM_BYTES:
+        form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    request.scope["flagsync.form"] = form
+    return form

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from flagsync.dashboard._auth import COOKIE, Guard
+from flagsync.dashboard._auth import COOKIE, Guard, read_form
 from flagsync.dashboard._views import environment
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Pages:
         from flagsync.dashboard.app import BadRequestError, parse_write  # noqa: PLC0415
 
         key, op = request.path_params["key"], request.path_params["op"]
-        form = await request.form()
+        form = await read_form(request)
         body: dict[str, Any] = {"reason": str(form.get("reason", ""))}
         try:
             body["expected_version"] = int(str(form.get("expected_version", "")))
@@ -129,7 +129,7 @@ class Pages:
     async def rollout_action(self, request: Request) -> Response:
         """A form post: pause, resume or abort the flag's guarded rollout."""
         key, action = request.path_params["key"], request.path_params["action"]
-        form = await request.form()
+        form = await read_form(request)
         reason = str(form.get("reason", ""))[:2000]
         await run_in_threadpool(self.backend.rollout_action, action, key, reason)
         return RedirectResponse(f"/flags/{key}", status_code=303)
@@ -151,7 +151,7 @@ class Pages:
             return RedirectResponse(target, status_code=303)
         failed = False
         if request.method == "POST":
-            form = await request.form()
+            form = await read_form(request)
             cookie = self.guard.login(str(form.get("token", "")))
             if cookie is not None:
                 response = RedirectResponse(target, status_code=303)

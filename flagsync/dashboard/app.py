@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from flagsync.dashboard import _pages
-from flagsync.dashboard._auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Guard
+from flagsync.dashboard._auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Guard, read_form
 from flagsync.dashboard._backend import Backend, StaleWriteError
 from flagsync.dashboard._config import DashboardConfig
 from flagsync.dashboard._live import Poller
@@ -148,6 +148,7 @@ class Api:
                 "flags": {
                     key: {
                         "version": view.versions.get(key, 0),
+                        "enabled": flag.enabled,
                         "definition": msgspec.to_builtins(flag),
                         "last_change": view.last_change.get(key),
                     }
@@ -164,6 +165,7 @@ class Api:
             {
                 "key": key,
                 "version": stored.version,
+                "enabled": stored.flag.enabled,
                 "revision": revision,
                 "epoch": epoch,
                 "definition": msgspec.to_builtins(stored.flag),
@@ -304,9 +306,8 @@ async def _write_refusal(
                 )
         return None
     if needs_csrf:
-        form = await request.form()
-        given = form.get(CSRF_FIELD)
-        if not guard.csrf_ok(given if isinstance(given, str) else None):
+        form = await read_form(request)
+        if not guard.csrf_ok(form.get(CSRF_FIELD)):
             return Response("missing or wrong CSRF token: reload the page", status_code=403)
     return None
 
