@@ -51,6 +51,8 @@ class DemoOptions:
     """Simulated requests per second per worker."""
     url: str | None = None
     namespace: str = "demo"
+    dashboard_port: int | None = None
+    """Serve the dashboard on 127.0.0.1:PORT while the demo runs (`--dashboard`)."""
 
 
 @dataclass
@@ -86,6 +88,8 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
         publisher = stack.enter_context(Publisher(url, options.namespace, actor="demo-operator"))
         revision = publisher.apply(DEMO_FLAGS, prune=True, reason="demo setup")
         say(f"applied {DEMO_FLAGS.name} to namespace {options.namespace!r} as revision {revision}")
+        if options.dashboard_port is not None:
+            stack.enter_context(_dashboard(url, options, say))
         fleet = stack.enter_context(_workers(url, options))
         _wait_for_workers(publisher, options.workers, revision)
         say(f"{options.workers} workers running (SIMULATED LLM backends; the flags are real)\n")
@@ -123,8 +127,25 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
             f"{candidate:.0f} on the candidate"
         )
         summary["ok"] = candidate == 0
+        if options.dashboard_port is not None and sys.stdin.isatty():
+            say("\nthe dashboard stays open: press Enter to stop everything")
+            sys.stdin.readline()
     say("\ndone: workers stopped, server stopped" if options.url is None else "\ndone")
     return summary
+
+
+@contextmanager
+def _dashboard(url: str, options: DemoOptions, say: Callable[[str], None]) -> Iterator[None]:
+    """The dashboard on a thread of this process, for the length of the demo."""
+    from flagsync.dashboard import DashboardConfig  # noqa: PLC0415 - the `dashboard` extra
+    from flagsync.dashboard.serve import DashboardServer  # noqa: PLC0415
+
+    config = DashboardConfig(
+        url, options.namespace, port=options.dashboard_port or 8600, actor="dashboard"
+    )
+    with DashboardServer(config) as running:
+        say(f"dashboard: {running.url}/ (open it to watch the story live)")
+        yield
 
 
 def _record_step(  # noqa: PLR0917 - private; called with a recorded tuple
