@@ -121,6 +121,14 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
+def _with_unit(value: float, unit: str) -> str:
+    if unit == "$":
+        return f"${value:.4g}"
+    if unit == "/slot":
+        return f"{_fmt(value)} per slot"
+    return _fmt(value) + (f" {unit}" if unit else "")
+
+
 def line_chart(chart: Chart, slots: int) -> str:
     """An accessible SVG line chart (a title, one polyline per variant, a legend)."""
     values = [p for line in chart.lines.values() for p in line if p is not None]
@@ -135,7 +143,7 @@ def line_chart(chart: Chart, slots: int) -> str:
         f"<title>{title} per variant</title>",
         f'<text x="{_PAD}" y="14" class="chart-title">{title}</text>',
         f'<text x="{_WIDTH - _PAD}" y="14" text-anchor="end" class="chart-max">'
-        f"max {escape(_fmt(top))}{escape(chart.unit if chart.unit != '/slot' else '')}</text>",
+        f"max {escape(_with_unit(top, chart.unit))}</text>",
         f'<line x1="{_PAD}" y1="{_HEIGHT - _PAD}" x2="{_WIDTH - _PAD}" y2="{_HEIGHT - _PAD}" '
         'class="axis"/>',
     ]
