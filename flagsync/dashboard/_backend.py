@@ -29,6 +29,8 @@ _LAST_CHANGE_SCAN: Final = 2000
 """Change-log entries read to find each flag's last change for the flags table."""
 _SHARE_WINDOW_S: Final = 60.0
 _METRIC_KEYS_TTL_S: Final = 2.0
+_INCREMENTAL_MAX: Final = 200
+"""Revisions a cached view is moved forward by from the change log (more: read again)."""
 
 
 class StaleWriteError(FlagsyncError):
@@ -154,25 +156,61 @@ class Backend:
         return self.publisher.revision()
 
     def view(self) -> StoreView:
-        """Every flag as of the current revision (re-read only when the revision moved)."""
+        """Every flag as of the current revision: re-read only when the revision moved,
+        and then from the change log alone when it holds every revision since."""
         epoch, revision = self.revision()
         with self._read_lock:
             cached = self._cache.view
             if cached is not None and (cached.epoch, cached.revision) == (epoch, revision):
                 return cached
             started = time.perf_counter()
-            definitions = self.publisher.definitions()
-            versions = self.publisher.versions()
-            last: dict[str, HistoryEntry] = {}
-            for entry in self.publisher.history(limit=_LAST_CHANGE_SCAN):
-                if entry.kind == "flag" and entry.key not in last:
-                    last[entry.key] = entry
-            view = StoreView(
-                epoch, revision, dict(definitions.flags), versions, last,
-                read_ms=(time.perf_counter() - started) * 1000,
-            )  # fmt: skip
+            view = None
+            if cached is not None and cached.epoch == epoch and cached.revision < revision:
+                view = self._advanced(cached, revision)
+            if view is None:
+                view = self._read_view(epoch, revision)
+            view.read_ms = (time.perf_counter() - started) * 1000
             self._cache.view = view
             return view
+
+    def _read_view(self, epoch: str | None, revision: int) -> StoreView:
+        definitions = self.publisher.definitions()
+        versions = self.publisher.versions()
+        last: dict[str, HistoryEntry] = {}
+        for entry in self.publisher.history(limit=_LAST_CHANGE_SCAN):
+            if entry.kind == "flag" and entry.key not in last:
+                last[entry.key] = entry
+        return StoreView(epoch, revision, dict(definitions.flags), versions, last)
+
+    def _advanced(self, cached: StoreView, revision: int) -> StoreView | None:
+        """`cached` moved forward by the change log's entries, or None when the log does
+        not hold every revision since (then everything is read again)."""
+        gap = revision - cached.revision
+        if gap > _INCREMENTAL_MAX:
+            return None
+        entries = [
+            entry
+            for entry in self.publisher.history(limit=gap * 4 + 10)
+            if cached.revision < entry.revision <= revision
+        ]
+        if {entry.revision for entry in entries} != set(range(cached.revision + 1, revision + 1)):
+            return None
+        flags, versions = dict(cached.flags), dict(cached.versions)
+        last = dict(cached.last_change)
+        for entry in reversed(entries):  # oldest first
+            if entry.kind != "flag":
+                continue
+            last[entry.key] = entry
+            if entry.after is None:
+                flags.pop(entry.key, None)
+                versions.pop(entry.key, None)
+                continue
+            try:  # validated when written; only its shape is needed here
+                flags[entry.key] = msgspec.convert(entry.after, Flag)
+            except msgspec.ValidationError:
+                return None
+            versions[entry.key] = entry.version
+        return StoreView(cached.epoch, revision, flags, versions, last)
 
     def flag(self, key: str) -> StoredFlag:
         """One flag and its version; `FlagNotFoundError` when absent."""

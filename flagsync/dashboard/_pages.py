@@ -9,8 +9,10 @@ answer is the flag page with the write's propagation report, or the conflict vie
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, Any
 
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -19,7 +21,7 @@ from flagsync.dashboard._auth import COOKIE, Guard, read_form
 from flagsync.dashboard._views import environment
 
 if TYPE_CHECKING:
-    from flagsync.dashboard._backend import Backend, StaleWriteError, WriteOutcome
+    from flagsync.dashboard._backend import Backend, StaleWriteError, StoreView, WriteOutcome
     from flagsync.dashboard._config import DashboardConfig
     from flagsync.dashboard._live import Poller
 
@@ -47,6 +49,8 @@ class Pages:
         self.config = config
         self.env = environment()
         self.store_url = _redacted(config.url)
+        self._table: tuple[Any, str] | None = None
+        self._table_lock = threading.Lock()
 
     def _render(
         self, request: Request, name: str, status: int = 200, **context: Any
@@ -68,9 +72,34 @@ class Pages:
 
     async def flags(self, request: Request) -> Response:
         """`/`: every flag, its state, weights, last change and a kill switch."""
-        view = await run_in_threadpool(self.backend.view)
-        shares = await run_in_threadpool(self.backend.request_shares)
-        return self._render(request, "flags", view=view, shares=shares)
+
+        def table() -> tuple[StoreView, str]:
+            view = self.backend.view()
+            return view, self._flags_table(view, self.backend.request_shares())
+
+        view, html = await run_in_threadpool(table)
+        if request.query_params.get("fragment") == "1":
+            return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+        return self._render(request, "flags", view=view, table=Markup(html))  # noqa: S704
+
+    def _flags_table(self, view: StoreView, shares: dict[str, dict[str, float]]) -> str:
+        """The flags table, rendered once per revision and request-share reading (1,000
+        flags take ~100 ms to render; every open page asks for it after a change)."""
+        key = (
+            id(view),
+            view.epoch,
+            view.revision,
+            tuple((k, tuple(v.items())) for k, v in shares.items()),
+        )
+        with self._table_lock:
+            if self._table is not None and self._table[0] == key:
+                return self._table[1]
+            html = self.env.get_template("_flags.html").render(
+                csrf=self.guard.csrf, view=view, shares=shares,
+                namespace=self.config.namespace, read_only=self.config.read_only,
+            )  # fmt: skip
+            self._table = (key, html)
+            return html
 
     async def flag(
         self,

@@ -16,7 +16,6 @@ from flagsync.store import StoreKeys
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 EXAMPLE: Final = ROOT / "examples" / "flags.yaml"
-DOCS: Final = ROOT / "docs"
 HOSTILE: Final = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned=2">'
 
 

@@ -4,8 +4,10 @@ appearing live, and the README's screenshots."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,11 +259,17 @@ class TestScreenshots:
     """The README's pictures, from the demo's flags, live workers and their metrics."""
 
     def test_take_the_three_pages(
-        self, server: ServerProcess, make_dashboard: DashboardFactory, new_page: Any
+        self,
+        server: ServerProcess,
+        make_dashboard: DashboardFactory,
+        new_page: Any,
+        tmp_path: Path,
     ) -> None:
-        """Flags, flag and workers pages with the demo's data are saved under docs/."""
+        """Flags, flag and workers pages with the demo's data are photographed (into
+        `$FLAGSYNC_SCREENSHOTS`, e.g. `docs`, for the README; else a temporary folder)."""
         from flagsync.demo import DEMO_FLAGS
-        from tests.dashboard.support import DOCS
+
+        folder = Path(os.environ.get("FLAGSYNC_SCREENSHOTS") or tmp_path)
 
         namespace = "demo"  # this module's own server: the pictures show the demo's name
         guards = [
@@ -294,7 +302,7 @@ class TestScreenshots:
                 )
                 running = make_dashboard(url=server.url, namespace=namespace, actor="alice")
                 page = new_page()
-                DOCS.mkdir(exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True)
                 for path, name in (("/", "flags"), (f"/flags/{MODEL}", "flag"),
                                    ("/workers", "workers")):  # fmt: skip
                     page.goto(f"{running.url}{path}")
@@ -302,7 +310,7 @@ class TestScreenshots:
                     page.wait_for_function(
                         "document.getElementById('connection').textContent.includes('live')"
                     )
-                    target = DOCS / f"dashboard-{name}.png"
+                    target = folder / f"dashboard-{name}.png"
                     page.screenshot(path=str(target), full_page=True)
                     assert target.stat().st_size > 10_000
             finally:

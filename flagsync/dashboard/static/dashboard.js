@@ -85,9 +85,12 @@
 
   document.addEventListener("submit", (event) => {
     const form = event.target;
-    if (!(form instanceof HTMLFormElement) || !form.dataset.confirm) return;
+    if (!(form instanceof HTMLFormElement)) return;
+    const trigger = event.submitter;
+    const confirmText = (trigger && trigger.dataset.confirm) || form.dataset.confirm;
+    if (!confirmText) return;
     const reason = form.querySelector("[name=reason]");
-    let question = form.dataset.confirm + "?";
+    let question = confirmText + "?";
     if (reason && reason.type === "hidden") {
       const given = window.prompt(question + "\nReason (goes into the change log):", "");
       if (given === null) { event.preventDefault(); return; }
