@@ -188,11 +188,11 @@ class Backend:
         gap = revision - cached.revision
         if gap > _INCREMENTAL_MAX:
             return None
-        entries = [
-            entry
-            for entry in self.publisher.history(limit=gap * 4 + 10)
-            if cached.revision < entry.revision <= revision
-        ]
+        limit = gap * 4 + 10
+        read = self.publisher.history(limit=limit)
+        if len(read) == limit and read[-1].revision > cached.revision:
+            return None  # one revision changed many flags: the batch may not hold them all
+        entries = [entry for entry in read if cached.revision < entry.revision <= revision]
         if {entry.revision for entry in entries} != set(range(cached.revision + 1, revision + 1)):
             return None
         flags, versions = dict(cached.flags), dict(cached.versions)
@@ -211,6 +211,15 @@ class Backend:
                 return None
             versions[entry.key] = entry.version
         return StoreView(cached.epoch, revision, flags, versions, last)
+
+    def changed_since(self, revision: int, limit: int = 100) -> set[str] | None:
+        """The flags written after `revision`, or None when more than `limit` changes
+        happened (then a page reloads everything)."""
+        read = self.publisher.history(limit=limit + 1)
+        newer = [entry for entry in read if entry.revision > revision]
+        if len(newer) > limit:
+            return None
+        return {entry.key for entry in newer if entry.kind == "flag"}
 
     def flag(self, key: str) -> StoredFlag:
         """One flag and its version; `FlagNotFoundError` when absent."""

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Pages"]
 
+_FRAGMENT = "X-Flagsync-Fragment"
+"""Says whether a fragment answer holds changed rows only (`rows`) or the whole region."""
+
 
 def _redacted(url: str) -> str:
     from flagsync._connection import redact_url  # noqa: PLC0415
@@ -77,10 +80,33 @@ class Pages:
             view = self.backend.view()
             return view, self._flags_table(view, self.backend.request_shares())
 
+        if request.query_params.get("fragment") == "rows":
+            rows = await run_in_threadpool(self._changed_rows, request)
+            if rows is not None:
+                return HTMLResponse(rows, headers={"Cache-Control": "no-store", _FRAGMENT: "rows"})
         view, html = await run_in_threadpool(table)
-        if request.query_params.get("fragment") == "1":
+        if request.query_params.get("fragment") in ("1", "rows"):
             return HTMLResponse(html, headers={"Cache-Control": "no-store"})
         return self._render(request, "flags", view=view, table=Markup(html))  # noqa: S704
+
+    def _changed_rows(self, request: Request) -> str | None:
+        """The table rows of the flags changed since the page's revision (`since`), or
+        None when the page must reload the whole table (new epoch, deletions, many
+        changes)."""
+        try:
+            since = int(request.query_params.get("since", ""))
+        except ValueError:
+            return None
+        view = self.backend.view()
+        if request.query_params.get("epoch", "") != (view.epoch or "") or since > view.revision:
+            return None
+        changed = self.backend.changed_since(since)
+        if changed is None or not changed <= view.flags.keys():
+            return None
+        return self.env.get_template("_flag_rows.html").render(
+            keys=sorted(changed), view=view, shares=self.backend.request_shares(),
+            csrf=self.guard.csrf, read_only=self.config.read_only,
+        )  # fmt: skip
 
     def _flags_table(self, view: StoreView, shares: dict[str, dict[str, float]]) -> str:
         """The flags table, rendered once per revision and request-share reading (1,000

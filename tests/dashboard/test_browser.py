@@ -100,6 +100,20 @@ class TestKillSwitch:
         assert (entry.actor, entry.reason) == ("dash-operator", "thumbs-down up 3%")
         assert page.get_by_role("button", name="Enable", exact=True).count() == 1
 
+    def test_kill_from_the_flags_table_asks_for_a_reason(
+        self, dashboard: DashboardServer, store: Publisher, new_page: Any
+    ) -> None:
+        """The table's Kill button prompts for a reason, writes it to the change log, and
+        the row turns KILLED."""
+        page = new_page()
+        page.goto(f"{dashboard.url}/")
+        page.wait_for_function("document.body.dataset.stream === 'open'")
+        row = page.locator(f"#flag-{MODEL}")
+        row.get_by_role("button", name="Kill", exact=True).click()
+        page.wait_for_selector("#outcome")
+        assert store.history(MODEL, limit=1)[0].reason == "from the browser"
+        assert not store.get(MODEL).flag.enabled  # type: ignore[union-attr]
+
 
 class TestTwoOperators:
     """A stale screen never overwrites a colleague's change."""

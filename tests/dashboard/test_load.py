@@ -94,6 +94,8 @@ def dashboard_process(server: ServerProcess, namespace: str) -> Iterator[tuple[s
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+        if process.stderr is not None:
+            process.stderr.close()
 
 
 class TestTargets:

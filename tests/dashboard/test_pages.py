@@ -156,3 +156,23 @@ class TestFormWrites:
             answer.text
         )
         assert store.get(MODEL).version == 2  # type: ignore[union-attr]
+
+
+class TestLiveFragments:
+    """What the pages' script fetches after a change: the changed rows, or everything."""
+
+    def test_flags_page_sends_only_the_rows_changed_since_the_shown_revision(
+        self, dashboard: DashboardServer, store: Publisher
+    ) -> None:
+        """After one kill, `?fragment=rows&since=1` holds that flag's row alone; another
+        epoch (a wiped store) gets the whole table."""
+        store.kill(MODEL, reason="one row")
+        epoch = store.revision()[0] or ""
+        with api(dashboard.url) as client:
+            rows = client.get("/", params={"fragment": "rows", "since": 1, "epoch": epoch})
+            other = client.get("/", params={"fragment": "rows", "since": 1, "epoch": "x"})
+        assert rows.headers["x-flagsync-fragment"] == "rows"
+        assert re.findall(r'<tr id="([^"]+)"', rows.text) == [f"flag-{MODEL}"]
+        assert "KILLED" in rows.text
+        assert "x-flagsync-fragment" not in other.headers
+        assert other.text.count('<tr id="flag-') == len(store.versions())

@@ -12,6 +12,7 @@
   let shownWorkers = null;
   let pending = false;
   let refreshing = false;
+  let since = null;  // the revision the live region shows, while a refresh is due
 
   function editing() {
     // Never swap the live region under an operator who is typing in one of its forms:
@@ -20,6 +21,17 @@
     if (live && active && live.contains(active) && active.closest("form")) return true;
     return live ? Array.from(live.querySelectorAll("input:not([type=hidden])")).some(
       (input) => input.value !== input.defaultValue) : false;
+  }
+
+  function replaceRows(table, html) {
+    const holder = document.createElement("tbody");
+    holder.innerHTML = html;
+    const rows = Array.from(holder.querySelectorAll("tr[id]"));
+    if (rows.some((row) => !document.getElementById(row.id))) return false;  // a new flag
+    for (const row of rows) document.getElementById(row.id).replaceWith(row);
+    const meta = live.querySelector("p.meta");
+    if (meta) meta.textContent = meta.textContent.replace(/revision r\d+/, "revision r" + shownRevision);
+    return true;
   }
 
   async function refresh() {
@@ -32,9 +44,20 @@
     if (refreshing) { pending = true; return; }
     refreshing = true;
     try {
-      const answer = await fetch(live.dataset.fragment, { credentials: "same-origin" });
+      let url = live.dataset.fragment;
+      const table = live.querySelector("table.flags");
+      const from = since;
+      since = null;
+      if (table && from !== null) {
+        // The flags page asks for the changed rows only (1,000 rows are ~700 KB).
+        url = "/?fragment=rows&since=" + from + "&epoch=" + encodeURIComponent(shownEpoch);
+      }
+      const answer = await fetch(url, { credentials: "same-origin" });
       if (answer.ok) {
-        live.innerHTML = await answer.text();
+        const html = await answer.text();
+        if (answer.headers.get("X-Flagsync-Fragment") !== "rows" || !replaceRows(table, html)) {
+          live.innerHTML = html;
+        }
         live.dataset.refreshedAt = String(Date.now());
       }
     } finally {
@@ -62,6 +85,8 @@
     const fleetMoved = body.dataset.page === "workers" && workers !== shownWorkers;
     shownWorkers = workers;
     if (state.ok && (moved || fleetMoved)) {
+      if (since === null && (state.epoch || "") === shownEpoch) since = shownRevision;
+      if ((state.epoch || "") !== shownEpoch) since = null;
       shownRevision = String(state.revision);
       shownEpoch = state.epoch || "";
       body.dataset.revision = shownRevision;
