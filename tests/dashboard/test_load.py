@@ -25,7 +25,13 @@ from flagsync.server import ServerProcess, free_port
 from tests.dashboard.support import fake_presence, wait_until
 from tests.optional import require_part
 
-pytestmark = [pytest.mark.requires("browser"), pytest.mark.slow, pytest.mark.timeout(600)]
+HOLD_S = float(os.environ.get("FLAGSYNC_DASHBOARD_HOLD_S", "20"))
+"""How long 5 pages stay open for the memory figure (the issue's target says 600)."""
+pytestmark = [
+    pytest.mark.requires("browser"),
+    pytest.mark.slow,
+    pytest.mark.timeout(600 + HOLD_S),
+]
 
 FLAGS = 1000
 WORKERS = 200
@@ -174,7 +180,7 @@ class TestTargets:
         paths = ["/", "/workers", "/flags/flag-0001", "/", "/workers"]
         for page, path in zip(pages, paths, strict=True):
             page.goto(url + path)
-        hold_s = float(os.environ.get("FLAGSYNC_DASHBOARD_HOLD_S", "20"))
+        hold_s = HOLD_S
         deadline = time.monotonic() + hold_s
         writes = 0
         while time.monotonic() < deadline:
