@@ -8,6 +8,7 @@ diff, so a stale screen can never overwrite a colleague's change.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -362,7 +363,8 @@ class Backend:
         method = getattr(controller, action, None)
         with self._write_lock:
             if method is not None:
-                result = method(reason=reason)
+                takes_reason = "reason" in inspect.signature(method).parameters
+                result = method(reason=reason) if takes_reason else method()
                 return {"action": action, "key": key, "result": msgspec.to_builtins(result)}
             if action != "abort":
                 raise NotImplementedError(
