@@ -79,6 +79,17 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
             for metric, budget in budgets["engine"]["hot_path"].items()
             if hot[metric] > budget
         )
+        provider = engine_results.get("openfeature")
+        if provider is not None:  # None: openfeature-sdk is not installed
+            failures.extend(
+                f"engine openfeature {metric}: {provider[metric]}x > budget {budget}x"
+                for metric, budget in budgets["engine"]["openfeature"].items()
+                if provider[metric] > budget
+            )
+        llm_ratio = engine_results["llm"]["llm_config_ratio_to_json_value"]
+        llm_budget = budgets["engine"]["llm"]["llm_config_ratio_to_json_value"]
+        if llm_ratio > llm_budget:
+            failures.append(f"engine llm_config: {llm_ratio}x json_value > budget {llm_budget}x")
         for metric, budget in budgets["engine"]["cold_10k"].items():
             value = engine_results["cold_10k"][metric]
             if value > budget:
@@ -152,6 +163,24 @@ def _print_engine(results: dict[str, Any]) -> None:
         f" | variation {ns['variation_rollout']:>6.1f} ns ({hot['rollout_ratio_to_minimal']}x)"
         f" | string_value {ns['string_value']:>6.1f} ns"
         f" ({hot['string_value_ratio_to_variation']}x variation)"
+    )
+    provider = results.get("openfeature")
+    if provider is not None:
+        ns = provider["median_ns"]
+        print(
+            f"openfeature (rule + 50/50): variation {ns['variation']:.1f} ns | detail"
+            f" {ns['detail']:.1f} ns | provider resolve {ns['provider_resolve']:.1f} ns"
+            f" ({provider['provider_ratio_to_variation']}x variation,"
+            f" {provider['provider_ratio_to_detail']}x detail) | SDK get_string_details"
+            f" {ns['sdk_get_details']:.1f} ns ({provider['sdk_ratio_to_variation']}x variation)"
+        )
+    llm = results["llm"]
+    print(
+        f"llm configs (rule + 50/50): json_value {llm['median_ns']['json_value']:.1f} ns"
+        f" | llm_config {llm['median_ns']['llm_config']:.1f} ns"
+        f" ({llm['llm_config_ratio_to_json_value']}x json_value)"
+        f" | with variables {llm['median_ns']['llm_config_rendered']:.1f} ns"
+        f" (rendering: +{llm['render_ns']:.1f} ns)"
     )
     cold = results["cold_10k"]
     print(

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from benchmarks import llm, openfeature
 from benchmarks._timing import Evaluate, median, ns_per_call, seconds
 from benchmarks.minimal import Table, minimal_evaluator
 from flagsync import FlagClient, Snapshot, load_flags
@@ -257,6 +258,8 @@ def run(*, quick: bool) -> dict[str, Any]:
 
     results: dict[str, Any] = {"floor_ns": round(floor_ns, 1), "cases": {}}
     results["hot_path"] = hot_path(users[:10_000], 15 if quick else 41)
+    results["openfeature"] = openfeature.run(users[:10_000], 7 if quick else 21)
+    results["llm"] = llm.run(users[:10_000], 9 if quick else 25)
     cases = {
         "a_bool_no_rules": ("bool-static", False),
         "b_two_rules_rollout": ("model-routing", "fallback"),

@@ -30,6 +30,7 @@ from flagsync._validation import (
     cycle_issues,
     json_kind,
 )
+from flagsync.llm.validate import check_llm_flag
 from flagsync.model import (
     MAX_CLAUSE_VALUES,
     MAX_CLAUSES,
@@ -173,6 +174,8 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
         elif kind != value_kind:
             return True
     if flag.off not in variants or _serve_problem(flag.default, variants):
+        return True
+    if flag.kind is not None and check_llm_flag("", flag):
         return True
     if len(flag.rules) > MAX_RULES:
         return True

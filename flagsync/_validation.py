@@ -18,6 +18,7 @@ import msgspec
 from flagsync._gc import gc_paused
 from flagsync._semver import parse_semver
 from flagsync.errors import InvalidFlagError, ValidationIssue
+from flagsync.llm.validate import check_llm_flag, parse_llm_section
 from flagsync.model import (
     KEY_PATTERN,
     MAX_CLAUSE_VALUES,
@@ -45,7 +46,7 @@ _EQUALITY_OPS = frozenset({"in", "not_in", "eq", "neq"})
 _STRING_OPS = frozenset({"starts_with", "ends_with", "contains", "matches"})
 _NUMBER_OPS = frozenset({"lt", "lte", "gt", "gte"})
 _SEMVER_OPS = frozenset({"semver_lt", "semver_eq", "semver_gt"})
-_TOP_LEVEL_FIELDS = ("flags", "segments")
+_TOP_LEVEL_FIELDS = ("flags", "segments", "llm")
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
 _encoder = msgspec.msgpack.Encoder()
 _T = TypeVar("_T")
@@ -94,9 +95,10 @@ def _parse_flagset(data: object) -> FlagSet:
             flags[key] = flag
 
     issues.extend(_check_prerequisites(flags, raw_flags.keys()))
+    llm = parse_llm_section(data.get("llm"), flags, issues)  # see flagsync.llm.validate
     if issues:
         raise InvalidFlagError(issues)
-    return FlagSet(flags=flags, segments=segments)
+    return FlagSet(flags=flags, segments=segments, llm=llm)
 
 
 def parse_flag(key: str, data: object, segment_names: Collection[str] = ()) -> Flag:
@@ -119,6 +121,8 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
     if len(flag.description) > MAX_TEXT_CHARS:
         issues.append(ValidationIssue(f"{at}.description", f"longer than {MAX_TEXT_CHARS} chars"))
     issues.extend(_check_variants(at, flag.variants))
+    if flag.kind is not None:
+        issues.extend(check_llm_flag(at, flag))
     variants = flag.variants.keys()
     if flag.off not in variants:
         issues.append(ValidationIssue(f"{at}.off", f"unknown variant {flag.off!r}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from flagsync._hot_path import add_evaluation_methods
 from flagsync.compile import SERVE_DEFAULT, CompiledFlag, TableEntry
@@ -22,7 +22,11 @@ from flagsync.status import ClientStatus, SyncState
 
 if TYPE_CHECKING:
     from flagsync._sync.wiring import ConnectSettings, SyncHandle
+    from flagsync.llm.config import LLMConfig
+    from flagsync.llm.serve import DefaultConfig
+    from flagsync.llm.tracker import LLMCall
     from flagsync.metrics import MetricsTables
+    from flagsync.model import ModelPrice
 
 __all__ = ["FlagClient"]
 
@@ -43,7 +47,17 @@ class FlagClient:
     JSON (object/array) values are shared with the snapshot: treat them as read-only.
     """
 
-    __slots__ = ("__weakref__", "_is_stale", "_metrics", "_snapshot", "_sync", "_table")
+    __slots__ = (
+        "__weakref__",
+        "_is_stale",
+        "_llm_configs",
+        "_metrics",
+        "_snapshot",
+        "_sync",
+        "_table",
+    )
+    _counts_exposures = False
+    """Whether `llm_config` counts the variant it serves (a `MeteredFlagClient` does)."""
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         self._snapshot = snapshot if snapshot is not None else Snapshot.empty()
@@ -52,6 +66,9 @@ class FlagClient:
         self._sync: SyncHandle | None = None
         """What keeps this client current (None offline); set by `_follow` only."""
         self._metrics: MetricsTables | None = None
+        self._llm_configs: dict[str, tuple[Any, Any, dict[str, LLMConfig]]] = {}
+        """llm flag key -> its configs per outcome, the table entry they belong to, and
+        per variant: see `flagsync.llm.serve.cached_config`."""
 
     @classmethod
     def offline(cls, source: FlagSource) -> FlagClient:
@@ -144,6 +161,82 @@ class FlagClient:
             tables.record(flag, flag.index_for(context), metric, float(value))
         except Exception:  # noqa: BLE001, S110 - metrics never break the request path
             pass
+
+    # -- llm flags (`kind: llm`, see flagsync.llm) ---------------------------------
+
+    @overload
+    def llm_config(
+        self,
+        key: str,
+        context: Context,
+        default: LLMConfig | Mapping[str, Any],
+        variables: Mapping[str, object] | None = None,
+    ) -> LLMConfig: ...
+    @overload
+    def llm_config(
+        self,
+        key: str,
+        context: Context,
+        default: None = None,
+        variables: Mapping[str, object] | None = None,
+    ) -> LLMConfig | None: ...
+    def llm_config(
+        self,
+        key: str,
+        context: Context,
+        default: DefaultConfig = None,
+        variables: Mapping[str, object] | None = None,
+    ) -> LLMConfig | None:
+        """The `LLMConfig` an llm flag serves `context` (or `default`, as a config), its
+        messages rendered with `variables` (`{{name}}`; missing ones are listed on the
+        config's `problems`). Never raises; `llm_config_detail` says why a default served."""
+        try:  # the common case: one evaluation and one cache hit (see flagsync.llm.serve)
+            select, served, _ = self._table[key]
+            configs, known, _ = self._llm_configs[key]
+            if known is served:
+                if select is None:
+                    config = configs
+                else:
+                    index = select(context)
+                    config = configs[index]
+                    if config is not None and self._counts_exposures:
+                        select.counts[index] += 1  # type: ignore[attr-defined]
+                if config is not None:
+                    found: LLMConfig = config
+                    return found if variables is None else found.render(variables)
+        except Exception:  # noqa: BLE001, S110 - first use, a miss, or an error: the slow path
+            pass
+        return self.llm_config_detail(key, context, default, variables).value  # type: ignore[no-any-return]
+
+    def llm_config_detail(
+        self,
+        key: str,
+        context: Context,
+        default: DefaultConfig = None,
+        variables: Mapping[str, object] | None = None,
+    ) -> EvaluationDetail:
+        """`llm_config` with the reason: an `EvaluationDetail` whose value is the config;
+        a flag that is not `kind: llm` serves the default with `TYPE_MISMATCH`."""
+        from flagsync.llm.serve import serve_detail  # noqa: PLC0415 - only llm users pay for it
+
+        return serve_detail(self, key, context, default, variables)
+
+    def llm_call(
+        self, config: LLMConfig | None, *, prices: Mapping[str, ModelPrice] | None = None
+    ) -> LLMCall:
+        """`with client.llm_call(config) as call:` times one call and records latency,
+        tokens, errors and cost against the flag and variant that served `config`
+        (prices: `prices`, else the flag file's `llm.prices`). `call.id` is for feedback."""
+        from flagsync.llm.tracker import LLMCall  # noqa: PLC0415
+
+        return LLMCall(self, config, prices=prices)
+
+    def llm_feedback(self, call_id: str, metric: str = "thumbs_down", value: float = 1.0) -> bool:
+        """Record feedback on an earlier call (of any process) by its id: the id carries
+        the flag, variant and version. False when nothing could be recorded; never raises."""
+        from flagsync.llm.tracker import record_feedback  # noqa: PLC0415
+
+        return record_feedback(self, call_id, metric, value)
 
     def _install(self, snapshot: Snapshot) -> None:
         """Make `snapshot` current. Readers see the old or the new table, never a mix."""
@@ -279,6 +372,7 @@ class MeteredFlagClient(FlagClient):
     """
 
     __slots__ = ()
+    _counts_exposures = True
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         super().__init__(snapshot)

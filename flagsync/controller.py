@@ -9,6 +9,20 @@ holds go to the rollout's decision log. Only the holder of the flag's lease (a R
 with a TTL) acts, so two controllers never fight; the step is re-derived from the flag
 itself on every tick, so a controller that crashes between writes leaves the flag
 exactly where its last atomic write put it, and a restarted one carries on from there.
+
+Fencing. A lease with a TTL alone does not stop a controller that was paused (GC, SIGSTOP,
+a slow network) between deciding and writing: it would write after another controller
+took over. So taking the lease bumps a lease version (`lease:<flag>` in the versions
+hash) and returns it as this controller's token; every flag write of the controller
+carries a write-script guard on that token and on the flag's version it decided on, and
+its state and decision-log writes check the token in the same script. A controller whose
+lease moved has its writes refused; one that decided on a flag someone changed meanwhile
+has its write refused too.
+
+Humans win. A change to the flag not made by a controller (its version moved past what
+the controller last wrote, and the change log says who) pauses the plan: `rollout status`
+shows `paused: changed by <actor> at <time>`, and nothing is written until someone runs
+`flagsync rollout resume KEY`. A controller never undoes a human's ramp, kill or enable.
 `run_all` drives every flag that has a plan (what `flagsync controller` runs), and
 `RolloutController.status()` is what `flagsync rollout status` shows.
 """
@@ -27,11 +41,22 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from flagsync.errors import FlagNotFoundError, FlagsyncError, InvalidFlagError, ValidationIssue
+from flagsync._lease import LEASE_KIND, Lease
+from flagsync._metrics_window import MetricsWindow, read_window
+from flagsync._rollout_model import (
+    Decision,
+    RolloutPlan,
+    RolloutState,
+    RolloutStatus,
+    paused_note,
+    plan_codec,
+    state_codec,
+    step_of,
+    weight_of,
+)
+from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
 from flagsync.guards import GuardResult, evaluate_guard, parse_guard
-from flagsync.metrics import merge_window
-from flagsync.model import KEY_PATTERN, Rollout
-from flagsync.publisher import Publisher
+from flagsync.publisher import Publisher, StoredFlag
 from flagsync.store import StoreClient
 
 __all__ = [
@@ -45,116 +70,17 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("flagsync.controller")
-_RENEW_LEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
-_RELEASE_LEASE: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class RolloutPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How to ramp one flag: steps, hold time, window, sample floor and guards."""
-
-    variant: str
-    """The variant being ramped (e.g. `candidate`)."""
-    control: str
-    """The variant it is compared with (e.g. `current`)."""
-    rule: str | None = None
-    """Ramp this rule's rollout; None ramps the fallthrough."""
-    steps: list[float]
-    hold_s: float = 60.0
-    window_s: float = 60.0
-    min_samples: int = 200
-    guards: list[str]
-    on_breach: str = "kill"
-    """`kill` (the kill switch) or `revert` (the variant back to 0 %)."""
-
-    def validate(self, key: str) -> None:
-        """Refuse a plan that cannot run, naming the field."""
-        at = f"plans.{key}"
-        issues = [
-            ValidationIssue(f"{at}.{name}", "not a variant name")
-            for name in ("variant", "control")
-            if not KEY_PATTERN.match(getattr(self, name))
-        ]
-        if not self.steps or any(not 0 < s <= 100 for s in self.steps):
-            issues.append(ValidationIssue(f"{at}.steps", "steps must be percentages in (0, 100]"))
-        elif any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
-            issues.append(ValidationIssue(f"{at}.steps", "steps must increase"))
-        if self.hold_s < 0 or self.window_s <= 0 or self.min_samples < 1:
-            issues.append(ValidationIssue(at, "hold_s >= 0, window_s > 0, min_samples >= 1"))
-        if self.on_breach not in ("kill", "revert"):
-            issues.append(ValidationIssue(f"{at}.on_breach", "use 'kill' or 'revert'"))
-        if not self.guards:
-            issues.append(ValidationIssue(f"{at}.guards", "a guarded rollout needs a guard"))
-        for index, guard in enumerate(self.guards):
-            try:
-                parse_guard(guard, path=f"{at}.guards[{index}]")
-            except InvalidFlagError as error:
-                issues.extend(error.issues)
-        if issues:
-            raise InvalidFlagError(issues)
-
-
-class RolloutState(msgspec.Struct):
-    """Where a rollout stands (stored beside the plan)."""
-
-    status: str = "running"
-    """`running`, `completed`, `rolled_back` or `stopped`."""
-    step: int = -1
-    step_started_ms: int = 0
-    updated_ms: int = 0
-
-
-class Decision(msgspec.Struct, frozen=True):
-    """One tick's decision and the numbers behind it."""
-
-    time_ms: int
-    decision: str
-    """`start`, `hold`, `advance`, `complete`, `rollback`, `stopped` or `not_leader`."""
-    step: int
-    percent: float
-    note: str
-    guards: list[GuardResult] = msgspec.field(default_factory=list)
-    revision: int | None = None
-    """The revision the decision wrote (start, advance, rollback), else None."""
-
-    def __str__(self) -> str:
-        return f"{self.decision} at {self.percent:g}%: {self.note}"
 
 
 _PLAN_SET: Final = "plan"
 """The decision-log entry `set_plan` writes: the decisions before it belong to older plans."""
 _QUIET: Final = ("hold", "not_leader")
 """Decisions `run_all` does not report (every tick makes one)."""
-
-
-class RolloutStatus(msgspec.Struct, frozen=True):
-    """Where a rollout stands, read from the flag itself, for `flagsync rollout status`."""
-
-    key: str
-    plan: RolloutPlan
-    state: RolloutState
-    percent: float
-    """The ramped variant's weight now, in the plan's rule (or the fallthrough)."""
-    step: int
-    """The last plan step that weight has reached; -1 before the first."""
-    enabled: bool
-    samples_since_ms: int
-    """Guard samples count from here: the step's start, or the window's when later."""
-    now_ms: int
-    guards: list[GuardResult]
-    decisions: list[dict[str, Any]]
-    """The current plan's decisions, newest first (a replaced plan's are left out)."""
-
-
-_plan_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RolloutPlan))
-_state_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(RolloutState))
+_FINAL: Final = ("complete", "rollback", "stopped", "paused")
+"""Decisions after which `run` returns: nothing more happens without a human."""
+CONTROLLER_REASON: Final = "rollout:"
+"""How every change-log reason of a controller's write begins (with the controller's
+actor, it tells the controller's own writes from a human's)."""
 
 
 class RolloutController:
@@ -178,9 +104,10 @@ class RolloutController:
         self._plan_key = keys.plans
         self._state_key = keys.rollout(key)
         self._log_key = keys.rollout_log(key)
-        self._lease_key = keys.lease(key)
-        self._metrics_key = keys.metrics(key)
         self._redis: Any = StoreClient(publisher.client, publisher.url)  # errors mapped
+        self._reported_problems: list[str] = []
+        self.lease = Lease(self._redis, keys, key, self.owner, self.lease_ttl_ms)
+        """The flag's lease; its token fences every write of this controller."""
 
     # -- plan and state ----------------------------------------------------------
 
@@ -206,25 +133,55 @@ class RolloutController:
                         f"plans.{self.key}.guards[{index}]",
                         f"flag has no variant {side.variant!r}",
                     )
-        self._redis.hset(self._plan_key, self.key, _plan_codec[0].encode(plan))
-        self._save_state(RolloutState())
+        self.lease.fence_off()
+        self._redis.hset(self._plan_key, self.key, plan_codec[0].encode(plan))
+        self._save_state(RolloutState(flag_version=stored.version))
         steps = ", ".join(f"{step:g}%" for step in plan.steps)
         marker = Decision(int(self.clock() * 1000), _PLAN_SET, -1, 0.0, f"new plan: {steps}")
-        self._redis.xadd(
-            self._log_key, {"decision": msgspec.json.encode(marker)}, maxlen=1000, approximate=True
+        self._append_decision(marker)
+
+    def resume(self) -> RolloutState:
+        """Resume a plan paused by a human's change, from where the flag is now.
+
+        The flag's current version becomes the controller's starting point, so the human's
+        change stands; the rollout carries on from the step its weight has reached.
+        `FlagsyncError` when the rollout is not paused.
+        """
+        self.plan()  # no plan: say so
+        state = self.state()
+        if state.status != "paused":
+            raise FlagsyncError(
+                f"the rollout of {self.key!r} is {state.status}, not paused: nothing to resume"
+            )
+        stored = self.publisher.get(self.key)
+        if stored is None:
+            raise FlagNotFoundError("flag", self.key)
+        self.lease.fence_off()
+        note = f"resumed by {self.publisher.actor} after: {state.pause_summary}"
+        now_ms = int(self.clock() * 1000)
+        resumed = RolloutState(
+            step=-1, step_started_ms=now_ms, updated_ms=now_ms, flag_version=stored.version
         )
+        self._save_state(resumed)
+        self._append_decision(
+            Decision(now_ms, "resume", -1, weight_of(stored.flag, self.plan()), note)
+        )
+        _log.info(
+            "rollout_resumed", key=self.key, actor=self.publisher.actor, version=stored.version
+        )
+        return resumed
 
     def plan(self) -> RolloutPlan:
         """The stored plan; `FlagsyncError` when the flag has none."""
         blob = self._redis.hget(self._plan_key, self.key)
         if blob is None:
             raise FlagsyncError(f"no rollout plan for {self.key!r} (see: flagsync rollout plan)")
-        return _plan_codec[1].decode(blob)
+        return plan_codec[1].decode(blob)
 
     def state(self) -> RolloutState:
         """The stored state (a fresh one if none)."""
         blob = self._redis.get(self._state_key)
-        return RolloutState() if blob is None else _state_codec[1].decode(blob)
+        return RolloutState() if blob is None else state_codec[1].decode(blob)
 
     def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
         """The current plan's newest decisions, newest first (none from a replaced plan)."""
@@ -243,27 +200,35 @@ class RolloutController:
         stored = self.publisher.get(self.key)
         if stored is None:
             raise FlagNotFoundError("flag", self.key)
-        percent = _weight_of(stored.flag, plan)
+        percent = weight_of(stored.flag, plan)
         now_ms = int(self.clock() * 1000)
         since = max(state.step_started_ms, now_ms - int(plan.window_s * 1000))
-        window = self.window(since)
+        window = self.read_window(since)
         return RolloutStatus(
             key=self.key,
             plan=plan,
             state=state,
             percent=percent,
-            step=_step_of(plan, percent),
+            step=step_of(plan, percent),
             enabled=stored.flag.enabled,
             samples_since_ms=since,
             now_ms=now_ms,
-            guards=[evaluate_guard(parse_guard(g), window, plan.min_samples) for g in plan.guards],
+            guards=[
+                evaluate_guard(parse_guard(g), window.stats, plan.min_samples) for g in plan.guards
+            ],
             decisions=self.decisions(decisions),
+            metrics_problems=window.problems,
         )
 
     def window(self, since_ms: int) -> dict[tuple[str, str], Any]:
         """Metrics of the flag flushed since `since_ms`, summed per (variant, metric)."""
-        entries = self._redis.xrange(self._metrics_key, min=str(since_ms), max="+")
-        return merge_window(fields for _, fields in entries)
+        return self.read_window(since_ms).stats
+
+    def read_window(self, since_ms: int) -> MetricsWindow:
+        """The window with what each worker's stream gave and what could not be read."""
+        return read_window(
+            self.publisher.client, self.publisher.url, self.publisher.keys, self.key, since_ms
+        )
 
     # -- acting ----------------------------------------------------------------
 
@@ -271,9 +236,11 @@ class RolloutController:
         """Make one decision (acting on it when this controller holds the lease)."""
         plan, state = self.plan(), self.state()
         now_ms = int(self.clock() * 1000)
+        if state.status == "paused":
+            return Decision(now_ms, "stopped", state.step, math.nan, paused_note(self.key, state))
         if state.status != "running":
             return Decision(now_ms, "stopped", state.step, math.nan, f"rollout is {state.status}")
-        if not self._renew_lease():
+        if not self.lease.acquire():
             return Decision(now_ms, "not_leader", state.step, math.nan, "another controller acts")
         stored = self.publisher.get(self.key)
         if stored is None:
@@ -281,30 +248,55 @@ class RolloutController:
         if not stored.flag.enabled:
             state.status = "stopped"
             return self._decide(state, plan, "stopped", 0.0, "the flag is killed", [], now_ms)
-        percent = _weight_of(stored.flag, plan)
-        step = _step_of(plan, percent)
+        if state.flag_version and stored.version != state.flag_version:
+            paused = self._pause_if_changed_by_hand(state, plan, stored, now_ms)
+            if paused is not None:
+                return paused
+        state.flag_version = stored.version
+        try:
+            return self._act(plan, state, stored, now_ms)
+        except ConflictError as refused:
+            return self._refused(refused, plan, state, now_ms)
+
+    def _act(
+        self, plan: RolloutPlan, state: RolloutState, stored: StoredFlag, now_ms: int
+    ) -> Decision:
+        """Decide on the flag as read (`stored`); every write is fenced by the lease token
+        and refused if the flag changed since it was read."""
+        percent = weight_of(stored.flag, plan)
+        step = step_of(plan, percent)
         if step == -1:
-            revision = self._ramp(plan, plan.steps[0], "rollout: start")
+            revision = self._ramp(plan, state, stored, plan.steps[0], "rollout: start")
             state.step, state.step_started_ms = 0, now_ms
             return self._decide(
                 state, plan, "start", plan.steps[0], "first step", [], now_ms, revision
             )
-        if step != state.step:  # a restart, or someone ramped by hand: hold from now
+        if step != state.step:  # a restart, or a resumed plan: hold from now
             state.step, state.step_started_ms = step, now_ms
         since = max(state.step_started_ms, now_ms - int(plan.window_s * 1000))
-        window = self.window(since)
+        window = self.read_window(since)
         results = [
-            evaluate_guard(parse_guard(text), window, plan.min_samples) for text in plan.guards
+            evaluate_guard(parse_guard(text), window.stats, plan.min_samples)
+            for text in plan.guards
         ]
         breaches = [result for result in results if result.verdict == "breach"]
         if breaches:
             reason = "rollout: guard breached: " + "; ".join(b.summary for b in breaches)
             if plan.on_breach == "kill":
-                revision = self.publisher.kill(self.key, reason=reason[:2000])
+                revision = self.publisher.kill(
+                    self.key,
+                    reason=reason[:2000],
+                    expected_version=stored.version,
+                    lease=self.lease.token,
+                )
+                self._wrote(state, stored)
             else:
-                revision = self._ramp(plan, 0, reason)
+                revision = self._ramp(plan, state, stored, 0, reason)
             state.status = "rolled_back"
             return self._decide(state, plan, "rollback", percent, reason, results, now_ms, revision)
+        distrust = self._distrust(plan, window)
+        if distrust is not None:  # a breach above still rolls back; nothing else happens
+            return self._decide(state, plan, "hold", percent, distrust, results, now_ms)
         held_s = (now_ms - state.step_started_ms) / 1000
         if all(result.verdict == "pass" for result in results) and held_s >= plan.hold_s:
             if step == len(plan.steps) - 1:
@@ -313,7 +305,9 @@ class RolloutController:
                     state, plan, "complete", percent, "all steps held", results, now_ms
                 )
             target = plan.steps[step + 1]
-            revision = self._ramp(plan, target, "rollout: advance: " + "; ".join(map(str, results)))
+            revision = self._ramp(
+                plan, state, stored, target, "rollout: advance: " + "; ".join(map(str, results))
+            )
             state.step, state.step_started_ms = step + 1, now_ms
             return self._decide(
                 state, plan, "advance", target, f"to {target:g}%", results, now_ms, revision
@@ -334,14 +328,14 @@ class RolloutController:
         on_decision: Callable[[Decision], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
     ) -> Decision:
-        """Tick until the rollout completes, rolls back or stops (or `timeout_s`)."""
+        """Tick until the rollout completes, rolls back, stops or pauses (or `timeout_s`)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         try:
             while True:
                 decision = self.tick()
                 if on_decision is not None:
                     on_decision(decision)
-                if decision.decision in ("complete", "rollback", "stopped"):
+                if decision.decision in _FINAL:
                     return decision
                 if (deadline is not None and time.monotonic() >= deadline) or (
                     should_stop is not None and should_stop()
@@ -353,17 +347,127 @@ class RolloutController:
 
     def release(self) -> None:
         """Give up the flag's lease (when held), so another controller can act at once."""
-        self._redis.eval(_RELEASE_LEASE, 1, self._lease_key, self.owner)
+        self.lease.release()
 
     # -- internals -------------------------------------------------------------
 
-    def _renew_lease(self) -> bool:
-        return bool(
-            self._redis.eval(_RENEW_LEASE, 1, self._lease_key, self.owner, self.lease_ttl_ms)
-        )
+    def _pause_if_changed_by_hand(
+        self, state: RolloutState, plan: RolloutPlan, stored: StoredFlag, now_ms: int
+    ) -> Decision | None:
+        """Pause the plan when someone else changed the flag since the controller last
+        wrote it; None when every change since was a controller's own (a controller that
+        crashed between its flag write and its state save)."""
+        change = self._change_by_hand(state.flag_version, stored.version)
+        if change is None:
+            return None
+        state.status = "paused"
+        state.paused_by, state.paused_ms, state.paused_change = change
+        note = f"paused: {state.pause_summary}; resume with: flagsync rollout resume {self.key}"
+        return self._decide(state, plan, "paused", weight_of(stored.flag, plan), note, [], now_ms)
 
-    def _ramp(self, plan: RolloutPlan, percent: float, reason: str) -> int:
-        return self.publisher.ramp(self.key, plan.variant, percent, plan.rule, reason=reason[:2000])
+    def _change_by_hand(self, since: int, now: int) -> tuple[str, int, str] | None:
+        """(actor, time ms, what) of the newest change of the flag after version `since`
+        not made by a controller; a change missing from the log counts as a human's."""
+        entries = [
+            entry
+            for entry in self.publisher.history(self.key, limit=max(1, now - since))
+            if entry.kind == "flag" and entry.version > since
+        ]
+        for entry in entries:  # newest first
+            by_controller = entry.actor == self.publisher.actor and entry.reason.startswith(
+                CONTROLLER_REASON
+            )
+            if not by_controller:
+                what = f"{entry.op}: {entry.reason}" if entry.reason else entry.op
+                return entry.actor or "unknown", entry.time_us // 1000, what[:200]
+        if len(entries) < now - since:
+            return "unknown", int(self.clock() * 1000), f"v{since}..v{now} not in the change log"
+        return None
+
+    def _refused(
+        self, refused: ConflictError, plan: RolloutPlan, state: RolloutState, now_ms: int
+    ) -> Decision:
+        """A write refused by the script: the lease moved (fenced: write nothing more), or
+        the flag changed between this tick's read and its write (a human: pause)."""
+        if refused.kind != LEASE_KIND:  # the flag changed: did the lease move too?
+            lease_version = self.lease.version()
+            if lease_version != self.lease.token:
+                refused = ConflictError(LEASE_KIND, self.key, self.lease.token, lease_version)
+        if refused.kind == LEASE_KIND:
+            _log.warning(
+                "rollout_write_fenced",
+                key=self.key,
+                owner=self.owner,
+                token=refused.expected_version,
+                lease_version=refused.actual_version,
+            )
+            self.lease.token = 0
+            note = (
+                f"write refused: the lease moved (token {refused.expected_version}, now "
+                f"{refused.actual_version}) while this controller decided"
+            )
+            return Decision(now_ms, "fenced", state.step, math.nan, note)
+        stored = self.publisher.get(self.key)
+        if stored is None:
+            raise FlagNotFoundError("flag", self.key) from refused
+        paused = self._pause_if_changed_by_hand(state, plan, stored, now_ms)
+        if paused is not None:
+            return paused
+        return Decision(now_ms, "hold", state.step, math.nan, f"write refused: {refused}")
+
+    def _ramp(
+        self,
+        plan: RolloutPlan,
+        state: RolloutState,
+        stored: StoredFlag,
+        percent: float,
+        reason: str,
+    ) -> int:
+        revision = self.publisher.ramp(
+            self.key,
+            plan.variant,
+            percent,
+            plan.rule,
+            reason=reason[:2000],
+            expected_version=stored.version,
+            lease=self.lease.token,
+        )
+        self._wrote(state, stored)
+        return revision
+
+    def _distrust(self, plan: RolloutPlan, window: MetricsWindow) -> str | None:
+        """Why the window must not advance the rollout, or None: a stream that could not
+        be read or held malformed fields (a worker credential can do both), or one stream
+        supplying more of a guard's samples than `plan.max_source_share`."""
+        if window.problems:
+            if window.problems != self._reported_problems:
+                _log.warning("rollout_metrics_unreadable", key=self.key, problems=window.problems)
+            self._reported_problems = window.problems
+            return "metrics untrustworthy, not advancing: " + "; ".join(window.problems)[:500]
+        self._reported_problems = []
+        if plan.max_source_share >= 1:
+            return None
+        for text in plan.guards:
+            guard = parse_guard(text)
+            for side in (guard.left, guard.right):
+                if side.variant is None or side.metric is None:
+                    continue
+                share, source = window.largest_share(side.variant, side.metric)
+                if share > plan.max_source_share:
+                    return (
+                        f"one metrics stream ({source}) holds {share:.0%} of the samples of "
+                        f"{side.variant}/{side.metric} (max_source_share "
+                        f"{plan.max_source_share:.0%}): not advancing on it"
+                    )
+        return None
+
+    def _wrote(self, state: RolloutState, stored: StoredFlag) -> None:
+        """Remember the flag's version after this controller's write (unchanged when the
+        write had nothing to change)."""
+        last = self.publisher.last_write
+        state.flag_version = (
+            stored.version + 1 if last is not None and last.changed else stored.version
+        )
 
     def _decide(  # noqa: PLR0917 - private; each argument is one part of the record
         self,
@@ -378,22 +482,35 @@ class RolloutController:
     ) -> Decision:
         made = Decision(now_ms, decision, state.step, percent, note, results, revision)
         state.updated_ms = now_ms
-        self._save_state(state)
         last = self.decisions(1)
-        if decision != "hold" or not last or last[0].get("note") != note:
-            self._redis.xadd(
-                self._log_key,
-                {"decision": msgspec.json.encode(made)},
-                maxlen=1000,
-                approximate=True,
+        logged = decision != "hold" or not last or last[0].get("note") != note
+        if not self._save_fenced(state, made if logged else None):
+            _log.warning("rollout_state_fenced", key=self.key, owner=self.owner, decision=decision)
+            self.lease.token = 0
+            return Decision(
+                now_ms, "fenced", state.step, percent, f"state not saved, the lease moved: {made}"
             )
-        log = _log.warning if decision == "rollback" else _log.info
+        log = _log.warning if decision in ("rollback", "paused") else _log.info
         if decision != "hold":
             log("rollout_decision", key=self.key, decision=decision, percent=percent, note=note)
         return made
 
+    def _save_fenced(self, state: RolloutState, decision: Decision | None) -> bool:
+        """Save the state (and append `decision`) only while this controller's token is
+        still the lease version: a fenced-off controller cannot overwrite its successor's."""
+        entry = None if decision is None else msgspec.json.encode(decision)
+        return self.lease.save(self._state_key, state_codec[0].encode(state), self._log_key, entry)
+
     def _save_state(self, state: RolloutState) -> None:
-        self._redis.set(self._state_key, _state_codec[0].encode(state))
+        self._redis.set(self._state_key, state_codec[0].encode(state))
+
+    def _append_decision(self, decision: Decision) -> None:
+        self._redis.xadd(
+            self._log_key,
+            {"decision": msgspec.json.encode(decision)},
+            maxlen=1000,
+            approximate=True,
+        )
 
 
 def planned_flags(publisher: Publisher) -> list[str]:
@@ -445,23 +562,3 @@ def run_all(
     finally:
         for controller in controllers.values():
             controller.release()
-
-
-def _step_of(plan: RolloutPlan, percent: float) -> int:
-    """The last plan step `percent` has reached (-1: not even the first)."""
-    return max((i for i, s in enumerate(plan.steps) if s <= percent), default=-1)
-
-
-def _weight_of(flag: Any, plan: RolloutPlan) -> float:
-    """The ramped variant's current percentage in the plan's rule (or the fallthrough)."""
-    serve = flag.default
-    if plan.rule is not None:
-        for position, rule in enumerate(flag.rules):
-            if (rule.name or f"rules[{position}]") == plan.rule:
-                serve = rule.serve
-                break
-        else:
-            raise InvalidFlagError.single(f"plans.{plan.rule}", "the flag has no such rule")
-    if isinstance(serve, Rollout):
-        return float(serve.rollout.get(plan.variant, 0))
-    return 100.0 if serve == plan.variant else 0.0

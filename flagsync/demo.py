@@ -7,7 +7,10 @@ operator script: staff only -> 5 % -> 25 % of paid users on the candidate model,
 new prompt for paid users, then a quality regression in the candidate's simulated
 thumbs-down rate, detected from the workers' counters and answered with the kill
 switch. Every step prints how many workers applied it and how fast (measured by the
-workers), and the traffic split, cost and thumbs-down rate per model variant.
+workers), and the traffic split, cost and thumbs-down rate per model variant. Last, a
+fallback episode on the LLM config flag `chat-llm`: the SIMULATED primary provider
+answers 429 for a while, requests move to the fallback, and the fallback rate per
+variant is read back from the flag's own metrics.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from typing import IO, Any
 
 from flagsync.cli._render import propagation
 from flagsync.controller import Decision, RolloutController, RolloutPlan
+from flagsync.metrics import merge_window
 from flagsync.publisher import PropagationReport, Publisher
 from flagsync.server import ServerProcess
 
 __all__ = ["DEMO_FLAGS", "DemoOptions", "run_demo", "shares_in_tenths"]
 
 DEMO_FLAGS = Path(__file__).with_name("data") / "llm-rollout.yaml"
+LLM_FLAGS = Path(__file__).with_name("data") / "llm-configs.yaml"
+LLM_FLAG = "chat-llm"
 MODEL_FLAG = "llm-model-version"
 RAMP_RULE = "paid-ramp"
 WORKER_MODULE = "flagsync.examples.inference"
@@ -88,6 +94,8 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
         publisher = stack.enter_context(Publisher(url, options.namespace, actor="demo-operator"))
         revision = publisher.apply(DEMO_FLAGS, prune=True, reason="demo setup")
         say(f"applied {DEMO_FLAGS.name} to namespace {options.namespace!r} as revision {revision}")
+        revision = publisher.apply(LLM_FLAGS, reason="demo setup: the LLM config flag")
+        say(f"applied {LLM_FLAGS.name} (the LLM config flag {LLM_FLAG}) as revision {revision}")
         if options.dashboard_port is not None:
             stack.enter_context(_dashboard(url, options, say))
         fleet = stack.enter_context(_workers(url, options))
@@ -127,6 +135,7 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
             f"{candidate:.0f} on the candidate"
         )
         summary["ok"] = candidate == 0
+        summary["fallback_episode"] = _fallback_episode(publisher, fleet, summary, say, phase_s)
         if options.dashboard_port is not None and sys.stdin.isatty():
             say("\nthe dashboard stays open: press Enter to stop everything")
             sys.stdin.readline()
@@ -146,6 +155,55 @@ def _dashboard(url: str, options: DemoOptions, say: Callable[[str], None]) -> It
     with DashboardServer(config) as running:
         say(f"dashboard: {running.url}/ (open it to watch the story live)")
         yield
+
+
+def _fallback_episode(
+    publisher: Publisher,
+    fleet: _Fleet,
+    summary: dict[str, Any],
+    say: Callable[[str], None],
+    phase_s: float,
+) -> dict[str, Any]:
+    """The primary provider of `chat-llm` answers 429 (SIMULATED) for one phase, then
+    recovers; the fallback rate per variant comes from the flag's metrics stream."""
+    say(
+        f"[4] the LLM config flag {LLM_FLAG}: its primary provider "  # after [3], the rollout
+        "answers 429 for a while (SIMULATED)\n"
+        "    primary openai/gpt-4o or openai/gpt-4.1; fallbacks: [anthropic/claude-sonnet-4,"
+        " on: 429, 5xx, timeout]"
+    )
+    episode: dict[str, Any] = {}
+    for phase, note in (("during", "429s from openai"), ("after", "openai answers again")):
+        for process in fleet.processes:
+            process.send_signal(signal.SIGUSR2)  # toggles the simulated outage
+        time.sleep(1.0)  # let the previous phase's last metrics flush (every 0.5 s)
+        since_ms = _server_ms(publisher)
+        time.sleep(phase_s)
+        time.sleep(0.6)
+        rates = _fallback_rates(publisher, since_ms)
+        episode[phase] = rates
+        shown = ", ".join(
+            f"{variant} {row['fallback_rate']:.1%} of {row['calls']:,}"
+            for variant, row in sorted(rates.items())
+        )
+        say(f"    {phase} ({note}): fallback_rate by variant: {shown}")
+    return episode
+
+
+def _server_ms(publisher: Publisher) -> int:
+    seconds, micros = publisher.client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def _fallback_rates(publisher: Publisher, since_ms: int) -> dict[str, dict[str, Any]]:
+    """`fallback` per variant of `chat-llm` flushed since `since_ms`: what a guard reads."""
+    entries = publisher.client.xrange(publisher.keys.metrics(LLM_FLAG), min=f"{since_ms}-0")
+    window = merge_window(fields for _, fields in entries)
+    return {
+        variant: {"calls": stat.count, "fallback_rate": round(stat.mean, 4)}
+        for (variant, metric), stat in window.items()
+        if metric == "fallback" and stat.count
+    }
 
 
 def _record_step(  # noqa: PLR0917 - private; called with a recorded tuple

@@ -20,7 +20,14 @@ from flagsync._connection import connect, resolve_url, store_errors
 from flagsync.diff import FieldChange, definition_changes
 from flagsync.store import StoreKeys, parse_revision, revision_command
 
-__all__ = ["Fleet", "HistoryEntry", "PropagationReport", "WorkerAck", "WorkerInfo"]
+__all__ = [
+    "Fleet",
+    "HistoryEntry",
+    "PropagationReport",
+    "UnreadablePresence",
+    "WorkerAck",
+    "WorkerInfo",
+]
 
 _log = structlog.get_logger("flagsync.fleet")
 _LOG_BATCH: Final = 500
@@ -63,6 +70,16 @@ class WorkerAck(msgspec.Struct, frozen=True):
     """applied - published (server clock vs. worker clock; None if unknown)."""
 
 
+class UnreadablePresence(msgspec.Struct, frozen=True):
+    """A presence record that cannot be trusted: it proves nothing about its worker."""
+
+    key: str
+    """The presence key (`{fs:<ns>}:worker:<id>`)."""
+    problem: str
+    """Why: not a presence record, a record naming another worker, not a string, or
+    deleted while the wait ran."""
+
+
 class PropagationReport(msgspec.Struct, frozen=True):
     """Which live workers applied a revision, and how fast (`wait_propagated`)."""
 
@@ -71,11 +88,15 @@ class PropagationReport(msgspec.Struct, frozen=True):
     reached: list[WorkerAck]
     missing: list[WorkerInfo]
     waited_ms: float
+    unconfirmed: list[UnreadablePresence] = msgspec.field(default_factory=list)
+    """Presence records that could not be read or vanished during the wait: the workers
+    behind them are not confirmed, so the report is not complete."""
 
     @property
     def complete(self) -> bool:
-        """True when every live worker applied the revision."""
-        return not self.missing
+        """True when every live worker applied the revision and every presence record
+        was readable throughout: an unreadable record is never counted as a success."""
+        return not self.missing and not self.unconfirmed
 
     @property
     def max_latency_ms(self) -> float | None:
@@ -139,8 +160,21 @@ class Fleet:
         return entries
 
     def workers(self) -> list[WorkerInfo]:
-        """Every live worker (heartbeat not expired) of the namespace, by id."""
-        return sorted(self._live(self._presence_keys()), key=lambda worker: worker.id)
+        """Every live worker (heartbeat not expired) of the namespace, by id; unreadable
+        records are logged and left out (`presence()` lists them)."""
+        return self.presence()[0]
+
+    def presence(self) -> tuple[list[WorkerInfo], list[UnreadablePresence]]:
+        """The readable presence records, by id, and the ones that cannot be trusted."""
+        records = self._read(self._presence_keys())
+        workers = sorted(
+            (record for record in records.values() if isinstance(record, WorkerInfo)),
+            key=lambda worker: worker.id,
+        )
+        unreadable = [r for r in records.values() if isinstance(r, UnreadablePresence)]
+        for record in unreadable:
+            _log.warning("presence_unreadable", key=record.key, problem=record.problem)
+        return workers, unreadable
 
     def wait_propagated(self, revision: int, timeout: float = 5.0) -> PropagationReport:
         """Wait until every live worker has applied `revision` (or `timeout` seconds pass).
@@ -154,17 +188,26 @@ class Fleet:
         published_us = self._published_us.get((epoch or "", revision)) or self._find_published(
             revision
         )
-        keys = self._presence_keys()
+        first = self._read(self._presence_keys())
+        keys = [key for key, record in first.items() if record is not None]
         deadline = started + timeout
-        warn = True
         while True:
-            current = self._live(keys, warn=warn)
-            warn = False  # once per wait, not once per poll
+            records = self._read(keys)
+            unconfirmed: list[UnreadablePresence] = []
+            current: list[WorkerInfo] = []
+            for key in keys:
+                record = records[key]
+                if isinstance(record, WorkerInfo):
+                    current.append(record)
+                else:  # a record deleted during the wait hides a worker: never a success
+                    unconfirmed.append(record or UnreadablePresence(key, "deleted during the wait"))
             reached = [w for w in current if w.epoch == epoch and w.revision >= revision]
             missing = [w for w in current if not (w.epoch == epoch and w.revision >= revision)]
-            if not missing or time.monotonic() >= deadline:
+            if (not missing and not unconfirmed) or time.monotonic() >= deadline:
                 break
             time.sleep(_POLL_S)
+        for record in unconfirmed:
+            _log.warning("presence_unconfirmed", key=record.key, problem=record.problem)
         acks = [
             WorkerAck(
                 worker,
@@ -180,6 +223,7 @@ class Fleet:
             reached=sorted(acks, key=lambda ack: ack.worker.id),
             missing=sorted(missing, key=lambda worker: worker.id),
             waited_ms=round((time.monotonic() - started) * 1000, 3),
+            unconfirmed=unconfirmed,
         )
 
     def close(self) -> None:
@@ -198,27 +242,42 @@ class Fleet:
     ) -> None:
         self.close()
 
-    def _presence_keys(self) -> list[bytes]:
+    def _presence_keys(self) -> list[str]:
         with store_errors(self.url):
-            return list(self._redis.scan_iter(match=self.keys.worker_pattern, count=1000))
+            found = self._redis.scan_iter(match=self.keys.worker_pattern, count=1000)
+            return sorted({key.decode("utf-8", "replace") for key in found})
 
-    def _live(self, keys: list[bytes], *, warn: bool = True) -> list[WorkerInfo]:
-        """The readable presence records still there (a key may expire between SCAN and
-        MGET); an unreadable one is skipped, and logged when `warn`."""
+    def _read(self, keys: list[str]) -> dict[str, WorkerInfo | UnreadablePresence | None]:
+        """Each key's record: a `WorkerInfo`, an `UnreadablePresence` (junk, another
+        worker's id, not a string), or None when it expired (SCAN and MGET are not atomic)."""
         if not keys:
-            return []
+            return {}
         with store_errors(self.url):
             blobs = self._redis.mget(keys)
-        workers = []
-        for blob in blobs:
+            missing = [key for key, blob in zip(keys, blobs, strict=True) if blob is None]
+            there = self._redis.exists(*missing) if missing else 0
+            types = [self._redis.type(key) for key in missing] if there else []
+        wrong_type = {key for key, kind in zip(missing, types, strict=False) if kind != b"none"}
+        records: dict[str, WorkerInfo | UnreadablePresence | None] = {}
+        prefix = self.keys.worker("")
+        for key, blob in zip(keys, blobs, strict=True):
             if blob is None:
+                records[key] = (
+                    UnreadablePresence(key, "not a presence record (wrong type)")
+                    if key in wrong_type
+                    else None
+                )
                 continue
             try:
-                workers.append(decode_presence(blob))
+                worker = decode_presence(blob)
             except MalformedMessageError as error:
-                if warn:
-                    _log.warning("presence_unreadable", error=str(error))
-        return workers
+                records[key] = UnreadablePresence(key, str(error)[:200])
+                continue
+            if key != prefix + worker.id:  # written under another worker's key
+                records[key] = UnreadablePresence(key, f"record names worker {worker.id!r}")
+            else:
+                records[key] = worker
+        return records
 
     def _find_published(self, revision: int) -> int:
         with store_errors(self.url):

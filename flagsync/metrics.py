@@ -37,6 +37,7 @@ __all__ = [
     "flush_commands",
     "merge_window",
     "percentile",
+    "worker_metrics_key",
 ]
 
 EXPOSURES: Final = "exposures"
@@ -210,48 +211,106 @@ def encode_series(variant: str, metric: str, stat: MetricStat) -> dict[str, str]
 
 def decode_entry(
     fields: Mapping[bytes | str, bytes | str], into: dict[tuple[str, str], MetricStat]
-) -> None:
-    """Add one stream entry's series into `into` ((variant, metric) -> stat); unknown or
-    malformed fields are ignored (a metrics entry is never trusted to be well-formed)."""
+) -> int:
+    """Add one stream entry's series into `into` ((variant, metric) -> stat); returns how
+    many fields were skipped as malformed.
+
+    A metrics entry is written with a worker's credentials, so it is never trusted to be
+    well-formed, and each series is taken whole or not at all: a series with any field a
+    reporter cannot have written (unknown part, negative count, non-finite sum, a
+    histogram that does not add up to the count, a sum without samples) is skipped, so a
+    crafted field cannot, say, subtract from the honest workers' sums. The caller that
+    decides on the result (the rollout controller) learns that something was skipped.
+    """
+    malformed = 0
+    grouped: dict[tuple[str, str], dict[str, str]] = {}
     for raw_name, raw_value in fields.items():
-        name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
-        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        try:
+            name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
+            value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        except UnicodeDecodeError:
+            malformed += 1
+            continue
         variant, _, rest = name.partition("|")
         metric, _, part = rest.rpartition("|")
         if not variant or not metric:
+            malformed += 1
             continue
-        stat = into.setdefault((variant, metric), MetricStat())
+        grouped.setdefault((variant, metric), {})[part] = value
+    for series, parts in grouped.items():
         try:
-            if part == "c":
-                stat.count += int(value)
-            elif part == "s":
-                stat.total += float(value)
-            elif part == "q":
-                stat.squares += float(value)
-            elif part == "h" and value:
-                for item in value.split(","):
-                    bucket, _, count = item.partition(":")
-                    stat.histogram[int(bucket)] = stat.histogram.get(int(bucket), 0) + int(count)
+            stat = _series_stat(parts)
         except ValueError:
+            malformed += len(parts)
             continue
+        into.setdefault(series, MetricStat()).merge(stat)
+    return malformed
+
+
+def _series_stat(parts: Mapping[str, str]) -> MetricStat:
+    """One series of an entry as a stat; `ValueError` unless it is what a reporter writes."""
+    if not parts.keys() <= _PARTS:
+        raise ValueError("unknown part")
+    count = int(parts.get("c", "0"))
+    total, squares = float(parts.get("s", "0")), float(parts.get("q", "0"))
+    if count < 0 or not math.isfinite(total) or not math.isfinite(squares) or squares < 0:
+        raise ValueError("negative count or non-finite sum")
+    if count == 0 and (total or squares):
+        raise ValueError("a sum without samples")
+    histogram: dict[int, int] = {}
+    if parts.get("h"):
+        for item in parts["h"].split(","):
+            bucket, _, raw_count = item.partition(":")
+            histogram[int(bucket)] = histogram.get(int(bucket), 0) + int(raw_count)
+        if any(n < 0 for n in histogram.values()) or sum(histogram.values()) != count:
+            raise ValueError("histogram does not add up to the count")
+    return MetricStat(count, total, squares, histogram)
+
+
+_PARTS: Final = frozenset("csqh")
 
 
 def merge_window(
     entries: Iterable[Mapping[bytes | str, bytes | str]],
 ) -> dict[tuple[str, str], MetricStat]:
-    """Sum the series of many stream entries."""
+    """Sum the series of many stream entries (malformed fields skipped)."""
     totals: dict[tuple[str, str], MetricStat] = {}
     for fields in entries:
         decode_entry(fields, totals)
     return totals
 
 
+def worker_metrics_key(keys: StoreKeys, flag: str, worker_id: str) -> str:
+    """The metrics stream one worker appends to for one flag: `{fs:<ns>}:metrics:<flag>:<id>`.
+
+    One stream per worker (not one shared by all) so that a worker's credentials can be
+    limited to its own streams (`flagsync acl --worker-id`): one worker cannot trim,
+    delete or overwrite another's samples. Flag keys hold no `:`, so the controller finds
+    a flag's streams with the pattern `{fs:<ns>}:metrics:<flag>:*`.
+    """
+    return f"{keys.metrics(flag)}:{worker_id}"
+
+
 def flush_commands(
-    keys: StoreKeys, entries: Mapping[str, Mapping[str, str]], retention_ms: int, now_ms: int
+    keys: StoreKeys,
+    entries: Mapping[str, Mapping[str, str]],
+    retention_ms: int,
+    now_ms: int,
+    worker_id: str | None = None,
 ) -> list[tuple[Any, ...]]:
-    """XADD commands for a flush: one entry per flag, trimming entries older than retention."""
-    return [
-        ("XADD", keys.metrics(flag), "MINID", "~", str(now_ms - retention_ms), "*",
-         *[part for item in fields.items() for part in item])
-        for flag, fields in entries.items()
-    ]  # fmt: skip
+    """XADD commands for a flush: one entry per flag, trimming entries older than retention.
+
+    With `worker_id`, each goes to the worker's own stream (`worker_metrics_key`), which
+    also expires `retention_ms` after its last flush, so streams of workers long gone do
+    not accumulate; without it, to the flag's shared stream (older workers, tests).
+    """
+    commands: list[tuple[Any, ...]] = []
+    for flag, fields in entries.items():
+        key = keys.metrics(flag) if worker_id is None else worker_metrics_key(keys, flag, worker_id)
+        commands.append(
+            ("XADD", key, "MINID", "~", str(now_ms - retention_ms), "*",
+             *[part for item in fields.items() for part in item])
+        )  # fmt: skip
+        if worker_id is not None:
+            commands.append(("PEXPIRE", key, retention_ms))
+    return commands

@@ -18,6 +18,8 @@ __all__ = [
     "Clause",
     "Flag",
     "FlagSet",
+    "LLMSettings",
+    "ModelPrice",
     "Rollout",
     "Rule",
     "Segment",
@@ -105,6 +107,8 @@ class Flag(
     """
 
     description: str = ""
+    kind: str | None = None
+    """Absent: variants are plain values. `llm`: variants are LLM configs (`flagsync.llm`)."""
     variants: dict[str, Any]
     enabled: bool = True
     off: str
@@ -120,11 +124,27 @@ class Segment(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defa
     description: str = ""
 
 
+class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a model costs, in dollars per million tokens (for `flagsync.llm`'s tracker)."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+class LLMSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """A flag file's `llm:` section: the models each provider may serve (stored with the
+    namespace, so every later write is checked too) and a price table per model."""
+
+    models: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    prices: dict[str, ModelPrice] = msgspec.field(default_factory=dict)
+
+
 class FlagSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A whole definition document: the unit that is validated, compiled and applied."""
 
     flags: dict[str, Flag] = msgspec.field(default_factory=dict)
     segments: dict[str, Segment] = msgspec.field(default_factory=dict)
+    llm: LLMSettings | None = None
 
     def to_builtins(self) -> dict[str, Any]:
         """Plain dicts and lists in the file format (what `export` writes, `load_flags` reads)."""

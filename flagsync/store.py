@@ -93,6 +93,7 @@ class StoreKeys:
         "channel",
         "epoch",
         "flags",
+        "llm",
         "log",
         "namespace",
         "plans",
@@ -118,6 +119,8 @@ class StoreKeys:
         self.log = f"{self.prefix}:log"
         self.channel = f"{self.prefix}:changes"
         self.plans = f"{self.prefix}:plans"
+        self.llm = f"{self.prefix}:llm"
+        """The flag file's `llm:` section (model allow-list, prices): see flagsync.llm.policy."""
 
     def worker(self, worker_id: str) -> str:
         """The presence key of one worker."""

@@ -163,7 +163,7 @@ def start_thread_sync(
     follower, presence = _build(settings, install)
     driver = ThreadDriver(follower, presence, settings.url)
     driver.start()
-    reporter = _start_reporter(settings, tables)
+    reporter = _start_reporter(settings, tables, presence)
     return SyncHandle(follower, presence, driver.close, lambda: driver.alive, reporter)
 
 
@@ -173,7 +173,7 @@ async def run_async_sync(
 ) -> AsyncIterator[SyncHandle]:
     """Follow in an anyio task for the duration of the block."""
     follower, presence = _build(settings, install)
-    reporter = _start_reporter(settings, tables)
+    reporter = _start_reporter(settings, tables, presence)
     if not _on_asyncio():
         # redis-py's async client only runs on asyncio; elsewhere use the thread driver.
         driver = ThreadDriver(follower, presence, settings.url)
@@ -232,7 +232,7 @@ def _build(settings: ConnectSettings, install: Install) -> tuple[Follower, Prese
 
 
 def _start_reporter(
-    settings: ConnectSettings, tables: MetricsTables | None
+    settings: ConnectSettings, tables: MetricsTables | None, presence: Presence
 ) -> MetricsReporter | None:
     if tables is None or not settings.wants_metrics:
         return None
@@ -242,6 +242,7 @@ def _start_reporter(
         StoreKeys(settings.namespace),
         interval_s=settings.metrics_interval_s,
         max_series=settings.metrics_max_series,
+        worker_id=lambda: presence.worker_id,  # its own streams (a fork gives a new id)
     ).start()
 
 

@@ -73,11 +73,22 @@ def acl(args: argparse.Namespace) -> int:
     from flagsync.acl import acl_rules, acl_setuser_commands  # noqa: PLC0415
 
     lines = acl_setuser_commands(
-        args.namespace, worker_user=args.worker_user, operator_user=args.operator_user
+        args.namespace,
+        worker_user=args.worker_user,
+        operator_user=args.operator_user,
+        worker_ids=args.worker_id,
     )
+    per_worker = {
+        worker_id: acl_rules(args.namespace, worker_id)["worker"] for worker_id in args.worker_id
+    }
     emit(
         args,
-        {"namespace": args.namespace, "rules": acl_rules(args.namespace), "commands": lines},
+        {
+            "namespace": args.namespace,
+            "rules": acl_rules(args.namespace),
+            "worker_rules": per_worker,
+            "commands": lines,
+        },
         lambda: "\n".join(
             [
                 f"# least-privilege users for namespace {args.namespace!r} (Redis >= 7, Valkey)",
@@ -108,6 +119,14 @@ COMMANDS = (
         (
             arg("--worker-user", default="flagsync-worker"),
             arg("--operator-user", default="flagsync-operator"),
+            arg(
+                "--worker-id",
+                action="append",
+                default=[],
+                metavar="ID",
+                help="one worker user per id, writing only that worker's own keys "
+                "(connect it with worker_id=ID); repeatable",
+            ),
         ),
     ),
 )

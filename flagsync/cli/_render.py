@@ -137,7 +137,7 @@ def write_result(
 
 def propagation(report: PropagationReport) -> str:
     """`reached 48/48 workers in 3.1 ms`, naming any that did not."""
-    total = len(report.reached) + len(report.missing)
+    total = len(report.reached) + len(report.missing) + len(report.unconfirmed)
     if total == 0:
         return "no live workers reported: nobody confirmed the change"
     slowest = report.max_latency_ms
@@ -148,6 +148,9 @@ def propagation(report: PropagationReport) -> str:
     if report.missing:
         names = ", ".join(f"{w.id} (at r{w.revision})" for w in report.missing)
         line += f"\nnot reached after {report.waited_ms / 1000:.1f} s: {names}"
+    if report.unconfirmed:
+        problems = "; ".join(f"{r.key}: {r.problem}" for r in report.unconfirmed)
+        line += f"\nunconfirmed (presence record unreadable): {problems}"
     return line
 
 
@@ -257,6 +260,9 @@ def rollout_status(status: RolloutStatus) -> str:
         plan(status.key, rollout_plan),
         f"status: {status.state.status.replace('_', ' ')}, {_where_in_plan(status)}",
     ]
+    if status.state.status == "paused":
+        lines.append(f"paused: {status.state.pause_summary}")
+        lines.append(f"  resume with: flagsync rollout resume {status.key}")
     age_s = max(0.0, (status.now_ms - status.samples_since_ms) / 1000)
     started = status.samples_since_ms == status.state.step_started_ms
     lines.append(
@@ -264,6 +270,7 @@ def rollout_status(status: RolloutStatus) -> str:
         f"{age_s:.0f} s ago: counts restart at every step):"
     )
     lines.extend(f"  {result}" for result in status.guards)
+    lines.extend(f"  metrics problem: {problem}" for problem in status.metrics_problems)
     if rollout_plan.rule is not None:
         lines.append(
             f"  note: samples are counted per variant over the whole flag, so they include "

@@ -1,4 +1,4 @@
-"""Guarded rollouts: `rollout plan|run|status` for one flag, `controller` for all of them.
+"""Guarded rollouts: `rollout plan|run|status|resume` for one flag, `controller` for all.
 
 The decisions are made in `flagsync.controller` (the loop included); these handlers only
 read the options, print the decisions and map the outcome to an exit code.
@@ -61,6 +61,20 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def resume(args: argparse.Namespace) -> int:
+    """Resume a rollout a human's change paused, from where the flag is now."""
+    from flagsync.controller import RolloutController  # noqa: PLC0415
+
+    with publisher(args) as store:
+        state = RolloutController(store, args.key).resume()
+    emit(
+        args,
+        {"key": args.key, "state": state},
+        lambda: f"{args.key}: rollout resumed from the flag as it is now",
+    )
+    return EXIT_OK
+
+
 def controller(args: argparse.Namespace) -> int:
     """Run every flag's rollout plan, printing each decision that changes something."""
     from flagsync.controller import run_all  # noqa: PLC0415
@@ -108,6 +122,7 @@ def _plan_from_args(args: argparse.Namespace) -> RolloutPlan:
         min_samples=args.min_samples,
         guards=args.guard,
         on_breach=args.on_breach,
+        max_source_share=args.max_source_share,
     )
 
 
@@ -125,10 +140,16 @@ _PLAN_ARGS: tuple[Any, ...] = (
     arg("--min-samples", type=int, default=200, help="per variant and guard"),
     arg("--guard", action="append", default=[], help="repeatable"),
     arg("--on-breach", choices=("kill", "revert"), default="kill"),
+    arg(
+        "--max-source-share",
+        type=float,
+        default=1.0,
+        help="never advance while one worker's metrics supply more than this share (0-1]",
+    ),
 )
 
 COMMANDS = (
-    Group("rollout", "guarded rollouts: plan, run, status"),
+    Group("rollout", "guarded rollouts: plan, run, status, resume"),
     Command(
         "rollout plan",
         "set a flag's rollout plan (steps, hold, window, guards)",
@@ -148,6 +169,13 @@ COMMANDS = (
         "current step, guard values with samples since the step began, this plan's decisions",
         status,
         (_KEY,),
+    ),
+    Command(
+        "rollout resume",
+        "resume a rollout paused by a change made by hand (the change stands)",
+        resume,
+        (_KEY,),
+        writes=True,
     ),
     Command(
         "controller",

@@ -6,7 +6,11 @@ Per request it evaluates the model (`llm-model-version`), the prompt template
 (`prompt-template-v2`), sampling parameters (`sampling-params`, JSON), the context
 window (`context-window`), the retrieval strategy (`retrieval-strategy`) and the
 fallback route (`fallback-provider`), then calls a SIMULATED backend
-(`flagsync.examples.simulation`). It counts requests, errors, latency, tokens, cost and
+(`flagsync.examples.simulation`). When the namespace has the LLM config flag `chat-llm`
+(`flagsync/data/llm-configs.yaml`), each request also sends its config through a
+`FallbackRouter` to SIMULATED providers; SIGUSR2 makes the primary provider answer 429
+until the next SIGUSR2 (the demo's fallback episode), and the router records which
+option served into the flag's metrics. It counts requests, errors, latency, tokens, cost and
 thumbs-down per (revision, model variant, matched rule) and prints the cumulative
 counters as JSON lines on stdout; logs go to stderr (warnings; `-v` for INFO).
 """
@@ -29,12 +33,15 @@ import structlog
 
 from flagsync import FlagClient
 from flagsync.examples.simulation import Backend
+from flagsync.llm import AllOptionsFailedError, FallbackRouter, LLMConfig
 
 log = structlog.get_logger("flagsync.examples.inference")
 
 PLANS = ("free", "free", "free", "free", "free", "free", "paid", "paid", "paid", "enterprise")
 REGIONS = ("us", "eu", "apac")
 COUNTER_FIELDS = ("requests", "errors", "latency_ms", "tokens", "cost", "thumbs_down", "fallbacks")
+LLM_FLAG = "chat-llm"
+"""The LLM config flag a worker routes through when the namespace has it."""
 
 
 def user_context(user_id: int) -> dict[str, Any]:
@@ -61,6 +68,21 @@ class Worker:
         self.counters: dict[tuple[int, str, str], list[float]] = defaultdict(
             lambda: [0.0] * len(COUNTER_FIELDS)
         )
+        self.router = FallbackRouter(client, cooldown_s=0.5, wait_deadline_s=0.0)
+
+    def _send(self, option: LLMConfig) -> tuple[int, int]:
+        return self.backend.call_provider(option.provider, option.model)
+
+    def route_llm(self, context: dict[str, Any]) -> None:
+        """Send `chat-llm`'s config for `context` (if the flag exists) through the router;
+        the router records `fallback` (0/1) against the variant that served the config."""
+        config = self.client.llm_config(LLM_FLAG, context, None, {"product": "Acme"})
+        if config is None:
+            return
+        try:
+            self.router.call(config, self._send)
+        except AllOptionsFailedError:
+            log.warning("llm_unserved", flag=LLM_FLAG, variant=config.variant)
 
     def serve_one(self, population: int) -> None:
         """Handle one simulated chat request end to end."""
@@ -73,6 +95,7 @@ class Worker:
         window = client.number_value("context-window", context, 8192)
         client.string_value("retrieval-strategy", context, "bm25")  # picks the retriever
         fallback = client.string_value("fallback-provider", context, "none")
+        self.route_llm(context)
         completion = self.backend.complete(
             model.value,
             prompt_v2=prompt_v2,
@@ -159,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     backend = Backend(seed=args.index)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGUSR1, lambda *_: backend.degraded.add(args.degrade_model))
+    # The fallback episode: the primary LLM provider answers 429 until the next SIGUSR2.
+    signal.signal(
+        signal.SIGUSR2,
+        lambda *_: backend.rate_limited_providers.symmetric_difference_update({"openai"}),
+    )
     if args.stop_on_stdin_eof:
 
         def stop_at_eof() -> None:

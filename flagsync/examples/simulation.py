@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["PROFILES", "Backend", "Completion", "ModelProfile"]
+__all__ = ["PROFILES", "Backend", "Completion", "ModelProfile", "SimulatedRateLimitError"]
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,27 @@ class Completion:
     error: bool
 
 
+class SimulatedRateLimitError(Exception):
+    """A SIMULATED provider's HTTP 429 (the attribute the SDKs' errors carry too)."""
+
+    status_code = 429
+
+
 class Backend:
     """Draws simulated completions; `degraded` models get a worse quality signal."""
 
     def __init__(self, seed: int) -> None:
         self._random = random.Random(seed)
         self.degraded: set[str] = set()
+        self.rate_limited_providers: set[str] = set()
+        """Providers answering 429 to every LLM-config call (the demo's fallback episode)."""
+
+    def call_provider(self, provider: str, model: str) -> tuple[int, int]:
+        """One SIMULATED call of an LLM config option: (input, output) tokens, or a 429."""
+        if provider in self.rate_limited_providers:
+            raise SimulatedRateLimitError(f"429 from {provider} (simulated)")
+        profile = PROFILES.get(model, UNKNOWN_MODEL)
+        return 600 + self._random.randrange(400), int(profile.output_tokens)
 
     def complete(
         self,

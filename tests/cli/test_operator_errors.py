@@ -4,8 +4,6 @@ never a traceback (issue #10, §3)."""
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,47 +11,14 @@ import pytest
 from flagsync.publisher import Publisher
 from flagsync.server import free_port
 from tests.cli.support import Cli
-
-
-class HttpOnly:
-    """A TCP server on 127.0.0.1 that answers every connection as an HTTP server would."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name="http-only", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                connection.settimeout(1.0)
-                try:
-                    connection.recv(4096)
-                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5.0)
-        self.listener.close()
+from tests.not_redis import NotRedis, not_redis_server
 
 
 @pytest.fixture
-def http_only() -> Iterator[HttpOnly]:
+def http_only() -> Iterator[NotRedis]:
     """A port where an HTTP server answers, closed after the test."""
-    server = HttpOnly()
-    try:
+    with not_redis_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 def _assert_clean(code: int, expected: int, stderr: str) -> None:
@@ -106,7 +71,7 @@ class TestNotRedis:
 
     @pytest.mark.parametrize("command", [["list"], ["kill", "f"], ["history"]])
     def test_protocol_error_is_a_store_error(
-        self, cli: Cli, http_only: HttpOnly, command: list[str]
+        self, cli: Cli, http_only: NotRedis, command: list[str]
     ) -> None:
         """redis-py's 'Protocol error' becomes `store: ... not as a Redis or Valkey server
         would` and exit 1."""

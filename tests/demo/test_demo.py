@@ -145,6 +145,18 @@ class TestDemo:
         assert after["variants"].get("candidate", {}).get("requests", 0) == 0
         assert summary["ok"] is True
 
+    def test_the_fallback_episode_moves_requests_and_back(self, summary: dict[str, Any]) -> None:
+        """While the SIMULATED primary answers 429 nearly every `chat-llm` call falls back
+        (per variant, from the flag's metrics); once it answers again few do."""
+        episode = summary["fallback_episode"]
+        assert set(episode["during"]) >= {"current"}
+        for row in episode["during"].values():
+            assert row["calls"] > 0
+            assert row["fallback_rate"] >= 0.9
+        current = episode["after"]["current"]
+        assert current["calls"] > 0
+        assert current["fallback_rate"] <= 0.25
+
     def test_narration_labels_the_simulation(self, summary: dict[str, Any]) -> None:
         """The output says the LLM backends are simulated and shows the measured reach."""
         assert "SIMULATED" in summary["narration"]

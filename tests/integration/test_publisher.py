@@ -4,7 +4,6 @@ concurrency, and revisions that never go backwards (DESIGN.md "Redis layout and 
 from __future__ import annotations
 
 import itertools
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys, decode_message, encode_message
 from tests.integration.conftest import PublisherFactory, RawFactory
 from tests.integration.support import base_document, counter_flag, model_flag, store_state
+from tests.not_redis import NotRedis, not_redis_server
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
@@ -571,45 +571,11 @@ class TestRollbackRange:
             publisher.rollback("model", to_version=9)
 
 
-class NotRedis:
-    """A TCP server on 127.0.0.1 that answers every connection like an HTTP server."""
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.1)
-        self.port: int = self.listener.getsockname()[1]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name="not-redis", daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                connection.settimeout(1.0)
-                try:
-                    connection.recv(4096)
-                    connection.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5.0)
-        self.listener.close()
-
-
 @pytest.fixture
 def not_redis() -> Iterator[NotRedis]:
     """A port where something other than Redis answers, closed after the test."""
-    server = NotRedis()
-    try:
+    with not_redis_server() as server:
         yield server
-    finally:
-        server.close()
 
 
 class TestStoreErrors:

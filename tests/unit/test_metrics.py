@@ -224,25 +224,51 @@ class TestEncoding:
         assert fields == {"a|exposures|c": "7", "a|exposures|s": "7.0"}
 
     def test_malformed_fields_are_ignored(self) -> None:
-        """Unknown, unparsable or nameless fields are skipped; the good ones still count."""
+        """Unknown, unparsable or nameless fields are skipped and counted, each series whole
+        or not at all; a good series beside them still counts."""
         fields: Fields = {
+            "good|m|c": "2",
+            "good|m|s": "3.5",
             "a|m|c": "2",
             "a|m|s": "3.5",
-            "a|m|c2": "100",  # unknown part
-            "a|m|q": "not-a-number",
-            "a|m|h": "10001:2,oops",  # the good item before the bad one is kept
+            "a|m|c2": "100",  # unknown part: the whole a|m series is skipped
             "b|m|c": "1.5",  # a count must be an integer
+            "d|m|q": "not-a-number",
             "|m|c": "9",  # no variant
             "a|c": "9",  # no metric
             "junk": "9",
         }
 
         into: dict[tuple[str, str], MetricStat] = {}
-        decode_entry(fields, into)
+        malformed = decode_entry(fields, into)
 
-        assert into[("a", "m")] == MetricStat(count=2, total=3.5, histogram={10001: 2})
-        assert into[("b", "m")].count == 0
-        assert set(into) == {("a", "m"), ("b", "m")}
+        assert malformed == 8
+        assert into == {("good", "m"): MetricStat(count=2, total=3.5)}
+
+    @pytest.mark.parametrize(
+        "series",
+        [
+            {"c": "-300", "s": "-60"},  # negative count (would cancel honest samples)
+            {"c": "0", "s": "-60"},  # a sum without samples
+            {"c": "2", "s": "inf"},
+            {"c": "2", "s": "1", "q": "-1"},
+            {"c": "2", "s": "1", "q": "1", "h": "10001:5"},  # histogram != count
+            {"c": "2", "s": "1", "q": "1", "h": "10001:3,10002:-1"},
+            {"c": "2", "s": "1", "q": "1", "h": "10001:2,oops"},
+        ],
+    )
+    def test_a_series_a_reporter_cannot_write_is_skipped_whole(
+        self, series: dict[str, str]
+    ) -> None:
+        """Negative counts, non-finite or impossible sums and histograms that do not add up
+        to the count skip the series, so crafted fields cannot subtract from real ones."""
+        into = {("v", "m"): MetricStat(count=10, total=5.0)}
+        fields: Fields = {f"v|m|{part}": value for part, value in series.items()}
+
+        malformed = decode_entry(fields, into)
+
+        assert malformed == len(series)
+        assert into == {("v", "m"): MetricStat(count=10, total=5.0)}
 
     def test_merge_window_sums_entries(self) -> None:
         """A window is the sum of its entries, series by series."""

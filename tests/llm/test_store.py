@@ -1,0 +1,157 @@
+"""llm flags through a real server: refused before anything is written (CLI and Publisher
+alike), the `llm:` allow-list stored with the namespace and enforced on `put`, configs
+served by connected workers and their telemetry flushed to the metrics stream."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from flagsync import InvalidFlagError, load_flags
+from flagsync._bulk_load import flag_problem
+from flagsync.llm.policy import fetch_settings
+from flagsync.metrics import merge_window
+from flagsync.model import Flag
+from flagsync.publisher import Publisher
+from flagsync.store import StoreKeys
+from tests.integration.conftest import ClientFactory
+from tests.integration.support import wait_until
+from tests.llm.support import FLAGS_FILE, PRIMARY
+from tests.rollout.support import reporter_of, run_cli
+
+FREE = {"key": "user-1", "plan": "free"}
+
+
+def chat_flag(**changes: Any) -> dict[str, Any]:
+    """A one-variant llm flag on the primary config with fields replaced."""
+    config = copy.deepcopy(PRIMARY) | changes
+    return {"kind": "llm", "variants": {"main": config}, "off": "main", "default": "main"}
+
+
+class TestRefusedBeforeWriting:
+    """Bad llm configs change nothing, whoever writes them."""
+
+    def test_publisher_apply_refuses(self, publisher: Publisher) -> None:
+        """A file with an anthropic temperature is refused with its path; revision stays 0."""
+        bad = {"flags": {"chat": chat_flag(provider="anthropic", model="claude-sonnet-4")}}
+        with pytest.raises(InvalidFlagError) as caught:
+            publisher.apply(bad)
+        assert "flags.chat.variants.main.params.temperature" in str(caught.value)
+        assert publisher.revision()[1] == 0
+
+    def test_cli_apply_refuses(self, publisher: Publisher, tmp_path: Path) -> None:
+        """`flagsync apply` prints each problem with its path and exits 2, writing nothing."""
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(
+            "flags:\n  chat:\n    kind: llm\n    variants:\n"
+            "      main: {provider: openai, model: gpt-4o, params: {top_p: 0},"
+            " messages: [{role: bot, content: hi}]}\n"
+            "    off: main\n    default: main\n",
+            encoding="utf-8",
+        )
+        done = run_cli(publisher.url, publisher.keys.namespace, "apply", "-f", str(bad))
+        assert done.returncode == 2
+        assert "flags.chat.variants.main.params.top_p: 0 is outside (0, 1]" in done.stderr
+        assert "flags.chat.variants.main.messages[0].role" in done.stderr
+        assert publisher.revision()[1] == 0
+
+
+class TestModelsAllowList:
+    """The `llm:` section of an applied file is stored and checks later writes."""
+
+    def test_put_checks_the_stored_list(self, publisher: Publisher, raw: redis.Redis) -> None:
+        """After applying a file with `llm.models`, `put` of a model not listed is refused."""
+        publisher.apply(FLAGS_FILE)
+        assert raw.exists(StoreKeys(publisher.keys.namespace).llm)
+        revision = publisher.revision()[1]
+        with pytest.raises(InvalidFlagError) as caught:
+            publisher.put("chat", chat_flag(model="gpt-3.5-turbo"))
+        assert caught.value.issues[0].path == "flags.chat.variants.main.model"
+        assert publisher.revision()[1] == revision
+        publisher.put("chat", chat_flag(model="gpt-4.1"))
+        assert publisher.revision()[1] == revision + 1
+
+    def test_workers_fetch_the_stored_prices(self, publisher: Publisher) -> None:
+        """`fetch_settings` reads the applied section back (a worker's price table)."""
+        assert fetch_settings(publisher.url, publisher.keys.namespace) is None
+        publisher.apply(FLAGS_FILE)
+        settings = fetch_settings(publisher.url, publisher.keys.namespace)
+        assert settings == load_flags(FLAGS_FILE).llm
+
+    def test_apply_without_section_checks_the_stored_list(self, publisher: Publisher) -> None:
+        """A later file without `llm:` is still checked against the stored allow-list."""
+        publisher.apply(FLAGS_FILE)
+        with pytest.raises(InvalidFlagError):
+            publisher.apply({"flags": {"chat": chat_flag(model="o1")}})
+
+
+class TestServedByWorkers:
+    """A connected worker serves llm configs and reports their telemetry."""
+
+    def test_config_and_telemetry_reach_the_stream(
+        self, publisher: Publisher, make_client: ClientFactory, raw: redis.Redis
+    ) -> None:
+        """A worker serves the config; its call and a second worker's feedback by id are flushed."""
+        publisher.apply(FLAGS_FILE)
+        url = publisher.url
+        worker = make_client(url, exposures=True, metrics_interval_s=60)
+        rater = make_client(url, metrics_interval_s=60)
+        assert worker.wait_ready(5.0)
+        assert rater.wait_ready(5.0)
+        config = worker.llm_config("chat-llm", FREE, None, {"product": "Acme"})
+        assert config is not None
+        assert config.model == "gpt-4o"
+        settings = fetch_settings(url, publisher.keys.namespace)
+        assert settings is not None  # the worker reads the stored prices (see README)
+        with worker.llm_call(config, prices=settings.prices) as call:
+            call.usage(1000, 100)
+        assert call.id is not None
+        assert rater.llm_feedback(call.id, "thumbs_down", 1.0)
+        assert reporter_of(worker).flush()
+        assert reporter_of(rater).flush()
+        key = f"{StoreKeys(publisher.keys.namespace).prefix}:metrics:chat-llm"
+
+        def flushed() -> bool:
+            entries: Any = raw.xrange(key)
+            window = merge_window(fields for _, fields in entries)
+            return ("current", "thumbs_down") in window and ("current", "cost") in window
+
+        assert wait_until(flushed, 5.0)
+
+    def test_worker_sees_an_edit(self, publisher: Publisher, make_client: ClientFactory) -> None:
+        """Editing the flag (e.g. removing a provider fleet-wide) changes what workers serve."""
+        publisher.apply(FLAGS_FILE)
+        worker = make_client(publisher.url)
+        assert worker.wait_ready(5.0)
+        before = worker.llm_config("chat-llm", FREE, None)
+        assert before is not None
+        assert len(before.fallbacks) == 1
+        edited = load_flags(FLAGS_FILE).to_builtins()["flags"]["chat-llm"]
+        del edited["variants"]["current"]["fallbacks"]
+        publisher.put("chat-llm", edited)
+
+        def fallbacks_gone() -> bool:
+            now = worker.llm_config("chat-llm", FREE, None)
+            return now is not None and now.fallbacks == () and now.version != before.version
+
+        assert wait_until(fallbacks_gone, 5.0)
+
+
+class TestFastLoadPath:
+    """The store's fast loader accepts no llm flag the full validation refuses."""
+
+    def test_flag_problem_sees_llm_errors(self) -> None:
+        """A stored llm flag with a bad parameter is sent to the general path."""
+        good = load_flags({"flags": {"chat": chat_flag()}}).flags["chat"]
+        bad = Flag(
+            kind="llm",
+            variants={"main": PRIMARY | {"params": {"temperature": 9}}},
+            off="main",
+            default="main",
+        )
+        assert flag_problem("chat", good, (), 100) is False
+        assert flag_problem("chat", bad, (), 100) is True
