@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
     from flagsync.errors import (
         ConflictError,
         FlagNotFoundError,
+        PartialReseedError,
         PermissionDeniedError,
         StoreError,
         StoreUnavailableError,
@@ -50,6 +51,7 @@ __all__ = [
     "Fleet",
     "HistoryEntry",
     "InvalidFlagError",
+    "PartialReseedError",
     "PermissionDeniedError",
     "PropagationReport",
     "Publisher",
@@ -79,6 +81,7 @@ _LAZY: Final = {
     "FlagNotFoundError": "flagsync.errors",
     "Fleet": "flagsync.fleet",
     "HistoryEntry": "flagsync.fleet",
+    "PartialReseedError": "flagsync.errors",
     "PermissionDeniedError": "flagsync.errors",
     "PropagationReport": "flagsync.fleet",
     "Publisher": "flagsync.publisher",

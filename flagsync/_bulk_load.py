@@ -7,10 +7,11 @@ is. Here each blob is decoded straight into the model's Structs by msgspec (the 
 checks run in C), proved canonical by re-encoding (so no map repeats a key), and put
 through the same relational checks without building their messages.
 
-The verdict is per flag (`flag_problem`), so a caller may one day set a bad flag aside
-alone; today any problem anywhere returns None and the caller takes the general path,
-which rejects the store as a whole and says why. Validation is never weaker here: this
-path only ever *accepts* a store the general path would accept identically.
+The verdict is per flag (`decode_flag_fast`): when everything is valid (the usual case)
+`decode_store_fast` returns the whole set; any problem returns None and the caller
+(`flagsync._sync.quarantine`) goes flag by flag, setting aside only the flags that fail
+and asking the general path why. Validation is never weaker here: this path only ever
+*accepts* a flag the general path would accept identically.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ from flagsync.model import (
     Serve,
 )
 
-__all__ = ["decode_store_fast", "flag_problem"]
+__all__ = [
+    "decode_flag_fast",
+    "decode_segment_fast",
+    "decode_store_fast",
+    "flag_problem",
+    "prerequisites_hold",
+]
 
 
 class _StoredFlag(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,11 +105,8 @@ def _decode_store(
         return None
     segments: dict[str, Segment] = {}
     for key, blob in segment_blobs.items():
-        stored_segment = _decode_segment(blob, key)
-        if stored_segment is None or not _is_key(key):
-            return None
-        segment = stored_segment.definition
-        if next(_check_segment(key, segment), None) is not None:
+        segment = decode_segment_fast(key, blob)
+        if segment is None:
             return None
         segments[key] = segment
     flags: dict[str, Flag] = {}
@@ -111,26 +115,52 @@ def _decode_store(
     # flags that share it share one immutable Flag.
     checked: dict[bytes, Flag] = {}
     for key, blob in flag_blobs.items():
-        try:
-            stored = _raw_flag_decoder.decode(blob)
-            if stored.kind != "flag" or stored.key != key or _encoder.encode(stored) != blob:
-                return None  # not canonical: see _decode_segment
-            definition = bytes(stored.definition)
-            flag = checked.get(definition)
-            if flag is None:
-                flag = _definition_decoder.decode(definition)
-                if _encoder.encode(flag) != definition or flag_problem("", flag, segments, 0):
-                    return None
-                checked[definition] = flag
-        except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
-            return None
-        # What flag_problem checks that depends on the key or the blob, not the definition:
-        if not _is_key(key) or key in flag.requires or len(blob) > MAX_FLAG_BYTES:
+        flag = decode_flag_fast(key, blob, segments, checked)
+        if flag is None:
             return None
         flags[key] = flag
-    if not _prerequisites_hold(flags):
+    if not prerequisites_hold(flags):
         return None
     return FlagSet(flags=flags, segments=segments)
+
+
+def decode_flag_fast(
+    key: str, blob: bytes, segments: Collection[str], checked: dict[bytes, Flag]
+) -> Flag | None:
+    """Flag `key` decoded from its stored `blob` and checked on its own (prerequisites
+    are the caller's), or None if it needs the general path to say what is wrong.
+
+    `checked` memoises definitions already decoded and checked against the same
+    `segments`: fleets hold many flags with one definition (release toggles, one routing
+    flag per product surface), and the flags that share it share one immutable Flag."""
+    try:
+        stored = _raw_flag_decoder.decode(blob)
+        if stored.kind != "flag" or stored.key != key or _encoder.encode(stored) != blob:
+            return None  # not canonical: see _decode_segment
+        definition = bytes(stored.definition)
+        flag = checked.get(definition)
+        if flag is None:
+            flag = _definition_decoder.decode(definition)
+            if _encoder.encode(flag) != definition or flag_problem("", flag, segments, 0):
+                return None
+            checked[definition] = flag
+    except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
+        return None
+    # What flag_problem checks that depends on the key or the blob, not the definition:
+    if not _is_key(key) or key in flag.requires or len(blob) > MAX_FLAG_BYTES:
+        return None
+    return flag
+
+
+def decode_segment_fast(key: str, blob: bytes) -> Segment | None:
+    """Segment `key` decoded from its stored `blob` and checked, or None (general path)."""
+    stored = _decode_segment(blob, key)
+    if stored is None or not _is_key(key):
+        return None
+    segment = stored.definition
+    if next(_check_segment(key, segment), None) is not None:
+        return None
+    return segment
 
 
 def _decode_segment(blob: bytes, key: str) -> _StoredSegment | None:
@@ -247,7 +277,7 @@ def _serve_problem(serve: Serve, variants: Collection[str]) -> bool:
     return total != 100 * _WEIGHT_SCALE
 
 
-def _prerequisites_hold(flags: Mapping[str, Flag]) -> bool:
+def prerequisites_hold(flags: Mapping[str, Flag]) -> bool:
     """`_validation._check_prerequisites` finds nothing (cycles need flags that require)."""
     requiring = {key: flag for key, flag in flags.items() if flag.requires}
     for flag in requiring.values():

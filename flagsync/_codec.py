@@ -62,7 +62,7 @@ class Message(msgspec.Struct, frozen=True):
     changes: ChangeSet | None
 
 
-class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
     """A worker's heartbeat record: who it is, which revision it has applied, and when."""
 
     id: str
@@ -78,6 +78,10 @@ class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     started_ms: int
     heartbeat_ms: int
     state: str
+    held: tuple[str, ...] = ()
+    """While the store is missing data this worker serves (FLUSHALL, a deleted hash):
+    the keys of every flag it still serves, so a publisher re-seeding the namespace can
+    tell what a partial re-seed would drop. Empty (and not encoded) otherwise."""
 
 
 _definition_encoder = msgspec.msgpack.Encoder()

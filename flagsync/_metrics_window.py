@@ -52,7 +52,7 @@ def read_window(client: Any, url: str, keys: StoreKeys, flag: str, since_ms: int
     (`StoreError`), bad data is reported in `problems`."""
     shared = keys.metrics(flag)
     with store_errors(url):
-        found = client.scan_iter(match=f"{shared}:*", count=_SCAN_COUNT)
+        found = client.scan_iter(match=keys.worker_metrics_pattern(flag), count=_SCAN_COUNT)
         streams = [shared, *sorted({_text(key) for key in found})]
         pipe = client.pipeline(transaction=False)
         for key in streams:

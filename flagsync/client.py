@@ -41,8 +41,9 @@ class FlagClient:
     """Evaluates flags from the current snapshot; the same class serves offline and synced use.
 
     Every evaluation method returns the caller's `default` rather than raising: on an
-    unknown flag, a default of the wrong type, a context that is not a mapping, or a
-    rollout whose bucketing attribute is missing. `detail()` says which.
+    unknown flag, a flag the sync quarantined (see `ClientStatus.quarantined`), a default
+    of the wrong type, a context that is not a mapping, or a rollout whose bucketing
+    attribute is missing. `detail()` says which.
 
     JSON (object/array) values are shared with the snapshot: treat them as read-only.
     """
@@ -104,11 +105,12 @@ class FlagClient:
         if flag is None:
             # Before the first sync the flag may well exist: say "not ready", not "not found".
             sync = self._sync
-            code = (
-                ErrorCode.PROVIDER_NOT_READY
-                if sync is not None and not sync.ready.is_set()
-                else ErrorCode.FLAG_NOT_FOUND
-            )
+            if sync is not None and not sync.ready.is_set():
+                code = ErrorCode.PROVIDER_NOT_READY
+            elif self._is_quarantined(key):  # in the store, but this worker cannot use it
+                code = ErrorCode.PARSE_ERROR
+            else:
+                code = ErrorCode.FLAG_NOT_FOUND
             return EvaluationDetail(default, None, Reason.ERROR, None, code)
         if default.__class__ not in flag.accepts:
             return EvaluationDetail(default, None, Reason.ERROR, None, ErrorCode.TYPE_MISMATCH)
@@ -120,6 +122,13 @@ class FlagClient:
             return self._snapshot.entry(key)
         except TypeError:  # an unhashable key names no flag; evaluation never raises
             return None
+
+    def _is_quarantined(self, key: str) -> bool:
+        """Whether the current snapshot set flag `key` aside (see `ClientStatus.quarantined`)."""
+        try:
+            return key in self._snapshot.quarantine.flags
+        except TypeError:  # an unhashable key names no flag
+            return False
 
     def _flag(self, key: str) -> CompiledFlag | None:
         """The compiled flag (compiled on first use); None for an unknown (or unhashable) key."""

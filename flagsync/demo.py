@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from flagsync._metrics_window import read_window
 from flagsync.cli._render import propagation
 from flagsync.controller import Decision, RolloutController, RolloutPlan
-from flagsync.metrics import merge_window
 from flagsync.publisher import PropagationReport, Publisher
 from flagsync.server import ServerProcess
 
@@ -197,8 +197,9 @@ def _server_ms(publisher: Publisher) -> int:
 
 def _fallback_rates(publisher: Publisher, since_ms: int) -> dict[str, dict[str, Any]]:
     """`fallback` per variant of `chat-llm` flushed since `since_ms`: what a guard reads."""
-    entries = publisher.client.xrange(publisher.keys.metrics(LLM_FLAG), min=f"{since_ms}-0")
-    window = merge_window(fields for _, fields in entries)
+    window = read_window(
+        publisher.client, publisher.url, publisher.keys, LLM_FLAG, since_ms
+    ).stats  # every worker's stream (each flushes to its own)
     return {
         variant: {"calls": stat.count, "fallback_rate": round(stat.mean, 4)}
         for (variant, metric), stat in window.items()

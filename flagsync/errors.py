@@ -5,7 +5,7 @@ Evaluation never raises: it reports problems as data (a reason and an error code
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -14,6 +14,7 @@ __all__ = [
     "FlagNotFoundError",
     "FlagsyncError",
     "InvalidFlagError",
+    "PartialReseedError",
     "PermissionDeniedError",
     "StoreError",
     "StoreURLError",
@@ -78,6 +79,36 @@ class FlagNotFoundError(FlagsyncError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class PartialReseedError(FlagsyncError):
+    """A write into a wiped namespace would drop flags that live workers still serve.
+
+    After a FLUSHALL (or a deleted flags hash) workers keep serving their last-known-good
+    flags; content written then replaces all of them. Nothing was written. If the new
+    content is complete, say so: `apply(..., complete=True)`, CLI `apply --complete`.
+    """
+
+    _LISTED = 20
+
+    def __init__(self, namespace: str, dropped: Mapping[str, Sequence[str]]) -> None:
+        self.namespace = namespace
+        self.dropped: dict[str, tuple[str, ...]] = {
+            key: tuple(workers) for key, workers in sorted(dropped.items())
+        }
+        """Each flag live workers serve that the new content lacks, with those workers."""
+        workers = {worker for holders in self.dropped.values() for worker in holders}
+        keys = list(self.dropped)
+        listing = ", ".join(keys[: self._LISTED])
+        if len(keys) > self._LISTED:
+            listing += f", ... ({len(keys) - self._LISTED} more)"
+        super().__init__(
+            f"namespace {namespace!r} was wiped, yet {len(workers)} live worker(s) still "
+            f"serve {len(keys)} flag(s) this content lacks: {listing}. Writing it would "
+            "make them serve the caller's defaults for those flags; nothing was written. "
+            "If the new content is complete, apply it with complete=True "
+            "(CLI: apply --complete)."
+        )
 
 
 class StoreError(FlagsyncError):

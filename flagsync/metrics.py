@@ -37,7 +37,6 @@ __all__ = [
     "flush_commands",
     "merge_window",
     "percentile",
-    "worker_metrics_key",
 ]
 
 EXPOSURES: Final = "exposures"
@@ -280,17 +279,6 @@ def merge_window(
     return totals
 
 
-def worker_metrics_key(keys: StoreKeys, flag: str, worker_id: str) -> str:
-    """The metrics stream one worker appends to for one flag: `{fs:<ns>}:metrics:<flag>:<id>`.
-
-    One stream per worker (not one shared by all) so that a worker's credentials can be
-    limited to its own streams (`flagsync acl --worker-id`): one worker cannot trim,
-    delete or overwrite another's samples. Flag keys hold no `:`, so the controller finds
-    a flag's streams with the pattern `{fs:<ns>}:metrics:<flag>:*`.
-    """
-    return f"{keys.metrics(flag)}:{worker_id}"
-
-
 def flush_commands(
     keys: StoreKeys,
     entries: Mapping[str, Mapping[str, str]],
@@ -300,13 +288,13 @@ def flush_commands(
 ) -> list[tuple[Any, ...]]:
     """XADD commands for a flush: one entry per flag, trimming entries older than retention.
 
-    With `worker_id`, each goes to the worker's own stream (`worker_metrics_key`), which
+    With `worker_id`, each goes to the worker's own stream (`StoreKeys.worker_metrics`), which
     also expires `retention_ms` after its last flush, so streams of workers long gone do
     not accumulate; without it, to the flag's shared stream (older workers, tests).
     """
     commands: list[tuple[Any, ...]] = []
     for flag, fields in entries.items():
-        key = keys.metrics(flag) if worker_id is None else worker_metrics_key(keys, flag, worker_id)
+        key = keys.metrics(flag) if worker_id is None else keys.worker_metrics(flag, worker_id)
         commands.append(
             ("XADD", key, "MINID", "~", str(now_ms - retention_ms), "*",
              *[part for item in fields.items() for part in item])

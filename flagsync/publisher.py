@@ -15,7 +15,7 @@ import getpass
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -26,12 +26,14 @@ from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
 from flagsync._lease import LEASE_KIND
+from flagsync._reseed import dropped_by_reseed
 from flagsync._validation import check_references, parse_flag, parse_flagset
 from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
     ConflictError,
     FlagNotFoundError,
     InvalidFlagError,
+    PartialReseedError,
     StoreUnavailableError,
     ValidationIssue,
 )
@@ -70,6 +72,8 @@ writers hammering one flag lost 5 attempts in a row 27 times in 4,199 kills."""
 _RETRY_BACKOFF_S: Final = (0.0005, 0.02)
 """First and largest pause between attempts (full jitter, doubling): racing writers
 spread out instead of colliding again at once."""
+_LOGGED_KEYS: Final = 10
+"""How many written keys `flags_written` names (a bulk apply may write thousands)."""
 
 
 class WriteResult(msgspec.Struct, frozen=True):
@@ -181,17 +185,30 @@ class Publisher:
         """What `apply(source)` would change, without writing anything (the dry run)."""
         return self._plan(load_flags(source), prune)[0]
 
-    def apply(self, source: FlagSource, *, prune: bool = False, reason: str = "") -> int:
+    def apply(
+        self,
+        source: FlagSource,
+        *,
+        prune: bool = False,
+        reason: str = "",
+        complete: bool = False,
+    ) -> int:
         """Make the store match a flag file (or mapping) as one atomic revision.
 
         Flags and segments in `source` are added or replaced; with `prune`, the ones
         not in it are deleted. Returns the new revision, or the current one (and
         `last_write.changed` is False) when nothing differs: applying the same file
         twice writes nothing.
+
+        Into a wiped namespace (FLUSHALL, a deleted flags hash) whose live workers
+        still serve flags the result would lack, nothing is written and
+        `PartialReseedError` lists them, unless `complete` says the content is all.
         """
         document = load_flags(source)
         llm = self._llm_settings(document)
-        changes, writes = self._plan(document, prune)
+        changes, writes, result, store_empty = self._plan(document, prune)
+        if store_empty and not complete:
+            self._refuse_partial_reseed(result)
         if document.llm is not None:
             with store_errors(self.url):
                 llm.store_settings(self._redis, self.keys.llm, document.llm)
@@ -210,6 +227,19 @@ class Publisher:
             policy.check_against_stored(document.flags, stored)
         return policy
 
+    def dropped_by_reseed(self, keys: Collection[str]) -> dict[str, list[str]]:
+        """Flags live workers serve from before a wipe that a namespace of only `keys`
+        would lack, with the workers serving each (see `flagsync._reseed`)."""
+        epoch, revision = self.revision()
+        return dropped_by_reseed(self.fleet.workers(), epoch, revision, keys)
+
+    def _refuse_partial_reseed(self, keys: Collection[str]) -> None:
+        """Raise `PartialReseedError` if writing a store of only `keys` into this (empty)
+        namespace would drop flags live workers still serve."""
+        dropped = self.dropped_by_reseed(keys)
+        if dropped:
+            raise PartialReseedError(self.keys.namespace, dropped)
+
     def put(
         self,
         key: str | Mapping[str, Any],
@@ -217,12 +247,14 @@ class Publisher:
         *,
         expected_version: int | None = None,
         reason: str = "",
+        complete: bool = False,
     ) -> int:
         """Create or replace one flag; returns the new revision (see `last_write`).
 
         `put("key", definition)`, or `put({"key": definition})` in the file's `flags:`
         shape. With `expected_version`, a flag changed since that version is refused
-        with `ConflictError`; without it, the version just read is expected.
+        with `ConflictError`; without it, the version just read is expected. Into a
+        wiped namespace, refused like `apply` unless `complete`.
         """
         if isinstance(key, Mapping):
             if flag is not None or len(key) != 1:
@@ -230,7 +262,7 @@ class Publisher:
             ((key, flag),) = key.items()
         if flag is None:
             raise TypeError("put() needs a definition")
-        return self._put(key, flag, expected_version, reason, "put")
+        return self._put(key, flag, expected_version, reason, "put", complete=complete)
 
     def _put(
         self,
@@ -239,9 +271,13 @@ class Publisher:
         expected_version: int | None,
         reason: str,
         op: str,
+        *,
+        complete: bool = False,
     ) -> int:
         """Validate and write one flag; `op` names the change in the log (put, rollback)."""
         state, versions = self._read_all()
+        if not state["flags"] and not complete:  # wiped? (see `apply`)
+            self._refuse_partial_reseed({key})
         segments = state["segments"].keys()
         parsed = parse_flag(key, definition, segments)  # any shape: refused with its path
         if parsed.kind is not None:
@@ -483,7 +519,10 @@ class Publisher:
 
     def _plan(
         self, document: FlagSet, prune: bool
-    ) -> tuple[list[DefinitionChange], list[ScriptWrite]]:
+    ) -> tuple[list[DefinitionChange], list[ScriptWrite], Collection[str], bool]:
+        """The changes and writes that make the store hold `document` (merged with what
+        it holds, unless `prune`), the flag keys it will then hold, and whether it holds
+        no flag now (wiped, or never written: see `dropped_by_reseed`)."""
         state, versions = self._read_all()
         wanted = document.to_builtins()
         merged: dict[str, dict[str, Any]] = {
@@ -498,7 +537,8 @@ class Publisher:
             else ScriptWrite(change.kind, change.key, change.version, "delete")
             for change, after in plan
         ]
-        return [change for change, _ in plan], writes
+        changes = [change for change, _ in plan]
+        return changes, writes, merged["flags"].keys(), not state["flags"]
 
     def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""
@@ -530,7 +570,8 @@ class Publisher:
             namespace=self.keys.namespace,
             op=op_name,
             revision=revision,
-            keys=written,
+            count=len(written),
+            keys=written[:_LOGGED_KEYS],  # the change log has them all
             actor=self.actor,
         )
         self.last_write = WriteResult(

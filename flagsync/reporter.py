@@ -47,7 +47,7 @@ class MetricsReporter:
         self.tables = tables
         self.worker_id = worker_id
         """This worker's id, read at each flush: entries go to its own streams
-        (`flagsync.metrics.worker_metrics_key`); None: the flags' shared streams."""
+        (`StoreKeys.worker_metrics`); None: the flags' shared streams."""
         self.url = url
         self.keys = keys
         self.interval_s = interval_s

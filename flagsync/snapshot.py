@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from flagsync._gc import gc_paused
 from flagsync._validation import cycle_issues
@@ -29,7 +30,29 @@ from flagsync.compile import CompiledFlag, TableEntry, compile_flag
 from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, FlagSet, Segment
 
-__all__ = ["Snapshot"]
+__all__ = ["NO_QUARANTINE", "Quarantine", "Snapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """What a worker set aside when it loaded the store (see `flagsync._sync.quarantine`):
+    flags and segments it could not use, each with why, served at their last-known-good
+    version or not at all (the caller's default, `PARSE_ERROR`)."""
+
+    flags: Mapping[str, str]
+    """Quarantined flag keys, each with the reason."""
+    segments: Mapping[str, str]
+    """Quarantined segment names, each with the reason."""
+    awaited: frozenset[str]
+    """Flag and segment names whose change may lift a quarantine (a change message that
+    touches one is answered with a whole load, where the verdicts are made)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.flags or self.segments)
+
+
+NO_QUARANTINE: Final = Quarantine(MappingProxyType({}), MappingProxyType({}), frozenset())
+"""A load that set nothing aside (the usual case)."""
 
 
 class Snapshot:
@@ -42,6 +65,7 @@ class Snapshot:
         "definitions",
         "entries",
         "epoch",
+        "quarantine",
         "revision",
     )
 
@@ -51,6 +75,8 @@ class Snapshot:
     """The store's epoch (its identity across restarts); empty offline."""
     definitions: FlagSet
     """The validated definitions the snapshot serves."""
+    quarantine: Quarantine
+    """Flags and segments of the store this snapshot set aside (see `Quarantine`)."""
     entries: dict[str, TableEntry]
     """Lookup table of the flags compiled so far, for the client's hot path. Only the
     snapshot adds to it (on first use of a flag, under its lock); never mutate it."""
@@ -62,9 +88,12 @@ class Snapshot:
         segment_sets: dict[str, frozenset[str]],
         revision: int,
         epoch: str,
+        *,
+        quarantine: Quarantine = NO_QUARANTINE,
     ) -> None:
         self.revision = revision
         self.epoch = epoch
+        self.quarantine = quarantine
         self.definitions = definitions
         self._compiled = compiled
         self.entries = {key: flag.entry for key, flag in compiled.items()}
@@ -73,12 +102,18 @@ class Snapshot:
 
     @classmethod
     def build(
-        cls, definitions: FlagSet, *, revision: int = 0, epoch: str = "", compile_all: bool = False
+        cls,
+        definitions: FlagSet,
+        *,
+        revision: int = 0,
+        epoch: str = "",
+        compile_all: bool = False,
+        quarantine: Quarantine = NO_QUARANTINE,
     ) -> Snapshot:
         """A snapshot of a validated `FlagSet` (see `load_flags`); flags compile on first use
-        unless `compile_all`."""
+        unless `compile_all`. `quarantine`: what the load set aside."""
         segment_sets = {name: frozenset(seg.keys) for name, seg in definitions.segments.items()}
-        snapshot = cls(definitions, {}, segment_sets, revision, epoch)
+        snapshot = cls(definitions, {}, segment_sets, revision, epoch, quarantine=quarantine)
         if compile_all:
             snapshot.compile_all()
         return snapshot
@@ -167,7 +202,12 @@ class Snapshot:
             kept = {key: flag for key, flag in self._compiled.items() if key not in affected}
         definitions = FlagSet(flags=new_flags, segments=new_segments)
         snapshot = Snapshot(
-            definitions, kept, segment_sets, revision, self.epoch if epoch is None else epoch
+            definitions,
+            kept,
+            segment_sets,
+            revision,
+            self.epoch if epoch is None else epoch,
+            quarantine=self.quarantine,  # a change touching a quarantined name goes by a whole load
         )
         return snapshot, frozenset(affected)
 

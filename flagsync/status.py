@@ -46,3 +46,9 @@ class ClientStatus(msgspec.Struct, frozen=True):
     """The store has no data for the namespace (flushed or never written); LKG kept."""
     last_error: str | None = None
     worker_id: str | None = None
+    quarantined: dict[str, str] = msgspec.field(default_factory=dict)
+    """Flags of the store this client could not use, each with why: each serves its
+    last-known-good version (the reason says so) or else the caller's default with
+    `PARSE_ERROR`; every other flag is served (see "Quarantine" in the README)."""
+    quarantined_segments: dict[str, str] = msgspec.field(default_factory=dict)
+    """Segments set aside the same way (flags targeting a missing one are quarantined)."""

@@ -135,6 +135,20 @@ class StoreKeys:
         """The stream of metric windows workers flush for one flag."""
         return f"{self.prefix}:metrics:{flag}"
 
+    def worker_metrics(self, flag: str, worker_id: str) -> str:
+        """The metrics stream one worker appends to for one flag.
+
+        One stream per worker (not one shared by all) so that a worker's credentials can be
+        limited to its own streams (`flagsync acl --worker-id`): one worker cannot trim,
+        delete or overwrite another's samples.
+        """
+        return f"{self.metrics(flag)}:{worker_id}"
+
+    def worker_metrics_pattern(self, flag: str) -> str:
+        """A SCAN pattern matching every worker's metrics stream of one flag (flag keys hold
+        no `:`, so it cannot match another flag's)."""
+        return f"{self.metrics(flag)}:*"
+
     @property
     def metrics_pattern(self) -> str:
         """A key pattern matching every metrics stream of the namespace (for ACLs)."""

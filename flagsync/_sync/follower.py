@@ -25,13 +25,13 @@ from typing import Any, Literal
 
 import structlog
 
-from flagsync._bulk_load import decode_store_fast
 from flagsync._codec import MalformedMessageError, Message, decode_definition
 from flagsync._sync.options import SyncOptions
-from flagsync._validation import parse_flag, parse_flagset, parse_segment
+from flagsync._sync.quarantine import load_definitions, references_hold
+from flagsync._validation import parse_flag, parse_segment
 from flagsync.errors import InvalidFlagError
-from flagsync.model import Flag, FlagSet, Segment
-from flagsync.snapshot import Snapshot
+from flagsync.model import Flag, Segment
+from flagsync.snapshot import Quarantine, Snapshot
 from flagsync.status import ClientStatus, SyncState
 from flagsync.store import LoadedStore, StoreKeys, decode_message
 
@@ -104,6 +104,8 @@ class Follower:
             "rejected_snapshots": 0,
         }
         self._last_malformed_log = float("-inf")
+        self._quarantine_logged: dict[tuple[str, str], str] = {}
+        """What `_report_quarantine` last logged: (kind, key) -> reason."""
 
     # -- what the drivers report -------------------------------------------------
 
@@ -164,6 +166,11 @@ class Follower:
         except (MalformedMessageError, InvalidFlagError) as error:
             self._malformed(str(error))
             return "resync"
+        awaited = snapshot.quarantine.awaited
+        if (awaited and not awaited.isdisjoint(flags.keys() | segments.keys())) or (
+            not references_hold(updated, changed)
+        ):
+            return "resync"  # per-flag verdicts are made by a whole load (see quarantine)
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
         self._blobs = None  # the next load compares against the store afresh
@@ -209,8 +216,8 @@ class Follower:
             self.ready.set()
             return True
         try:
-            definitions = _decode_store(loaded)
-        except (MalformedMessageError, InvalidFlagError) as error:
+            definitions, quarantine = load_definitions(loaded, current.definitions)
+        except InvalidFlagError as error:  # the store as a whole, beyond any quarantine
             self.counts["rejected_snapshots"] += 1
             self.last_error = f"snapshot rejected: {error}"
             _log.error(
@@ -221,17 +228,32 @@ class Follower:
                 kept_revision=current.revision,
             )
             return False
-        snapshot = Snapshot.build(definitions, revision=loaded.revision, epoch=loaded.epoch)
         self._blobs = blobs
-        self._swap(snapshot, current.changed_keys(snapshot), 0)
+        self._report_quarantine(quarantine, loaded.revision)
         if self.last_error and self.last_error.startswith("snapshot rejected"):
             self.last_error = None
+        if (
+            current.epoch == loaded.epoch
+            and current.revision == loaded.revision
+            and current.quarantine == quarantine
+            and current.definitions == definitions
+        ):
+            # The revision we hold, read again (a resync after a change we applied from
+            # its message): nothing to swap, and listeners heard of this revision once.
+            self.confirm()
+            self.ready.set()
+            return True
+        snapshot = Snapshot.build(
+            definitions, revision=loaded.revision, epoch=loaded.epoch, quarantine=quarantine
+        )
+        self._swap(snapshot, current.changed_keys(snapshot), 0)
         _log.info(
             "snapshot_loaded",
             namespace=self.keys.namespace,
             epoch=loaded.epoch,
             revision=loaded.revision,
             flags=len(snapshot),
+            quarantined=len(quarantine.flags),
         )
         self.confirm()
         self.ready.set()
@@ -267,7 +289,10 @@ class Follower:
         with self._lock:
             current = self.snapshot
             cold = Snapshot.build(
-                current.definitions, revision=current.revision, epoch=current.epoch
+                current.definitions,
+                revision=current.revision,
+                epoch=current.epoch,
+                quarantine=current.quarantine,
             )
             self.snapshot = cold
             self._install(cold)
@@ -329,6 +354,8 @@ class Follower:
             snapshot_missing=self.snapshot_missing,
             last_error=self.last_error,
             worker_id=worker_id,
+            quarantined=dict(snapshot.quarantine.flags),
+            quarantined_segments=dict(snapshot.quarantine.segments),
             **self.counts,
         )
 
@@ -355,6 +382,29 @@ class Follower:
                 _log.exception("listener_failed", listener=repr(listener))
         if self._persist is not None:
             self._persist(snapshot)
+
+    def _report_quarantine(self, quarantine: Quarantine, revision: int) -> None:
+        """Log each quarantined flag or segment once per reason, and each one lifted."""
+        reported: dict[tuple[str, str], str] = {}
+        for kind, reasons in (("flag", quarantine.flags), ("segment", quarantine.segments)):
+            for key, reason in reasons.items():
+                reported[kind, key] = reason
+                if self._quarantine_logged.get((kind, key)) != reason:
+                    _log.warning(
+                        f"{kind}_quarantined",
+                        namespace=self.keys.namespace,
+                        key=key,
+                        reason=reason[:500],
+                        revision=revision,
+                    )
+        for kind, key in self._quarantine_logged.keys() - reported.keys():
+            _log.info(
+                f"{kind}_quarantine_lifted",
+                namespace=self.keys.namespace,
+                key=key,
+                revision=revision,
+            )
+        self._quarantine_logged = reported
 
     def _malformed(self, reason: str) -> None:
         self.counts["malformed_messages"] += 1
@@ -390,18 +440,3 @@ def _decode_changes(
         else:
             segments[change.key] = parse_segment(change.key, stored.definition)
     return flags, segments
-
-
-def _decode_store(loaded: LoadedStore) -> FlagSet:
-    """Decode and validate a whole store as one document (all or nothing)."""
-    fast = decode_store_fast(loaded.flags, loaded.segments)  # None: something to report
-    if fast is not None:
-        return fast
-    document: dict[str, dict[str, Any]] = {"flags": {}, "segments": {}}
-    for kind, blobs, section in (
-        ("flag", loaded.flags, "flags"),
-        ("segment", loaded.segments, "segments"),
-    ):
-        for key, blob in blobs.items():
-            document[section][key] = decode_definition(blob, kind, key).definition
-    return parse_flagset(document)

@@ -31,6 +31,7 @@ import uuid
 
 from flagsync._codec import WorkerInfo, encode_presence
 from flagsync._sync.follower import Follower
+from flagsync.snapshot import Snapshot
 from flagsync.store import StoreKeys
 
 __all__ = ["Presence"]
@@ -49,6 +50,7 @@ class Presence:
         self.started_ms = _now_ms()
         self._withheld = False
         self._listed = False
+        self._held_keys: tuple[Snapshot | None, tuple[str, ...]] = (None, ())
 
     @property
     def key(self) -> str:
@@ -109,8 +111,16 @@ class Presence:
                 started_ms=self.started_ms,
                 heartbeat_ms=_now_ms(),
                 state=str(follower.state()),
+                held=self._held(snapshot if follower.snapshot_missing else None),
             )
         )
+
+    def _held(self, snapshot: Snapshot | None) -> tuple[str, ...]:
+        """The keys `snapshot` serves (none for None), sorted once per snapshot: each
+        heartbeat repeats them while the store is missing data."""
+        if self._held_keys[0] is not snapshot:
+            self._held_keys = (snapshot, () if snapshot is None else tuple(sorted(snapshot)))
+        return self._held_keys[1]
 
 
 def new_worker_id() -> str:

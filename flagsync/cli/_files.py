@@ -26,7 +26,9 @@ def apply(args: argparse.Namespace) -> int:
                 ),
             )
             return EXIT_OK
-        revision = store.apply(document, prune=args.prune, reason=args.reason)
+        revision = store.apply(
+            document, prune=args.prune, reason=args.reason, complete=args.complete
+        )
         return after_write(
             args,
             store,
@@ -59,6 +61,12 @@ COMMANDS = (
             arg("-f", "--file", required=True, help="YAML or JSON flag file"),
             arg("--dry-run", action="store_true", help="show the diff, write nothing"),
             arg("--prune", action="store_true", help="delete flags not in the file"),
+            arg(
+                "--complete",
+                action="store_true",
+                help="into a wiped namespace: the file is all there is, even if live "
+                "workers still serve flags it lacks (without it, such an apply is refused)",
+            ),
         ),
         writes=True,
     ),

@@ -26,7 +26,6 @@ from flagsync._codec import decode_presence, encode_presence
 from flagsync.acl import acl_rules, acl_setuser_commands
 from flagsync.controller import RolloutController
 from flagsync.errors import FlagsyncError
-from flagsync.metrics import worker_metrics_key
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys, connect
@@ -133,7 +132,7 @@ class TestPerWorkerAcl:
         admin = make_raw(dedicated_server.url)
         admin.set(keys.worker("w2"), b"w2's record")
         w1 = acl_connection(make_raw, users["w1"])
-        own_stream = worker_metrics_key(keys, KEY, "w1")
+        own_stream = keys.worker_metrics(KEY, "w1")
 
         w1.set(keys.worker("w1"), b"record", px=5000)
         w1.xadd(own_stream, {"candidate|exposures|c": "1"}, minid="0", approximate=True)
@@ -142,9 +141,9 @@ class TestPerWorkerAcl:
             "SET other presence": lambda: w1.set(keys.worker("w2"), b"ghost"),
             "DEL other presence": lambda: w1.delete(keys.worker("w2")),
             "XADD other stream": lambda: w1.xadd(
-                worker_metrics_key(keys, KEY, "w2"), {"candidate|exposures|c": "100000"}
+                keys.worker_metrics(KEY, "w2"), {"candidate|exposures|c": "100000"}
             ),
-            "SET other stream": lambda: w1.set(worker_metrics_key(keys, KEY, "w2"), b"x"),
+            "SET other stream": lambda: w1.set(keys.worker_metrics(KEY, "w2"), b"x"),
             "SET shared stream": lambda: w1.set(keys.metrics(KEY), b"x"),
             "SET a ghost presence": lambda: w1.set(keys.worker("ghost"), b"ghost"),
         }
@@ -154,7 +153,7 @@ class TestPerWorkerAcl:
 
         assert admin.get(keys.worker("w2")) == b"w2's record"
         assert admin.xlen(own_stream) == 1
-        assert admin.exists(worker_metrics_key(keys, KEY, "w2"), keys.metrics(KEY)) == 0
+        assert admin.exists(keys.worker_metrics(KEY, "w2"), keys.metrics(KEY)) == 0
         record("S30", dedicated_server.kind, recovery_s=None, case="per-worker-acl", refused=6)
 
     def test_a_client_with_its_own_worker_user_syncs_heartbeats_and_flushes(
@@ -180,8 +179,8 @@ class TestPerWorkerAcl:
 
         assert report.complete, report
         assert [ack.worker.id for ack in report.reached] == ["w1"]
-        assert admin.xlen(worker_metrics_key(StoreKeys(namespace), KEY, "w1")) == 1
-        assert admin.pttl(worker_metrics_key(StoreKeys(namespace), KEY, "w1")) > 0
+        assert admin.xlen(StoreKeys(namespace).worker_metrics(KEY, "w1")) == 1
+        assert admin.pttl(StoreKeys(namespace).worker_metrics(KEY, "w1")) > 0
         assert denied_commands(admin, "flagsync-worker-w1") == []
 
     def test_a_client_with_the_shared_worker_user_flushes_to_its_own_streams(
@@ -205,7 +204,7 @@ class TestPerWorkerAcl:
 
         worker_id = client.status().worker_id
         assert worker_id is not None
-        stream = worker_metrics_key(StoreKeys(namespace), KEY, worker_id)
+        stream = StoreKeys(namespace).worker_metrics(KEY, worker_id)
         assert admin.xlen(stream) == 1
         assert admin.pttl(stream) > 0
         assert denied_commands(admin, acl.worker) == []
@@ -239,7 +238,7 @@ class TestPerWorkerAcl:
 
         worker_id = client.status().worker_id
         assert worker_id is not None
-        entries: Any = admin.xrange(worker_metrics_key(StoreKeys(namespace), KEY, worker_id))
+        entries: Any = admin.xrange(StoreKeys(namespace).worker_metrics(KEY, worker_id))
         assert len(entries) == 2
         assert len(events(logs, "metrics_expiry_refused")) == 1
         assert reporter.pending.series == {}
@@ -264,7 +263,7 @@ class TestMetricsTampering:
         controller.set_plan(make_plan())
         assert controller.tick().decision == "start"
         honest = acl_connection(make_raw, acl.worker_url)
-        append_samples(honest, worker_metrics_key(keys, KEY, "honest"), healthy())
+        append_samples(honest, keys.worker_metrics(KEY, "honest"), healthy())
         acl_connection(make_raw, acl.worker_url).set(keys.metrics(KEY), b"not a stream")
 
         decisions = [controller.tick() for _ in range(3)]
@@ -287,8 +286,8 @@ class TestMetricsTampering:
         controller.set_plan(make_plan())
         assert controller.tick().decision == "start"
         worker = acl_connection(make_raw, acl.worker_url)
-        worker.set(worker_metrics_key(keys, KEY, "attacker"), b"not a stream")
-        append_samples(worker, worker_metrics_key(keys, KEY, "honest"), breached())
+        worker.set(keys.worker_metrics(KEY, "attacker"), b"not a stream")
+        append_samples(worker, keys.worker_metrics(KEY, "honest"), breached())
 
         decision = controller.tick()
 
@@ -307,9 +306,9 @@ class TestMetricsTampering:
         controller.set_plan(make_plan())
         assert controller.tick().decision == "start"
         worker = acl_connection(make_raw, acl.worker_url)
-        append_samples(worker, worker_metrics_key(keys, KEY, "honest"), breached())
+        append_samples(worker, keys.worker_metrics(KEY, "honest"), breached())
         worker.xadd(
-            worker_metrics_key(keys, KEY, "attacker"),
+            keys.worker_metrics(KEY, "attacker"),
             {"candidate|thumbs_down|c": "-300", "candidate|thumbs_down|s": "-60"},
         )
 
@@ -329,8 +328,8 @@ class TestMetricsTampering:
         assert controller.tick().decision == "start"
         worker = acl_connection(make_raw, acl.worker_url)
         for honest in ("honest-1", "honest-2"):
-            append_samples(worker, worker_metrics_key(keys, KEY, honest), healthy(30))
-        append_samples(worker, worker_metrics_key(keys, KEY, "attacker"), healthy(100_000))
+            append_samples(worker, keys.worker_metrics(KEY, honest), healthy(30))
+        append_samples(worker, keys.worker_metrics(KEY, "attacker"), healthy(100_000))
 
         decision = controller.tick()
 

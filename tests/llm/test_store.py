@@ -13,8 +13,8 @@ import redis
 
 from flagsync import InvalidFlagError, load_flags
 from flagsync._bulk_load import flag_problem
+from flagsync._metrics_window import read_window
 from flagsync.llm.policy import fetch_settings
-from flagsync.metrics import merge_window
 from flagsync.model import Flag
 from flagsync.publisher import Publisher
 from flagsync.store import StoreKeys
@@ -113,11 +113,9 @@ class TestServedByWorkers:
         assert rater.llm_feedback(call.id, "thumbs_down", 1.0)
         assert reporter_of(worker).flush()
         assert reporter_of(rater).flush()
-        key = f"{StoreKeys(publisher.keys.namespace).prefix}:metrics:chat-llm"
 
-        def flushed() -> bool:
-            entries: Any = raw.xrange(key)
-            window = merge_window(fields for _, fields in entries)
+        def flushed() -> bool:  # each worker flushes to its own stream: read them all
+            window = read_window(raw, url, publisher.keys, "chat-llm", 0).stats
             return ("current", "thumbs_down") in window and ("current", "cost") in window
 
         assert wait_until(flushed, 5.0)

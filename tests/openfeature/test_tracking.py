@@ -3,14 +3,13 @@ the variant the context gets, as `FlagClient.track` records it for guarded rollo
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.track import TrackingEventDetails
 
-from flagsync.metrics import MetricStat, merge_window
+from flagsync._metrics_window import read_window
+from flagsync.metrics import MetricStat
 from flagsync.openfeature import FlagsyncProvider
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
@@ -24,8 +23,8 @@ STAFF = EvaluationContext("user-7", {"email": "x@acme.com"})
 
 def window(raw: redis.Redis, namespace: str, flag: str) -> dict[tuple[str, str], MetricStat]:
     """Everything flushed for `flag`, summed per (variant, metric)."""
-    entries: Any = raw.xrange(f"{StoreKeys(namespace).prefix}:metrics:{flag}")
-    return merge_window(fields for _, fields in entries)
+    keys = StoreKeys(namespace)
+    return read_window(raw, "redis://test", keys, flag, 0).stats  # every worker's stream
 
 
 class TestTracking:

@@ -22,6 +22,7 @@ from flagsync._sync.options import SyncOptions
 from flagsync._sync.presence import Presence
 from flagsync._sync.timers import backoff_delay, is_permanent, retry_cap_s
 from flagsync.loader import load_flags
+from flagsync.model import MAX_SEGMENTS
 from flagsync.snapshot import Snapshot
 from flagsync.status import SyncState
 from flagsync.store import LoadedStore, StoreKeys
@@ -166,10 +167,12 @@ class TestLoad:
         assert not synced.follower.snapshot_missing
         assert synced.values() == {"a": "z"}
 
-    def test_invalid_store_is_rejected_whole(self, synced: Harness) -> None:
-        """One undecodable blob rejects the whole read: counted, reported, snapshot kept."""
+    def test_store_over_the_limits_is_rejected_whole(self, synced: Harness) -> None:
+        """A store with more segments than allowed (no quarantine can fix that) is refused
+        as a whole: counted, reported, snapshot kept; a valid read then clears the report."""
         bad = loaded(6, {"a": "x2"})
-        bad.flags["b"] = b"\x00not msgpack"
+        segment = encode_definition("segment", "s", 1, {"keys": ["u"]})
+        bad.segments.update({f"s{index}": segment for index in range(MAX_SEGMENTS + 1)})
         with captured_logs() as logs:
             assert not synced.follower.on_loaded(bad)
         assert synced.follower.counts["rejected_snapshots"] == 1
@@ -178,6 +181,15 @@ class TestLoad:
         assert len(events(logs, "snapshot_rejected")) == 1
         assert synced.follower.on_loaded(loaded(7, {"a": "x3"}))
         assert synced.follower.status().last_error is None
+
+    def test_reading_the_applied_revision_again_notifies_nobody(self, synced: Harness) -> None:
+        """A resync that reads the revision just applied from its message swaps nothing:
+        each revision reaches a listener once."""
+        assert synced.follower.on_message(message(6, {"a": "x2"})) == "applied"
+        assert synced.follower.on_loaded(loaded(6, {"a": "x2", "b": "y"}))
+        assert [revision for revision, _ in synced.swaps] == [5, 6]
+        assert len(synced.installed) == 2
+        assert synced.persisted == [5, 6]
 
 
 class TestMessages:

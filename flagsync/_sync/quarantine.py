@@ -1,0 +1,183 @@
+"""Per-flag verdicts on a whole-store load: one bad flag never costs a worker the others.
+
+A store can hold a flag no worker can use: an operator's raw write (weights summing to
+150, a map repeating a key, a truncated blob), a prerequisite deleted by a raced write,
+a field from a newer publisher, a pattern this worker's regex engine refuses. Refusing
+the whole snapshot for it would serve defaults for every flag on each worker started
+afterwards while older workers serve the rest: a split fleet. So each flag (and
+segment) is judged alone. One that fails is *quarantined*: the worker keeps the version
+it already serves, if it has one, and otherwise serves the caller's default with
+`PARSE_ERROR`; everything else loads; the reasons go to `status()` and the logs.
+
+Cost: the usual store (everything valid) takes `decode_store_fast` whole, as before.
+Only when that finds a problem do we go flag by flag — still the fast per-flag check,
+the general validator running only for the flags that fail it, to say why.
+
+Every worker judges the same bytes the same way, so workers without a last-known-good
+version agree with each other; a worker that has one keeps serving it (the same
+value the rest of the fleet served before the bad write).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+
+from flagsync._bulk_load import decode_flag_fast, decode_segment_fast, decode_store_fast
+from flagsync._codec import MalformedMessageError, decode_definition
+from flagsync._gc import gc_paused
+from flagsync._validation import check_flag, find_cycles, parse_flag, parse_segment
+from flagsync.errors import InvalidFlagError, ValidationIssue
+from flagsync.model import MAX_FLAGS, MAX_SEGMENTS, Flag, FlagSet, Segment
+from flagsync.snapshot import NO_QUARANTINE, Quarantine, Snapshot
+from flagsync.store import LoadedStore
+
+__all__ = ["load_definitions", "references_hold"]
+
+KEPT: str = "; serving the last-known-good version"
+"""Suffix of a reason when the worker keeps the version it had."""
+
+
+def load_definitions(loaded: LoadedStore, previous: FlagSet) -> tuple[FlagSet, Quarantine]:
+    """What a worker can serve from a whole-store read, and what it set aside.
+
+    `previous` is what the worker serves now (its last-known-good versions). Raises
+    `InvalidFlagError` only for a problem of the store as a whole (more flags or
+    segments than the limits allow), which no single quarantine could solve.
+    """
+    fast = decode_store_fast(loaded.flags, loaded.segments)
+    if fast is not None:
+        return fast, NO_QUARANTINE
+    if len(loaded.flags) > MAX_FLAGS:
+        raise InvalidFlagError.single("flags", f"{len(loaded.flags)} entries, over {MAX_FLAGS}")
+    if len(loaded.segments) > MAX_SEGMENTS:
+        raise InvalidFlagError.single(
+            "segments", f"{len(loaded.segments)} entries, over {MAX_SEGMENTS}"
+        )
+    with gc_paused():
+        return _sort_out(loaded.flags, loaded.segments, previous)
+
+
+def references_hold(snapshot: Snapshot, keys: Collection[str]) -> bool:
+    """Whether the flags `keys` of `snapshot` find every flag, variant and segment they
+    name: a change that breaks one is left to a whole load, where it is quarantined the
+    same way on every worker."""
+    flags, segments = snapshot.definitions.flags, snapshot.definitions.segments
+    for key in keys:
+        flag = flags.get(key)
+        if flag is None:
+            continue
+        for other, variant in flag.requires.items():
+            required = flags.get(other)
+            if required is None or variant not in required.variants:
+                return False
+        for rule in flag.rules:
+            for clause in rule.when:
+                if clause.op == "in_segment" and any(
+                    value not in segments for value in clause.values
+                ):
+                    return False
+    return True
+
+
+def _sort_out(
+    flag_blobs: Mapping[str, bytes], segment_blobs: Mapping[str, bytes], previous: FlagSet
+) -> tuple[FlagSet, Quarantine]:
+    segments: dict[str, Segment] = {}
+    segment_reasons: dict[str, str] = {}
+    for key, blob in segment_blobs.items():
+        segment = decode_segment_fast(key, blob)
+        if segment is None:
+            segment_verdict = _segment_verdict(key, blob)
+            if isinstance(segment_verdict, str):
+                segment = previous.segments.get(key)
+                segment_reasons[key] = segment_verdict + (KEPT if segment is not None else "")
+                if segment is None:
+                    continue
+            else:
+                segment = segment_verdict
+        segments[key] = segment
+
+    flags: dict[str, Flag] = {}
+    reasons: dict[str, str] = {}
+    checked: dict[bytes, Flag] = {}
+    for key, blob in flag_blobs.items():
+        flag = decode_flag_fast(key, blob, segments, checked)
+        if flag is None:
+            verdict = _flag_verdict(key, blob, segments)
+            if isinstance(verdict, str):
+                reasons[key] = verdict
+                continue
+            flag = verdict
+        flags[key] = flag
+    for key in reasons:  # the version this worker serves, if it still holds up
+        kept_flag = previous.flags.get(key)
+        if kept_flag is not None and not check_flag(key, kept_flag, segments):
+            flags[key] = kept_flag
+    awaited = _drop_broken_references(flags, reasons)
+    for key in reasons:
+        if key in flags:
+            reasons[key] += KEPT
+    awaited.update(reasons)
+    awaited.update(segment_reasons)
+    quarantine = Quarantine(reasons, segment_reasons, frozenset(awaited))
+    return FlagSet(flags=flags, segments=segments), quarantine
+
+
+def _drop_broken_references(flags: dict[str, Flag], reasons: dict[str, str]) -> set[str]:
+    """Quarantine (remove from `flags`, reason in `reasons`) every flag whose prerequisite
+    is missing, lacks the variant named, or forms a cycle, until none is left: dropping
+    one can break the flags that require it. Returns the flag keys they wait for."""
+    awaited: set[str] = set()
+    while True:
+        broken: dict[str, str] = {}
+        for key, flag in flags.items():
+            for other, variant in flag.requires.items():
+                required = flags.get(other)
+                if required is None:
+                    why = "quarantined" if other in reasons else "not in the store"
+                    broken[key] = f"flags.{key}.requires.{other}: flag {other!r} is {why}"
+                    awaited.add(other)
+                    break
+                if variant not in required.variants:
+                    broken[key] = (
+                        f"flags.{key}.requires.{other}: flag {other!r} has no variant {variant!r}"
+                    )
+                    awaited.add(other)
+                    break
+        if not broken:
+            requiring = {key: flag.requires.keys() for key, flag in flags.items() if flag.requires}
+            for cycle in find_cycles(requiring):
+                text = " -> ".join([*cycle, cycle[0]])
+                for key in cycle:
+                    broken.setdefault(key, f"flags.{key}.requires: prerequisite cycle: {text}")
+        if not broken:
+            return awaited
+        for key, reason in broken.items():
+            flags.pop(key, None)
+            previous = reasons.get(key)
+            reasons[key] = reason if previous is None else f"{previous}; {reason}"
+
+
+def _flag_verdict(key: str, blob: bytes, segments: Collection[str]) -> Flag | str:
+    """The flag as the general validator reads it, or why it cannot be used."""
+    try:
+        stored = decode_definition(blob, "flag", key)
+        return parse_flag(key, stored.definition, segments)
+    except MalformedMessageError as error:
+        return str(error)
+    except InvalidFlagError as error:
+        return _issues(error.issues)
+
+
+def _segment_verdict(key: str, blob: bytes) -> Segment | str:
+    try:
+        stored = decode_definition(blob, "segment", key)
+        return parse_segment(key, stored.definition)
+    except MalformedMessageError as error:
+        return str(error)
+    except InvalidFlagError as error:
+        return _issues(error.issues)
+
+
+def _issues(issues: Collection[ValidationIssue]) -> str:
+    return "; ".join(str(issue) for issue in issues)
