@@ -238,17 +238,35 @@ class Backend:
         return self.publisher.workers()
 
     def metric_flags(self) -> set[str]:
-        """Flags that have a metrics stream (re-scanned at most every 2 s)."""
+        """Flags that have a metrics stream, shared or per worker (`metrics:<flag>` or
+        `metrics:<flag>:<worker>`), re-scanned at most every 2 s."""
         now = time.monotonic()
         if now - self._cache.metric_keys_at < _METRIC_KEYS_TTL_S:
             return self._cache.metric_keys
         prefix = self.keys.metrics("")
         found = {
-            raw.decode()[len(prefix) :]
+            raw.decode()[len(prefix) :].partition(":")[0]
             for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000)
         }
         self._cache.metric_keys, self._cache.metric_keys_at = found, now
         return found
+
+    def metric_entries(self, key: str, since_ms: int) -> list[tuple[bytes, Any]]:
+        """Every metrics entry of a flag since `since_ms`, from the shared stream and each
+        worker's, oldest first; a key that is not a stream is skipped (workers write
+        these keys, so nothing in them is trusted)."""
+        client = self.publisher.client
+        found = client.scan_iter(match=self.keys.worker_metrics_pattern(key), count=1000)
+        streams = [self.keys.metrics(key), *sorted({raw.decode() for raw in found})]
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xrange(stream, min=str(since_ms), max="+")
+        entries: list[tuple[bytes, Any]] = []
+        for reply in pipe.execute(raise_on_error=False):
+            if isinstance(reply, list):
+                entries.extend(reply)
+        entries.sort(key=lambda entry: _entry_ms(entry[0]))
+        return entries
 
     def request_shares(self) -> dict[str, dict[str, float]]:
         """Per flag with metrics: each variant's share of the last minute's evaluations."""
@@ -257,8 +275,7 @@ class Backend:
         shares: dict[str, dict[str, float]] = {}
         since = int((time.time() - _SHARE_WINDOW_S) * 1000)
         for key in sorted(self.metric_flags()):
-            entries = self.publisher.client.xrange(self.keys.metrics(key), min=str(since))
-            window = merge_window(fields for _, fields in entries)
+            window = merge_window(fields for _, fields in self.metric_entries(key, since))
             counts = {v: s.count for (v, m), s in window.items() if m == EXPOSURES}
             total = sum(counts.values())
             if total:
@@ -271,10 +288,9 @@ class Backend:
 
         now_ms = int(time.time() * 1000)
         since = now_ms - int(minutes * 60_000)
-        entries = self.publisher.client.xrange(self.keys.metrics(key), min=str(since))
+        entries = self.metric_entries(key, since)
         if entries:  # a young stream: spread what there is, slots of at least 250 ms
-            first = int(entries[0][0].decode().partition("-")[0])
-            since = max(since, first - 1)
+            since = max(since, _entry_ms(entries[0][0]) - 1)
             slots = max(2, min(slots, (now_ms - since) // 250))
         return series_from_entries(entries, since, now_ms, slots)
 
@@ -414,3 +430,12 @@ class Backend:
         return StaleWriteError(
             key, expected, current, definition_changes("flag", shown, now), since
         )
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    """The server milliseconds of a stream entry id (`1700000000000-0`)."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    try:
+        return int(text.partition("-")[0])
+    except ValueError:
+        return 0

@@ -74,22 +74,26 @@ class TestReadable:
     def test_metrics_render_as_svg_charts_per_variant(
         self, dashboard: DashboardServer, store: Publisher
     ) -> None:
-        """Flushed metrics appear as SVG charts (requests, cost, p95 latency) and as the
-        request share on the flags page."""
+        """Metrics flushed by several workers (their own streams and the shared one) appear
+        as SVG charts (requests, cost, p95 latency) and as the request share on `/`."""
         keys = StoreKeys(store.keys.namespace)
-        fields: dict[str, str] = {}
-        for variant, count, cost in (("candidate", 30, 0.007), ("current", 70, 0.009)):
+        now_ms = int(time.time() * 1000)
+        # Each variant's counts from another worker's own stream (and one in the shared one).
+        for variant, count, cost, worker in (
+            ("candidate", 30, 0.007, "w1"),
+            ("current", 50, 0.009, "w2"),
+            ("current", 20, 0.009, None),
+        ):
             exposures, costs, latency = MetricStat(), MetricStat(), MetricStat()
             for _ in range(count):
                 exposures.add(1.0)
                 costs.add(cost)
                 latency.add(400.0)
-            fields |= encode_series(variant, "exposures", exposures)
+            fields = encode_series(variant, "exposures", exposures)
             fields |= encode_series(variant, "cost", costs)
             fields |= encode_series(variant, "latency_ms", latency)
-        now_ms = int(time.time() * 1000)
-        for command in flush_commands(keys, {MODEL: fields}, 600_000, now_ms):
-            store.client.execute_command(*command)
+            for command in flush_commands(keys, {MODEL: fields}, 600_000, now_ms, worker):
+                store.client.execute_command(*command)
         with api(dashboard.url) as client:
             flag_page = client.get(f"/flags/{MODEL}").text
             flags_page = client.get("/").text
