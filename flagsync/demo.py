@@ -57,6 +57,8 @@ class DemoOptions:
     """Simulated requests per second per worker."""
     url: str | None = None
     namespace: str = "demo"
+    dashboard_port: int | None = None
+    """Serve the dashboard on 127.0.0.1:PORT while the demo runs (`--dashboard`)."""
 
 
 @dataclass
@@ -94,6 +96,8 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
         say(f"applied {DEMO_FLAGS.name} to namespace {options.namespace!r} as revision {revision}")
         revision = publisher.apply(LLM_FLAGS, reason="demo setup: the LLM config flag")
         say(f"applied {LLM_FLAGS.name} (the LLM config flag {LLM_FLAG}) as revision {revision}")
+        if options.dashboard_port is not None:
+            stack.enter_context(_dashboard(url, options, say))
         fleet = stack.enter_context(_workers(url, options))
         _wait_for_workers(publisher, options.workers, revision)
         say(f"{options.workers} workers running (SIMULATED LLM backends; the flags are real)\n")
@@ -132,8 +136,25 @@ def run_demo(options: DemoOptions, out: IO[str] = sys.stdout) -> dict[str, Any]:
         )
         summary["ok"] = candidate == 0
         summary["fallback_episode"] = _fallback_episode(publisher, fleet, summary, say, phase_s)
+        if options.dashboard_port is not None and sys.stdin.isatty():
+            say("\nthe dashboard stays open: press Enter to stop everything")
+            sys.stdin.readline()
     say("\ndone: workers stopped, server stopped" if options.url is None else "\ndone")
     return summary
+
+
+@contextmanager
+def _dashboard(url: str, options: DemoOptions, say: Callable[[str], None]) -> Iterator[None]:
+    """The dashboard on a thread of this process, for the length of the demo."""
+    from flagsync.dashboard import DashboardConfig  # noqa: PLC0415 - the `dashboard` extra
+    from flagsync.dashboard.serve import DashboardServer  # noqa: PLC0415
+
+    config = DashboardConfig(
+        url, options.namespace, port=options.dashboard_port or 8600, actor="dashboard"
+    )
+    with DashboardServer(config) as running:
+        say(f"dashboard: {running.url}/ (open it to watch the story live)")
+        yield
 
 
 def _fallback_episode(

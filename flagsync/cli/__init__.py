@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flagsync.cli import _files, _flags, _fleet, _history, _local, _rollout
+from flagsync.cli import _dashboard, _files, _flags, _fleet, _history, _local, _rollout
 from flagsync.cli._registry import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,6 +36,7 @@ COMMANDS: tuple[Entry, ...] = (
     *_fleet.COMMANDS,
     *_rollout.COMMANDS,
     *_local.COMMANDS,
+    *_dashboard.COMMANDS,
 )
 """Every command and command group, in the order `flagsync --help` lists them."""
 

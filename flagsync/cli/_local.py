@@ -55,6 +55,7 @@ def demo(args: argparse.Namespace) -> int:
         rps=args.rps,
         url=url,
         namespace=args.namespace,
+        dashboard_port=args.dashboard,
     )
     summary = run_demo(options, out=sys.stderr if args.json else sys.stdout)
     if args.json:
@@ -85,6 +86,15 @@ COMMANDS = (
             arg("--duration", type=float, default=24.0, help="seconds of traffic"),
             arg("--rps", type=float, default=300.0, help="requests/s per worker"),
             arg("--quick", action="store_true", help="a short run (about 10 s)"),
+            arg(
+                "--dashboard",
+                nargs="?",
+                type=int,
+                const=8600,
+                default=None,
+                metavar="PORT",
+                help="serve the dashboard on 127.0.0.1:PORT (default 8600) during the demo",
+            ),
         ),
         namespace_default="demo",
         epilog="The demo replaces the flags of its namespace with its own (default: demo).",
