@@ -8,10 +8,25 @@ which parts this run has, and the summary counts what each missing part skipped.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 from tests.optional import PARTS, REQUIRE_ENV, UnknownPartError, find_part, require_part
 from tests.optional import required_parts as _required_parts
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """Whatever a test configures in structlog (an in-process `flagsync` command configures
+    logging to the stderr pytest captures for that test only) is undone after it, so later
+    tests and their background threads never log into a closed stream."""
+    saved = structlog.get_config()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 def pytest_configure(config: pytest.Config) -> None:
