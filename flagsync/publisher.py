@@ -42,6 +42,7 @@ from flagsync.store import (
     ScriptWrite,
     StoreKeys,
     WriteConflict,
+    WriteMoved,
     parse_revision,
     parse_write_reply,
     revision_command,
@@ -455,6 +456,8 @@ class Publisher:
         result = parse_write_reply(reply)
         if isinstance(result, WriteConflict):
             raise ConflictError(result.kind, result.key, result.expected, result.actual)
+        if isinstance(result, WriteMoved):  # only a signed write passes an expected state
+            raise StoreUnavailableError(f"unexpected refusal of an unsigned write: {result}")
         revision, epoch = result.revision, result.epoch
         self._published_us[(epoch, revision)] = result.server_us
         self._seen_revision = max(self._seen_revision, revision)

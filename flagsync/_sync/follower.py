@@ -27,13 +27,14 @@ import structlog
 
 from flagsync._bulk_load import decode_store_fast
 from flagsync._codec import MalformedMessageError, Message, decode_definition
+from flagsync._digest import StateDigest
 from flagsync._sync.options import SyncOptions
 from flagsync._validation import parse_flag, parse_flagset, parse_segment
 from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, FlagSet, Segment
 from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus, SyncState
-from flagsync.store import LoadedStore, StoreKeys, decode_message
+from flagsync.store import LoadedStore, StoreKeys, StoreState, decode_message
 
 __all__ = ["Follower", "Listener"]
 
@@ -42,8 +43,15 @@ _log = structlog.get_logger("flagsync.subscriber")
 Listener = Callable[[int, frozenset[str]], None]
 """Called after every snapshot swap with the new revision and the keys that may have changed."""
 
-MessageVerdict = Literal["applied", "ignored", "resync"]
+MessageVerdict = Literal["applied", "ignored", "check"]
+"""`check`: the message is doubtful (malformed, a gap, a digest or epoch that does not
+follow from ours): answer it with a cheap check of (epoch, revision, digest), and load
+the whole store only if that check disagrees."""
 RevisionVerdict = Literal["confirmed", "resync", "missing"]
+
+MIN_RELOAD_INTERVAL_S = 0.1
+"""Full loads asked for by checks are at most this frequent (a flood of doubtful messages
+costs cheap checks, never a reload each); the next periodic check retries."""
 
 
 def _wall_us() -> int:
@@ -82,6 +90,14 @@ class Follower:
         `watch_use` (see `presence`). Re-entrant: a listener runs under it and may fork."""
         self.listeners: list[Listener] = []
         self._blobs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
+        self._digest: StateDigest | None = None
+        """The digest of what we applied (None: unknown, e.g. a last-known-good file)."""
+        self.store_digest: str | None = None
+        """The digest the store states for our revision (what checks compare)."""
+        self._diverged: StoreState | None = None
+        self._unexplained: StoreState | None = None
+        """A next-revision message whose digest did not follow from our state."""
+        self._last_load = float("-inf")
         self._confirmed_at: float | None = None
         self.published_us = 0
         """Server µs at which the current revision was written (0: it came by a resync)."""
@@ -102,6 +118,9 @@ class Follower:
             "ignored_messages": 0,
             "malformed_messages": 0,
             "rejected_snapshots": 0,
+            "state_checks": 0,
+            "state_diverged": 0,
+            "signature_rejected": 0,
         }
         self._last_malformed_log = float("-inf")
 
@@ -145,17 +164,20 @@ class Follower:
             message = decode_message(data)
         except MalformedMessageError as error:
             self._malformed(str(error))
-            return "resync"
+            return "check"
         snapshot = self.snapshot
         if self.snapshot_missing:
-            return "resync"  # the store lost data we hold: only a whole load shows what is left
+            return "check"  # the store lost data we hold: only a whole load shows what is left
         if snapshot.epoch != message.epoch or not snapshot.epoch:
-            return "resync"
-        if message.revision <= snapshot.revision:
+            return "check"
+        if message.revision < snapshot.revision or (
+            message.revision == snapshot.revision and message.digest == self.store_digest
+        ):
             self.counts["ignored_messages"] += 1
             return "ignored"
-        if message.revision != snapshot.revision + 1 or message.changes is None:
-            return "resync"
+        digest = self._digest
+        if message.revision != snapshot.revision + 1 or message.changes is None or digest is None:
+            return "check"  # also our own revision with another digest: one of us diverged
         try:
             flags, segments = _decode_changes(message, snapshot.definitions.segments.keys())
             updated, changed = snapshot.apply(
@@ -163,7 +185,15 @@ class Follower:
             )
         except (MalformedMessageError, InvalidFlagError) as error:
             self._malformed(str(error))
-            return "resync"
+            return "check"
+        changes = message.changes.changes
+        if digest.preview((c.kind, c.key, c.blob) for c in changes) != message.digest:
+            # Not the store's next state from ours: forged, or ours is not the store's
+            # (the check tells: the store at this very state means we diverged).
+            self._unexplained = StoreState(message.revision, message.epoch, message.digest)
+            return "check"
+        digest.update((c.kind, c.key, c.blob) for c in changes)
+        self.store_digest = message.digest
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
         self._blobs = None  # the next load compares against the store afresh
@@ -177,6 +207,7 @@ class Follower:
 
     def _on_loaded(self, loaded: LoadedStore) -> bool:
         self.counts["resyncs"] += 1
+        self._last_load = self._clock()
         current = self.snapshot
         # Every write bumps the revision with its data, so flags that are gone while the
         # revision is not past ours were deleted behind the protocol's back (`DEL` of the
@@ -205,9 +236,11 @@ class Follower:
             and current.epoch == loaded.epoch
             and current.revision == loaded.revision
         ):
+            self.store_digest = loaded.digest or self.store_digest
             self.confirm()
             self.ready.set()
             return True
+        digest = StateDigest.of_store(loaded.flags, loaded.segments)
         try:
             definitions = _decode_store(loaded)
         except (MalformedMessageError, InvalidFlagError) as error:
@@ -223,6 +256,8 @@ class Follower:
             return False
         snapshot = Snapshot.build(definitions, revision=loaded.revision, epoch=loaded.epoch)
         self._blobs = blobs
+        self._digest = digest
+        self.store_digest = self._stated_digest(loaded, digest)
         self._swap(snapshot, current.changed_keys(snapshot), 0)
         if self.last_error and self.last_error.startswith("snapshot rejected"):
             self.last_error = None
@@ -237,18 +272,42 @@ class Follower:
         self.ready.set()
         return True
 
-    def on_revision(self, revision: int, epoch: str | None) -> RevisionVerdict:
-        """Compare the store's (epoch, revision) with ours: `confirmed`, `resync` or `missing`."""
+    def on_revision(self, state: StoreState) -> RevisionVerdict:
+        """Compare the store's (epoch, revision, digest) with ours: `confirmed`, `resync`
+        (any difference) or `missing`."""
         current = self.snapshot
+        revision, epoch = state.revision, state.epoch
         if epoch is None:
             if not self.snapshot_missing:
                 _log.warning("snapshot_missing", namespace=self.keys.namespace)
             self.snapshot_missing = True
             return "missing" if (len(current) or current.epoch) else "confirmed"
-        if epoch != current.epoch or revision != current.revision or self.snapshot_missing:
-            return "resync"  # also when data is back after "missing": a load clears the flag
+        same_digest = state.digest is None or state.digest == self.store_digest
+        if (
+            epoch != current.epoch
+            or revision != current.revision
+            or not same_digest
+            or self.snapshot_missing
+        ):
+            # also when data is back after "missing": a load clears the flag
+            behind = revision < current.revision
+            if state == self._unexplained or (
+                epoch == current.epoch
+                and (behind or (revision == current.revision and not same_digest))
+            ):
+                self._note_divergence(state)
+            return "resync"
         self.confirm()
         return "confirmed"
+
+    def note_check(self) -> None:
+        """The driver read the store's state (for the status counters)."""
+        self.counts["state_checks"] += 1
+
+    def reload_delay_s(self) -> float:
+        """How long a check-triggered full load must wait: loads are at most one per
+        `MIN_RELOAD_INTERVAL_S`, whatever a flood of doubtful messages asks for."""
+        return max(0.0, self._last_load + MIN_RELOAD_INTERVAL_S - self._clock())
 
     def confirm(self) -> None:
         """The store just confirmed that our snapshot is current."""
@@ -337,6 +396,7 @@ class Follower:
         self._lock = threading.RLock()  # the fork may have copied it held by the parent's driver
         self.connected = False
         self._blobs = None
+        self._last_load = float("-inf")
         self.stop_watching_use()
 
     # -- internals -------------------------------------------------------------
@@ -355,6 +415,39 @@ class Follower:
                 _log.exception("listener_failed", listener=repr(listener))
         if self._persist is not None:
             self._persist(snapshot)
+
+    def _stated_digest(self, loaded: LoadedStore, digest: StateDigest) -> str:
+        """The digest checks compare with: the store's own, which should be ours."""
+        if loaded.digest is not None and loaded.digest != digest.value:
+            # The store's digest records disagree with its content (hashes changed behind
+            # the write script's back); its next write re-seeds them. Compare with what the
+            # store states, or every check would reload.
+            _log.warning(
+                "store_digest_mismatch",
+                namespace=self.keys.namespace,
+                revision=loaded.revision,
+                stated=loaded.digest,
+                computed=digest.value,
+            )
+        return loaded.digest or digest.value
+
+    def _note_divergence(self, state: StoreState) -> None:
+        """Our state is not the store's at the same epoch (a restored backup, a lagging
+        replica promoted, a forged message applied): logged once per store state."""
+        if self._diverged == state:
+            return
+        self._diverged = state
+        self.counts["state_diverged"] += 1
+        _log.warning(
+            "state_diverged",
+            namespace=self.keys.namespace,
+            epoch=state.epoch,
+            store_revision=state.revision,
+            store_digest=state.digest,
+            revision=self.snapshot.revision,
+            digest=self.store_digest,
+            total=self.counts["state_diverged"],
+        )
 
     def _malformed(self, reason: str) -> None:
         self.counts["malformed_messages"] += 1
