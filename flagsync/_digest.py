@@ -72,6 +72,10 @@ class StateDigest:
         self._bucket_digests: dict[str, str] = {}
         self.value = EMPTY_DIGEST
 
+    def __len__(self) -> int:
+        """How many flags and segments the digest covers."""
+        return len(self._entries)
+
     @classmethod
     def of_store(cls, flags: Mapping[str, bytes], segments: Mapping[str, bytes]) -> StateDigest:
         """The digest of a whole loaded store."""

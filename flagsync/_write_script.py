@@ -170,10 +170,12 @@ return {'ok', rev, epoch, now_us, table.concat(versions, ','), digest}
 
 # Seeds the digest records of a store written before they existed (or changed behind the
 # script's back) without writing a revision: the content, hence its digest, is unchanged.
+# ARGV[1] 'force': recompute even when the records look consistent (a signing publisher
+# found an entry hash missing from its bucket).
 SEED_DIGEST_SCRIPT: Final = (
     DIGEST_LUA
     + """
-if not digest_consistent() then
+if ARGV[1] == 'force' or not digest_consistent() then
   seed_digest()
   redis.call('SET', KEYS[8], state_digest())
 end

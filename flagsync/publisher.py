@@ -12,8 +12,8 @@ Reading the change log and watching workers is the fleet view's job (`flagsync.f
 from __future__ import annotations
 
 import getpass
-import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -23,6 +23,8 @@ import structlog
 from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
+from flagsync._signed_write import run_write_script
+from flagsync._signing import signer_from
 from flagsync._validation import check_references, parse_flag, parse_flagset
 from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
@@ -42,11 +44,8 @@ from flagsync.store import (
     ScriptWrite,
     StoreKeys,
     WriteConflict,
-    WriteMoved,
     parse_revision,
-    parse_write_reply,
     revision_command,
-    write_arguments,
 )
 
 __all__ = [
@@ -101,11 +100,14 @@ class Publisher:
         *,
         log_maxlen: int = DEFAULT_LOG_MAXLEN,
         timeout_s: float = 5.0,
+        signing_key: str | Path | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.keys = StoreKeys(namespace)
         self.actor = actor or _os_user()
         self.log_maxlen = log_maxlen
+        self._signer = signer_from(signing_key)
+        """Signed mode: `signing_key` (PEM from `flagsync keygen`), else $FLAGSYNC_SIGNING_KEY."""
         # redis-py types replies as unions over `decode_responses`; ours are always bytes.
         self._redis: Any = connect(self.url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         self._script = self._redis.register_script(WRITE_SCRIPT)
@@ -442,22 +444,20 @@ class Publisher:
         return revision
 
     def _write(self, writes: list[ScriptWrite], reason: str, *, op_name: str) -> int:
-        args = write_arguments(
-            self.keys,
-            writes,
-            seen_revision=self._seen_revision,
-            epoch_candidate=uuid.uuid4().hex,
-            log_maxlen=self.log_maxlen,
-            actor=self.actor,
-            reason=reason,
-        )
         with store_errors(self.url):
-            reply = self._script(keys=self.keys.script_keys(), args=args)
-        result = parse_write_reply(reply)
+            result = run_write_script(
+                self._script,
+                self._redis,
+                self.keys,
+                writes,
+                signer=self._signer,
+                seen_revision=self._seen_revision,
+                log_maxlen=self.log_maxlen,
+                actor=self.actor,
+                reason=reason,
+            )
         if isinstance(result, WriteConflict):
             raise ConflictError(result.kind, result.key, result.expected, result.actual)
-        if isinstance(result, WriteMoved):  # only a signed write passes an expected state
-            raise StoreUnavailableError(f"unexpected refusal of an unsigned write: {result}")
         revision, epoch = result.revision, result.epoch
         self._published_us[(epoch, revision)] = result.server_us
         self._seen_revision = max(self._seen_revision, revision)

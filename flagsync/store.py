@@ -87,7 +87,7 @@ __all__ = [
     "redact_url",
     "revision_command",
     "script_arguments",
-    "state_command",
+    "state_commands",
     "store_errors",
     "version_fields",
     "write_arguments",
@@ -211,6 +211,14 @@ class StoreState(msgspec.Struct, frozen=True):
     revision: int
     epoch: str | None
     digest: str | None
+    entries: int | None = None
+    """Flags + segments the store holds (None: not read): a hash deleted or changed behind
+    the write script's back shows here while revision and digest stay the same."""
+
+    @property
+    def place(self) -> tuple[int, str | None, str | None]:
+        """(revision, epoch, digest): what names a state in history."""
+        return self.revision, self.epoch, self.digest
 
 
 def load_commands(keys: StoreKeys) -> list[Command]:
@@ -241,16 +249,22 @@ def parse_load(results: Sequence[Any]) -> LoadedStore | None:
     )
 
 
-def state_command(keys: StoreKeys) -> Command:
-    """The cheap check: read the store's (revision, epoch, digest) in one small command."""
-    return ("MGET", keys.revision, keys.epoch, keys.digest)
+def state_commands(keys: StoreKeys) -> list[Command]:
+    """The cheap check, pipelined in one round trip of small replies: the store's
+    (revision, epoch, digest) and how many flags and segments it holds."""
+    return [
+        ("MGET", keys.revision, keys.epoch, keys.digest),
+        ("HLEN", keys.flags),
+        ("HLEN", keys.segments),
+    ]
 
 
-def parse_state(result: Sequence[Any]) -> StoreState:
-    """`state_command`'s reply."""
-    revision, epoch = _parse_revision(result[:2])
-    digest = None if result[2] is None else _text(result[2])
-    return StoreState(revision, epoch, digest)
+def parse_state(results: Sequence[Any]) -> StoreState:
+    """`state_commands`' replies."""
+    header, flags, segments = results
+    revision, epoch = _parse_revision(header[:2])
+    digest = None if header[2] is None else _text(header[2])
+    return StoreState(revision, epoch, digest, int(flags) + int(segments))
 
 
 def revision_command(keys: StoreKeys) -> Command:
@@ -435,11 +449,11 @@ def decode_message(data: bytes) -> Message:
     if len(data) > MAX_MESSAGE_BYTES:
         raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     parts = bytes(data).split(b"|", 6)
-    if parts[0] != MESSAGE_SCHEMA:
-        raise MalformedMessageError(f"unknown message schema {parts[0][:16]!r}")
     if len(parts) != 7:
         raise MalformedMessageError("message header is incomplete")
     schema, epoch, revision, published, digest, signature, payload = parts
+    if schema != MESSAGE_SCHEMA:
+        raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
     if schema != MESSAGE_SCHEMA:
         raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
     try:

@@ -25,7 +25,7 @@ from flagsync.store import (
     load_commands,
     parse_load,
     parse_state,
-    state_command,
+    state_commands,
 )
 
 __all__ = ["AsyncDriver"]
@@ -153,8 +153,10 @@ class AsyncDriver:
 
     async def _read_state(self, commands: aredis.Redis) -> StoreState:
         self.follower.note_check()
-        reply = await commands.execute_command(*state_command(self.follower.keys))  # type: ignore[no-untyped-call]
-        return parse_state(reply)
+        pipe = commands.pipeline(transaction=False)
+        for command in state_commands(self.follower.keys):
+            pipe.execute_command(*command)
+        return parse_state(await pipe.execute())
 
     def _dispatch(self, message: dict[str, Any]) -> str:
         """See `ThreadDriver._dispatch`."""

@@ -27,7 +27,7 @@ import structlog
 
 from flagsync._bulk_load import decode_store_fast
 from flagsync._codec import MalformedMessageError, Message, decode_definition
-from flagsync._digest import StateDigest
+from flagsync._sync.integrity import Integrity
 from flagsync._sync.options import SyncOptions
 from flagsync._validation import parse_flag, parse_flagset, parse_segment
 from flagsync.errors import InvalidFlagError
@@ -47,7 +47,7 @@ MessageVerdict = Literal["applied", "ignored", "check"]
 """`check`: the message is doubtful (malformed, a gap, a digest or epoch that does not
 follow from ours): answer it with a cheap check of (epoch, revision, digest), and load
 the whole store only if that check disagrees."""
-RevisionVerdict = Literal["confirmed", "resync", "missing"]
+RevisionVerdict = Literal["confirmed", "resync", "missing", "refused"]
 
 MIN_RELOAD_INTERVAL_S = 0.1
 """Full loads asked for by checks are at most this frequent (a flood of doubtful messages
@@ -90,13 +90,6 @@ class Follower:
         `watch_use` (see `presence`). Re-entrant: a listener runs under it and may fork."""
         self.listeners: list[Listener] = []
         self._blobs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
-        self._digest: StateDigest | None = None
-        """The digest of what we applied (None: unknown, e.g. a last-known-good file)."""
-        self.store_digest: str | None = None
-        """The digest the store states for our revision (what checks compare)."""
-        self._diverged: StoreState | None = None
-        self._unexplained: StoreState | None = None
-        """A next-revision message whose digest did not follow from our state."""
         self._last_load = float("-inf")
         self._confirmed_at: float | None = None
         self.published_us = 0
@@ -122,6 +115,8 @@ class Follower:
             "state_diverged": 0,
             "signature_rejected": 0,
         }
+        self.integrity = Integrity(keys, options.verify_keys, self.counts, clock)
+        """Digest and (signed mode) signature checks of what is applied."""
         self._last_malformed_log = float("-inf")
 
     # -- what the drivers report -------------------------------------------------
@@ -171,12 +166,11 @@ class Follower:
         if snapshot.epoch != message.epoch or not snapshot.epoch:
             return "check"
         if message.revision < snapshot.revision or (
-            message.revision == snapshot.revision and message.digest == self.store_digest
+            message.revision == snapshot.revision and self.integrity.is_duplicate(message)
         ):
             self.counts["ignored_messages"] += 1
             return "ignored"
-        digest = self._digest
-        if message.revision != snapshot.revision + 1 or message.changes is None or digest is None:
+        if message.revision != snapshot.revision + 1 or message.changes is None:
             return "check"  # also our own revision with another digest: one of us diverged
         try:
             flags, segments = _decode_changes(message, snapshot.definitions.segments.keys())
@@ -186,14 +180,9 @@ class Follower:
         except (MalformedMessageError, InvalidFlagError) as error:
             self._malformed(str(error))
             return "check"
-        changes = message.changes.changes
-        if digest.preview((c.kind, c.key, c.blob) for c in changes) != message.digest:
-            # Not the store's next state from ours: forged, or ours is not the store's
-            # (the check tells: the store at this very state means we diverged).
-            self._unexplained = StoreState(message.revision, message.epoch, message.digest)
-            return "check"
-        digest.update((c.kind, c.key, c.blob) for c in changes)
-        self.store_digest = message.digest
+        if not self.integrity.message_fits(message, snapshot.revision):
+            return "check"  # badly signed, or not the store's next state from ours
+        self.integrity.message_applied(message)
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
         self._blobs = None  # the next load compares against the store afresh
@@ -236,11 +225,13 @@ class Follower:
             and current.epoch == loaded.epoch
             and current.revision == loaded.revision
         ):
-            self.store_digest = loaded.digest or self.store_digest
+            self.integrity.same_load(loaded)
             self.confirm()
             self.ready.set()
             return True
-        digest = StateDigest.of_store(loaded.flags, loaded.segments)
+        digest = self.integrity.load_fits(loaded, current.revision)
+        if digest is None:
+            return False  # signed mode refused it: LKG kept, status and logs say why
         try:
             definitions = _decode_store(loaded)
         except (MalformedMessageError, InvalidFlagError) as error:
@@ -256,8 +247,7 @@ class Follower:
             return False
         snapshot = Snapshot.build(definitions, revision=loaded.revision, epoch=loaded.epoch)
         self._blobs = blobs
-        self._digest = digest
-        self.store_digest = self._stated_digest(loaded, digest)
+        self.integrity.load_applied(loaded, digest)
         self._swap(snapshot, current.changed_keys(snapshot), 0)
         if self.last_error and self.last_error.startswith("snapshot rejected"):
             self.last_error = None
@@ -277,25 +267,21 @@ class Follower:
         (any difference) or `missing`."""
         current = self.snapshot
         revision, epoch = state.revision, state.epoch
+        if self.integrity.refused(state):
+            return "refused"  # its load was refused: reloading the same state changes nothing
         if epoch is None:
             if not self.snapshot_missing:
                 _log.warning("snapshot_missing", namespace=self.keys.namespace)
             self.snapshot_missing = True
             return "missing" if (len(current) or current.epoch) else "confirmed"
-        same_digest = state.digest is None or state.digest == self.store_digest
         if (
             epoch != current.epoch
             or revision != current.revision
-            or not same_digest
+            or not self.integrity.same_digest(state)
             or self.snapshot_missing
         ):
             # also when data is back after "missing": a load clears the flag
-            behind = revision < current.revision
-            if state == self._unexplained or (
-                epoch == current.epoch
-                and (behind or (revision == current.revision and not same_digest))
-            ):
-                self._note_divergence(state)
+            self.integrity.note_difference(state, current.epoch, current.revision)
             return "resync"
         self.confirm()
         return "confirmed"
@@ -386,7 +372,7 @@ class Follower:
             flags=len(snapshot),
             seconds_since_sync=None if since is None else round(since, 4),
             snapshot_missing=self.snapshot_missing,
-            last_error=self.last_error,
+            last_error=self.integrity.last_rejection or self.last_error,
             worker_id=worker_id,
             **self.counts,
         )
@@ -397,6 +383,7 @@ class Follower:
         self.connected = False
         self._blobs = None
         self._last_load = float("-inf")
+        self.integrity.reset()
         self.stop_watching_use()
 
     # -- internals -------------------------------------------------------------
@@ -415,39 +402,6 @@ class Follower:
                 _log.exception("listener_failed", listener=repr(listener))
         if self._persist is not None:
             self._persist(snapshot)
-
-    def _stated_digest(self, loaded: LoadedStore, digest: StateDigest) -> str:
-        """The digest checks compare with: the store's own, which should be ours."""
-        if loaded.digest is not None and loaded.digest != digest.value:
-            # The store's digest records disagree with its content (hashes changed behind
-            # the write script's back); its next write re-seeds them. Compare with what the
-            # store states, or every check would reload.
-            _log.warning(
-                "store_digest_mismatch",
-                namespace=self.keys.namespace,
-                revision=loaded.revision,
-                stated=loaded.digest,
-                computed=digest.value,
-            )
-        return loaded.digest or digest.value
-
-    def _note_divergence(self, state: StoreState) -> None:
-        """Our state is not the store's at the same epoch (a restored backup, a lagging
-        replica promoted, a forged message applied): logged once per store state."""
-        if self._diverged == state:
-            return
-        self._diverged = state
-        self.counts["state_diverged"] += 1
-        _log.warning(
-            "state_diverged",
-            namespace=self.keys.namespace,
-            epoch=state.epoch,
-            store_revision=state.revision,
-            store_digest=state.digest,
-            revision=self.snapshot.revision,
-            digest=self.store_digest,
-            total=self.counts["state_diverged"],
-        )
 
     def _malformed(self, reason: str) -> None:
         self.counts["malformed_messages"] += 1

@@ -31,7 +31,7 @@ from flagsync.store import (
     load_commands,
     parse_load,
     parse_state,
-    state_command,
+    state_commands,
 )
 
 __all__ = ["ThreadDriver"]
@@ -218,8 +218,10 @@ class ThreadDriver:
 
     def _read_state(self, commands: redis.Redis) -> StoreState:
         self.follower.note_check()
-        reply = commands.execute_command(*state_command(self.follower.keys))  # type: ignore[no-untyped-call]
-        return parse_state(reply)
+        pipe = commands.pipeline(transaction=False)
+        for command in state_commands(self.follower.keys):
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        return parse_state(pipe.execute())
 
     def _dispatch(self, message: dict[str, Any]) -> str:
         """What a pub/sub message asks for: `resync` (a subscribe confirmation), `check`,

@@ -269,7 +269,7 @@ class TestMessages:
         "data",
         [
             b"\x00\xff garbage",
-            b"fs9|e1|6|0|",
+            b"fs9|e1|6|0|" + DIGEST + b"||",
             b"fs2|e1|not-a-number|0|" + DIGEST + b"||",
             message(6, {"a": "x2"})[:-3],
             b"fs2|e1|6|0|" + DIGEST + b"||" + msgspec.msgpack.encode({"actor": 1, "changes": "no"}),

@@ -196,7 +196,8 @@ class TestMessageHeader:
     @pytest.mark.parametrize(
         ("data", "reason"),
         [
-            (b"fs1|e|1|0|", "unknown message schema"),
+            (b"fs1|e|1|0|" + D + b"||", "unknown message schema"),
+            (b"fs1|e|1|0|", "incomplete"),
             (b"fs2|e|1|0|" + D + b"|", "incomplete"),
             (b"fs2|e|one|0|" + D + b"||", "bad message header"),
             (b"fs2||1|0|" + D + b"||", "no epoch"),
