@@ -20,7 +20,7 @@ from typing import Any, Final
 import structlog
 
 from flagsync._digest import bucket_of, digest_after, entry_hash
-from flagsync._signing import SignedState, Signer
+from flagsync._signing import SignatureRejected, SignedState, Signer, UntrustedStateError
 from flagsync._write_script import GUARD_OP, SEED_DIGEST_SCRIPT
 from flagsync.errors import StoreUnavailableError
 from flagsync.store import (
@@ -129,7 +129,7 @@ def plan_signed_write(
         if write.op != GUARD_OP
     ]
     for attempt in range(2):
-        stored, epoch, digest, before, members, digests = _read(client, keys, changed)
+        stored, epoch, digest, signature, before, members, digests = _read(client, keys, changed)
         records_fit = all(
             old is None or entry_hash(kind, key, old) in members.get(bucket_of(kind, key), "")
             for (kind, key, _), old in zip(changed, before, strict=True)
@@ -141,6 +141,22 @@ def plan_signed_write(
         client.eval(SEED_DIGEST_SCRIPT, len(keys.script_keys()), *keys.script_keys(), "force")
         if attempt:
             raise RuntimeError("digest records still inconsistent after a re-seed")
+    if stored and epoch is not None and not signer.adopt_unsigned:
+        try:
+            signer.trusted().verify(
+                signature,
+                namespace=keys.namespace,
+                epoch=epoch,
+                revision=stored,
+                digest=digest or "",
+            )
+        except SignatureRejected as error:
+            raise UntrustedStateError(
+                f"namespace {keys.namespace!r}: will not sign on top of revision {stored}: "
+                f"{error}. It may hold changes made without the signing key; review them "
+                "(flagsync history), then sign once with adopt_unsigned=True "
+                "(FLAGSYNC_ADOPT_UNSIGNED=1)"
+            ) from None
     revision = max(stored, seen_revision) + 1
     predicted = digest_after(
         members,
@@ -160,12 +176,14 @@ def plan_signed_write(
 
 def _read(
     client: Any, keys: StoreKeys, changed: list[tuple[str, str, bytes | None]]
-) -> tuple[int, str | None, str | None, list[bytes | None], dict[str, str], dict[str, str]]:
-    """(revision, epoch, digest or None when the records need a seed, blobs before,
-    touched buckets' members, every bucket digest) in one round trip."""
+) -> tuple[
+    int, str | None, str | None, str | None, list[bytes | None], dict[str, str], dict[str, str]
+]:
+    """(revision, epoch, digest or None when the records need a seed, signature record,
+    blobs before, touched buckets' members, every bucket digest) in one round trip."""
     touched = sorted({bucket_of(kind, key) for kind, key, _ in changed})
     pipe = client.pipeline(transaction=False)
-    pipe.mget(keys.revision, keys.epoch, keys.digest)
+    pipe.mget(keys.revision, keys.epoch, keys.digest, keys.signature)
     pipe.hget(keys.digests, "n")
     pipe.hlen(keys.flags)
     pipe.hlen(keys.segments)
@@ -174,7 +192,7 @@ def _read(
     pipe.hmget(keys.digests, [f"m:{bucket}" for bucket in touched] or ["m:--"])
     pipe.hmget(keys.digests, _BUCKETS)
     replies = pipe.execute()
-    (raw_revision, raw_epoch, raw_digest), count, flags, segments = replies[:4]
+    (raw_revision, raw_epoch, raw_digest, raw_signature), count, flags, segments = replies[:4]
     before = replies[4 : 4 + len(changed)]
     member_values, digest_values = replies[4 + len(changed) :]
     consistent = raw_digest is not None and count is not None and int(count) == flags + segments
@@ -192,6 +210,7 @@ def _read(
         int(raw_revision or 0),
         None if raw_epoch is None else raw_epoch.decode(),
         raw_digest.decode() if consistent else None,
+        None if raw_signature is None else raw_signature.decode(),
         [None if blob is None else bytes(blob) for blob in before],
         members,
         digests,

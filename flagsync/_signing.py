@@ -32,6 +32,7 @@ __all__ = [
     "SignatureRejected",
     "SignedState",
     "Signer",
+    "UntrustedStateError",
     "Verifier",
     "generate_key_pair",
     "verifier_from",
@@ -45,6 +46,11 @@ _RECORD: Final = re.compile(r"^([0-9a-f]{16})\.(\d{1,16})\.([0-9a-f]{64})\.([A-Z
 
 class SignatureRejected(FlagsyncError):  # noqa: N818 - a verdict, raised and reported as such
     """A change or snapshot is unsigned, badly signed, or signed by no configured key."""
+
+
+class UntrustedStateError(FlagsyncError):
+    """A signing publisher refused to sign on top of a state no trusted key signed: it may
+    hold changes made without the key, which a new signature would vouch for."""
 
 
 class SigningKeyError(FlagsyncError):
@@ -107,7 +113,7 @@ def public_line(public: Any) -> str:
 class Signer:
     """Signs states with a private key read from a PEM file (what `flagsync keygen` wrote)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, adopt_unsigned: bool = False) -> None:
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
         from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
             Ed25519PrivateKey,
@@ -122,6 +128,17 @@ class Signer:
         self._key = key
         self.public_key = public_line(key.public_key())
         self.key_id = key_id(base64.b64decode(self.public_key.removeprefix(PUBLIC_KEY_PREFIX)))
+        self.adopt_unsigned = adopt_unsigned
+        """Sign on top of a state no trusted key signed (else `UntrustedStateError`)."""
+        self._trusted: Verifier | None = None
+
+    def trusted(self) -> Verifier:
+        """What states this publisher builds on must be signed by: its own key and any
+        in `FLAGSYNC_VERIFY_KEYS` (a rotation's old key)."""
+        if self._trusted is None:
+            extra = os.environ.get("FLAGSYNC_VERIFY_KEYS", "").split(",")
+            self._trusted = Verifier([self.public_key, *(key for key in extra if key.strip())])
+        return self._trusted
 
     def sign(self, state: SignedState) -> str:
         """The signature record of `state`."""
@@ -198,7 +215,12 @@ def verifier_from(public_keys: Iterable[str]) -> Verifier | None:
     return Verifier(keys) if keys else None
 
 
-def signer_from(path: str | Path | None) -> Signer | None:
-    """The signer of `path`, else of `FLAGSYNC_SIGNING_KEY`; None when neither is set."""
+def signer_from(path: str | Path | None, *, adopt_unsigned: bool = False) -> Signer | None:
+    """The signer of `path`, else of `FLAGSYNC_SIGNING_KEY`; None when neither is set.
+    `adopt_unsigned` (or `FLAGSYNC_ADOPT_UNSIGNED=1`): sign on top of a state no trusted
+    key signed (the first signed write of a store, after a review)."""
     chosen = path if path is not None else os.environ.get("FLAGSYNC_SIGNING_KEY") or None
-    return None if chosen is None else Signer(chosen)
+    if chosen is None:
+        return None
+    adopt = adopt_unsigned or os.environ.get("FLAGSYNC_ADOPT_UNSIGNED") == "1"
+    return Signer(chosen, adopt_unsigned=adopt)

@@ -89,6 +89,7 @@ class Publisher:
     """Writes flags to one namespace of a store.
 
     `actor` is recorded in the change log with every write (default: the OS user).
+    `signing_key` (else $FLAGSYNC_SIGNING_KEY): signed mode, README "Security".
     Use as a context manager or call `close()`.
     """
 
@@ -101,13 +102,13 @@ class Publisher:
         log_maxlen: int = DEFAULT_LOG_MAXLEN,
         timeout_s: float = 5.0,
         signing_key: str | Path | None = None,
+        adopt_unsigned: bool = False,
     ) -> None:
         self.url = resolve_url(url)
         self.keys = StoreKeys(namespace)
         self.actor = actor or _os_user()
         self.log_maxlen = log_maxlen
-        self._signer = signer_from(signing_key)
-        """Signed mode: `signing_key` (PEM from `flagsync keygen`), else $FLAGSYNC_SIGNING_KEY."""
+        self._signer = signer_from(signing_key, adopt_unsigned=adopt_unsigned)
         # redis-py types replies as unions over `decode_responses`; ours are always bytes.
         self._redis: Any = connect(self.url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         self._script = self._redis.register_script(WRITE_SCRIPT)

@@ -10,9 +10,11 @@ messages costs cheap checks, not full loads.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
@@ -20,6 +22,7 @@ import redis
 
 from flagsync import FlagClient
 from flagsync._digest import StateDigest
+from flagsync._signing import SignedState, Signer, UntrustedStateError, generate_key_pair
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from flagsync.store import SEED_DIGEST_SCRIPT, StoreKeys, connect
@@ -357,3 +360,159 @@ class TestResyncAmplification:
         assert all(load <= 3 for load in loads), after
         assert all(worker.variation("gate-1", ANYONE, None) is False for worker in workers)
         assert all(worker.variation("model", ANYONE, None) == "gpt-4.1" for worker in workers)
+
+
+def key_pair(directory: Path, name: str) -> tuple[Path, str]:
+    """A signing key file and its public line (what `flagsync keygen` writes)."""
+    pem, public = generate_key_pair()
+    path = directory / name
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    return path, public
+
+
+def never_served(client: FlagClient, key: str, value: Any, seconds: float) -> bool:
+    """True when `client` did not serve `value` for `key` once in `seconds` of sampling."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if client.variation(key, ANYONE, None) == value:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+class TestSignedMode:
+    """S13, S22 signed: workers with verify keys apply nothing unsigned, badly signed or
+    older than what they applied; one signature covers a full load."""
+
+    def test_forged_unsigned_and_foreign_changes_are_never_applied(
+        self,
+        *,
+        server_kind: str,
+        server: ServerProcess,
+        make_publisher: PublisherFactory,
+        make_client: ClientFactory,
+        raw: redis.Redis,
+        namespace: str,
+        tmp_path: Path,
+    ) -> None:
+        """A forged next revision (right digest, no signature or another key's), and a real
+        operator write without the key, are never served, not for one sample; each is
+        counted, logged at error level and named in status; the signing publisher then
+        refuses to vouch for the unsigned state until told to adopt it."""
+        private, public = key_pair(tmp_path, "signing")
+        foreign, _ = key_pair(tmp_path, "foreign")
+        operator = Publisher(server.url, namespace, "operator", signing_key=private)
+        make_publisher.publishers.append(operator)
+        operator.apply(document())
+        killed = operator.kill("gate-0")
+        worker = make_client(server.url, verify_keys=(public,))
+        assert worker.wait_ready(5)
+        assert wait_until(lambda: worker.revision == killed, 2)
+        epoch = stored_epoch(raw, namespace)
+        change = flag_change("gate-0", 3, gate_flag())
+        digest = content_state(raw, namespace).update([("flag", "gate-0", change.blob)])
+        unsigned = change_message(epoch, killed + 1, [change], digest=digest)
+        parts = unsigned.split(b"|", 6)
+        payload_sha = hashlib.sha256(parts[6]).hexdigest()
+        state = SignedState(namespace, epoch, killed + 1, digest, payload_sha, 1)
+        foreign_signed = change_message(
+            epoch, killed + 1, [change], digest=digest, signature=Signer(foreign).sign(state)
+        )
+        with captured_logs() as logs:
+            for forged in (unsigned, foreign_signed):
+                raw.publish(operator.keys.channel, forged)
+                assert never_served(worker, "gate-0", True, 0.5)
+            keyless = make_publisher(server.url, namespace)
+            rogue = keyless.put("rogue", gate_flag())
+            assert never_served(worker, "rogue", True, 1.0)
+        status = worker.status()
+        assert status.revision == killed
+        assert status.signature_rejected >= 3, status
+        assert (status.last_error or "").startswith("signature rejected: revision"), status
+        rejected = events(logs, "signature_rejected")
+        assert rejected
+        assert all(event["log_level"] == "error" for event in rejected)
+        assert any("unsigned" in event["reason"] for event in rejected), rejected
+        with pytest.raises(UntrustedStateError, match=f"revision {rogue}"):
+            operator.put("after", gate_flag())
+        adopting = Publisher(
+            server.url, namespace, "reviewer", signing_key=private, adopt_unsigned=True
+        )
+        make_publisher.publishers.append(adopting)
+        adopted = adopting.put("after", gate_flag())
+        assert wait_until(lambda: worker.revision == adopted, 1.0), worker.status()
+        assert converged(worker, adopting)
+        record("S22 forged change (signed)", server_kind, recovery_s=None, served_forged=0)
+
+    def test_replayed_old_signed_state_is_refused(
+        self,
+        *,
+        server_kind: str,
+        server: ServerProcess,
+        make_publisher: PublisherFactory,
+        make_client: ClientFactory,
+        raw: redis.Redis,
+        namespace: str,
+        tmp_path: Path,
+    ) -> None:
+        """A backup of a validly signed older state restored under a running worker is
+        refused as a replay (the kill stays served); the operator's next signed write
+        supersedes it and is applied."""
+        private, public = key_pair(tmp_path, "signing")
+        operator = Publisher(server.url, namespace, "operator", signing_key=private)
+        make_publisher.publishers.append(operator)
+        operator.apply(document())
+        saved = backup(raw, namespace)
+        killed = operator.kill("gate-0")
+        worker = make_client(server.url, verify_keys=(public,))
+        assert worker.wait_ready(5)
+        assert wait_until(lambda: worker.revision == killed, 2)
+        with captured_logs() as logs:
+            restore(raw, namespace, saved)
+            assert never_served(worker, "gate-0", True, CORRECTED_WITHIN_S)
+        status = worker.status()
+        assert "replay" in (status.last_error or ""), status
+        assert any("replay" in event["reason"] for event in events(logs, "signature_rejected"))
+        assert status.resyncs < 10, status  # the refused state is not reloaded at every check
+        revision = operator.put("after", gate_flag())
+        assert revision == killed + 1
+        assert wait_until(lambda: worker.revision == revision, 1.0), worker.status()
+        assert converged(worker, operator)
+        record("S13 replay of an old signed state", server_kind, recovery_s=None, refused=True)
+
+    def test_full_load_verifies_one_signature_and_rotation(
+        self,
+        *,
+        server: ServerProcess,
+        make_publisher: PublisherFactory,
+        make_client: ClientFactory,
+        namespace: str,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A worker started on a signed store loads it; one holding the old and the new key
+        follows a rotation (the new publisher trusts the old key's state through
+        FLAGSYNC_VERIFY_KEYS); a worker started on an unsigned store serves nothing of it."""
+        old_key, old_public = key_pair(tmp_path, "old")
+        new_key, new_public = key_pair(tmp_path, "new")
+        unsigned_ns = f"{namespace}-unsigned"
+        make_publisher(server.url, unsigned_ns).apply(document())
+        refusing = make_client(server.url, unsigned_ns, verify_keys=(old_public,))
+        assert not refusing.wait_ready(1.0)
+        assert refusing.variation("gate-0", ANYONE, "default") == "default"
+        assert (refusing.status().last_error or "").startswith("signature rejected"), (
+            refusing.status()
+        )
+        old = Publisher(server.url, namespace, "old", signing_key=old_key)
+        make_publisher.publishers.append(old)
+        old.apply(document())
+        worker = make_client(server.url, verify_keys=(old_public, new_public))
+        assert worker.wait_ready(5)
+        assert converged(worker, old)
+        monkeypatch.setenv("FLAGSYNC_VERIFY_KEYS", old_public)
+        new = Publisher(server.url, namespace, "new", signing_key=new_key)
+        make_publisher.publishers.append(new)
+        rotated = new.kill("gate-1")
+        assert wait_until(lambda: worker.revision == rotated, 1.0), worker.status()
+        assert worker.variation("gate-1", ANYONE, None) is False
