@@ -16,7 +16,7 @@ The Lua half is `DIGEST_LUA` in `flagsync.store`; `tests/unit/test_digest.py` pi
 both compute the same value on a real server.
 
     entry(kind, key, blob) = sha1hex(len(field) ":" field blob), field = kind ":" key
-    bucket(field)          = first two hex digits of sha1hex(field)
+    bucket(entry)          = its first two hex digits
     bucket digest          = sha1hex(sorted entry hashes of the bucket, concatenated)
     state digest           = sha1hex(concat of bucket id (2 hex) + bucket digest, ascending)
 """
@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Final
 
-__all__ = ["EMPTY_DIGEST", "StateDigest", "bucket_of", "entry_hash"]
+__all__ = ["EMPTY_DIGEST", "StateDigest", "digest_after", "entry_hash", "touched_buckets"]
 
 EMPTY_DIGEST: Final = hashlib.sha1(b"").hexdigest()  # noqa: S324 - see the module docstring
 """The digest of a namespace holding nothing."""
@@ -37,11 +37,6 @@ def entry_hash(kind: str, key: str, blob: bytes) -> str:
     """The hash of one stored flag or segment, bound to where it is stored."""
     field = f"{kind}:{key}".encode()
     return hashlib.sha1(b"%d:%s%s" % (len(field), field, blob)).hexdigest()  # noqa: S324
-
-
-def bucket_of(kind: str, key: str) -> str:
-    """The bucket (two hex digits) of one flag or segment."""
-    return hashlib.sha1(f"{kind}:{key}".encode()).hexdigest()[:2]  # noqa: S324
 
 
 def bucket_digest(members: Iterable[str]) -> str:
@@ -80,11 +75,18 @@ class StateDigest:
     def of_store(cls, flags: Mapping[str, bytes], segments: Mapping[str, bytes]) -> StateDigest:
         """The digest of a whole loaded store."""
         digest = cls()
+        entries, buckets, sha1 = digest._entries, digest._buckets, hashlib.sha1
         for kind, blobs in (("flag", flags), ("segment", segments)):
             for key, blob in blobs.items():
-                entry = entry_hash(kind, key, blob)
-                digest._entries[f"{kind}:{key}"] = entry
-                digest._buckets.setdefault(bucket_of(kind, key), set()).add(entry)
+                field = f"{kind}:{key}"
+                encoded = field.encode()
+                entry = sha1(b"%d:%s%s" % (len(encoded), encoded, blob)).hexdigest()
+                entries[field] = entry
+                members = buckets.get(entry[:2])
+                if members is None:
+                    buckets[entry[:2]] = {entry}
+                else:
+                    members.add(entry)
         digest._bucket_digests = {
             bucket: bucket_digest(members) for bucket, members in digest._buckets.items()
         }
@@ -118,18 +120,21 @@ class StateDigest:
     ) -> tuple[str, dict[str, str | None], dict[str, set[str]], dict[str, str]]:
         entries: dict[str, str | None] = {}
         buckets: dict[str, set[str]] = {}
+
+        def group(entry: str) -> set[str]:
+            members = buckets.get(entry[:2])
+            if members is None:
+                members = buckets[entry[:2]] = set(self._buckets.get(entry[:2], ()))
+            return members
+
         for kind, key, blob in changes:
             field = f"{kind}:{key}"
-            bucket = bucket_of(kind, key)
-            members = buckets.get(bucket)
-            if members is None:
-                members = buckets[bucket] = set(self._buckets.get(bucket, ()))
             old = entries[field] if field in entries else self._entries.get(field)
             if old is not None:
-                members.discard(old)
+                group(old).discard(old)
             new = None if blob is None else entry_hash(kind, key, blob)
             if new is not None:
-                members.add(new)
+                group(new).add(new)
             entries[field] = new
         digests = dict(self._bucket_digests)
         for bucket, members in buckets.items():
@@ -149,26 +154,37 @@ def digest_after(
     publisher predicts what the script will compute).
 
     `bucket_members`: the touched buckets' members as the script stores them
-    (concatenated 40-hex entry hashes); `bucket_digests`: every non-empty bucket's
-    digest; `changes`: (kind, key, blob before or None, blob after or None).
+    (concatenated 40-hex entry hashes; see `touched_buckets`); `bucket_digests`: every
+    non-empty bucket's digest; `changes`: (kind, key, blob before or None, blob after).
     """
     members = {bucket: _split(joined) for bucket, joined in bucket_members.items()}
     digests = dict(bucket_digests)
     touched: set[str] = set()
     for kind, key, before, after in changes:
-        bucket = bucket_of(kind, key)
-        group = members.setdefault(bucket, set())
         if before is not None:
-            group.discard(entry_hash(kind, key, before))
+            old = entry_hash(kind, key, before)
+            members.setdefault(old[:2], set()).discard(old)
+            touched.add(old[:2])
         if after is not None:
-            group.add(entry_hash(kind, key, after))
-        touched.add(bucket)
+            new = entry_hash(kind, key, after)
+            members.setdefault(new[:2], set()).add(new)
+            touched.add(new[:2])
     for bucket in touched:
         if members[bucket]:
             digests[bucket] = bucket_digest(members[bucket])
         else:
             digests.pop(bucket, None)
     return combine(digests)
+
+
+def touched_buckets(changes: Iterable[tuple[str, str, bytes | None, bytes | None]]) -> set[str]:
+    """The buckets a write changes: those of the entries it removes and adds."""
+    return {
+        entry_hash(kind, key, blob)[:2]
+        for kind, key, before, after in changes
+        for blob in (before, after)
+        if blob is not None
+    }
 
 
 def _split(joined: str) -> set[str]:

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import structlog
 
-from flagsync._digest import bucket_of, digest_after, entry_hash
+from flagsync._digest import digest_after, entry_hash, touched_buckets
 from flagsync._signing import SignatureRejected, SignedState, Signer, UntrustedStateError
 from flagsync._write_script import GUARD_OP, SEED_DIGEST_SCRIPT
 from flagsync.errors import StoreUnavailableError
@@ -131,7 +131,8 @@ def plan_signed_write(
     for attempt in range(2):
         stored, epoch, digest, signature, before, members, digests = _read(client, keys, changed)
         records_fit = all(
-            old is None or entry_hash(kind, key, old) in members.get(bucket_of(kind, key), "")
+            old is None
+            or entry_hash(kind, key, old) in members.get(entry_hash(kind, key, old)[:2], "")
             for (kind, key, _), old in zip(changed, before, strict=True)
         )
         if digest is not None and records_fit:
@@ -180,8 +181,7 @@ def _read(
     int, str | None, str | None, str | None, list[bytes | None], dict[str, str], dict[str, str]
 ]:
     """(revision, epoch, digest or None when the records need a seed, signature record,
-    blobs before, touched buckets' members, every bucket digest) in one round trip."""
-    touched = sorted({bucket_of(kind, key) for kind, key, _ in changed})
+    blobs before, touched buckets' members, every bucket digest): two round trips."""
     pipe = client.pipeline(transaction=False)
     pipe.mget(keys.revision, keys.epoch, keys.digest, keys.signature)
     pipe.hget(keys.digests, "n")
@@ -189,12 +189,20 @@ def _read(
     pipe.hlen(keys.segments)
     for kind, key, _ in changed:
         pipe.hget(keys.flags if kind == "flag" else keys.segments, key)
-    pipe.hmget(keys.digests, [f"m:{bucket}" for bucket in touched] or ["m:--"])
-    pipe.hmget(keys.digests, _BUCKETS)
     replies = pipe.execute()
     (raw_revision, raw_epoch, raw_digest, raw_signature), count, flags, segments = replies[:4]
-    before = replies[4 : 4 + len(changed)]
-    member_values, digest_values = replies[4 + len(changed) :]
+    before = [None if blob is None else bytes(blob) for blob in replies[4:]]
+    # A second round trip: which buckets change depends on the blobs before. A write in
+    # between moves (revision, digest), and the script then refuses ours (`WriteMoved`).
+    touched = sorted(
+        touched_buckets(
+            (kind, key, old, new) for (kind, key, new), old in zip(changed, before, strict=True)
+        )
+    )
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(keys.digests, [f"m:{bucket}" for bucket in touched] or ["m:--"])
+    pipe.hmget(keys.digests, _BUCKETS)
+    member_values, digest_values = pipe.execute()
     consistent = raw_digest is not None and count is not None and int(count) == flags + segments
     members = {
         bucket: value.decode()
@@ -211,7 +219,7 @@ def _read(
         None if raw_epoch is None else raw_epoch.decode(),
         raw_digest.decode() if consistent else None,
         None if raw_signature is None else raw_signature.decode(),
-        [None if blob is None else bytes(blob) for blob in before],
+        before,
         members,
         digests,
     )

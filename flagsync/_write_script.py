@@ -25,9 +25,6 @@ DIGEST_LUA: Final = """
 local function entry_hash(field, blob)
   return redis.sha1hex(string.len(field) .. ':' .. field .. blob)
 end
-local function bucket_of(field)
-  return string.sub(redis.sha1hex(field), 1, 2)
-end
 local function store_bucket(bucket, list)
   table.sort(list)
   if #list == 0 then
@@ -43,10 +40,10 @@ local function seed_digest()
   for _, source in ipairs({{'flag', KEYS[1]}, {'segment', KEYS[2]}}) do
     local all = redis.call('HGETALL', source[2])
     for i = 1, #all, 2 do
-      local field = source[1] .. ':' .. all[i]
-      local bucket = bucket_of(field)
+      local entry = entry_hash(source[1] .. ':' .. all[i], all[i + 1])
+      local bucket = string.sub(entry, 1, 2)
       groups[bucket] = groups[bucket] or {}
-      table.insert(groups[bucket], entry_hash(field, all[i + 1]))
+      table.insert(groups[bucket], entry)
       count = count + 1
     end
   end
@@ -58,19 +55,30 @@ local function digest_consistent()
   return redis.call('EXISTS', KEYS[8]) == 1 and count and tonumber(count) ==
     redis.call('HLEN', KEYS[1]) + redis.call('HLEN', KEYS[2])
 end
--- Replace one entry's hash; false when the old one is not where it should be (the
--- hashes were changed behind the script's back: the caller re-seeds).
-local function replace_entry(field, before, after)
-  local bucket = bucket_of(field)
+-- Remove one member from a bucket and/or add one; false when the member to remove is
+-- not there (the hashes were changed behind the script's back: the caller re-seeds).
+local function edit_bucket(bucket, remove, add)
   local joined = redis.call('HGET', KEYS[7], 'm:' .. bucket) or ''
-  local old = before and entry_hash(field, before)
-  local found, list = not old, {}
+  local found, list = not remove, {}
   for i = 1, #joined, 40 do
     local member = string.sub(joined, i, i + 39)
-    if not found and member == old then found = true else table.insert(list, member) end
+    if not found and member == remove then found = true else table.insert(list, member) end
   end
-  if after then table.insert(list, entry_hash(field, after)) end
+  if add then table.insert(list, add) end
   store_bucket(bucket, list)
+  return found
+end
+-- Replace one entry's hash (a bucket is the first two hex digits of an entry hash).
+local function replace_entry(field, before, after)
+  local old = before and entry_hash(field, before)
+  local new = after and entry_hash(field, after)
+  local found = true
+  if old and new and string.sub(old, 1, 2) == string.sub(new, 1, 2) then
+    found = edit_bucket(string.sub(old, 1, 2), old, new)
+  else
+    if old then found = edit_bucket(string.sub(old, 1, 2), old, false) end
+    if new then edit_bucket(string.sub(new, 1, 2), false, new) end
+  end
   local delta = (after and 1 or 0) - (before and 1 or 0)
   if delta ~= 0 then redis.call('HINCRBY', KEYS[7], 'n', delta) end
   return found

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from flagsync._digest import EMPTY_DIGEST, StateDigest, bucket_of, digest_after
+from flagsync._digest import EMPTY_DIGEST, StateDigest, digest_after, touched_buckets
 
 FLAGS = {f"flag-{index}": f"blob-{index}".encode() for index in range(600)}
 SEGMENTS = {"beta": b"segment-blob"}
@@ -58,7 +58,7 @@ class TestStateDigest:
         equals the worker's incremental digest."""
         digest = StateDigest.of_store(FLAGS, SEGMENTS)
         changes = [("flag", "flag-5", FLAGS["flag-5"], b"v2"), ("flag", "new", None, b"n")]
-        touched = {bucket_of(kind, key) for kind, key, _, _ in changes}
+        touched = touched_buckets(changes)
         members = {
             bucket: "".join(sorted(digest._buckets.get(bucket, set()))) for bucket in touched
         }
