@@ -11,7 +11,7 @@ travels in the message and is stored beside the revision (`{fs:<ns>}:sig`):
     <key id>.<signed ms>.<payload sha256 hex>.<signature, base64url>
 
 `cryptography` is imported only when a key is configured: a client without signing never
-loads it (it is in the `signing` extra; see the README's "Security").
+loads it (it is in the `signing` extra; see the README's "Signed mode").
 """
 
 from __future__ import annotations
@@ -81,6 +81,16 @@ class SignedState:
         return _CONTEXT + b"\n" + "\n".join(fields).encode()
 
 
+def _require_cryptography() -> None:
+    """Signed mode needs `cryptography` (the `signing` extra); say so, not ImportError."""
+    try:
+        import cryptography  # noqa: F401, PLC0415 - only probing that it is installed
+    except ImportError as error:
+        raise SigningKeyError(
+            "signed mode needs the 'cryptography' package: pip install 'flagsync[signing]'"
+        ) from error
+
+
 def key_id(public_raw: bytes) -> str:
     """A short id of a public key (which key signed is in every record)."""
     return hashlib.sha256(public_raw).hexdigest()[:16]
@@ -88,6 +98,7 @@ def key_id(public_raw: bytes) -> str:
 
 def generate_key_pair() -> tuple[bytes, str]:
     """A new key pair: the private key as PKCS#8 PEM, the public key as one line."""
+    _require_cryptography()
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - lazy: optional
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
         Ed25519PrivateKey,
@@ -114,6 +125,7 @@ class Signer:
     """Signs states with a private key read from a PEM file (what `flagsync keygen` wrote)."""
 
     def __init__(self, path: str | Path, *, adopt_unsigned: bool = False) -> None:
+        _require_cryptography()
         from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
         from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
             Ed25519PrivateKey,
@@ -150,6 +162,7 @@ class Verifier:
     """Checks signature records against one or more public keys (several: rotation)."""
 
     def __init__(self, public_keys: Iterable[str]) -> None:
+        _require_cryptography()
         from cryptography.hazmat.primitives.asymmetric.ed25519 import (  # noqa: PLC0415
             Ed25519PublicKey,
         )

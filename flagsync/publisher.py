@@ -89,7 +89,7 @@ class Publisher:
     """Writes flags to one namespace of a store.
 
     `actor` is recorded in the change log with every write (default: the OS user).
-    `signing_key` (else $FLAGSYNC_SIGNING_KEY): signed mode, README "Security".
+    `signing_key` (else $FLAGSYNC_SIGNING_KEY): signed mode, README "Signed mode".
     Use as a context manager or call `close()`.
     """
 

@@ -1,4 +1,4 @@
-"""`keygen`: make the Ed25519 key pair of signed mode (README "Security").
+"""`keygen`: make the Ed25519 key pair of signed mode (README "Signed mode").
 
 The private key goes to a file only its owner can read (0600, created exclusively: an
 existing key is never overwritten unless `--force`); the public key, one line, goes to

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -516,3 +517,45 @@ class TestSignedMode:
         rotated = new.kill("gate-1")
         assert wait_until(lambda: worker.revision == rotated, 1.0), worker.status()
         assert worker.variation("gate-1", ANYONE, None) is False
+
+    def test_racing_signing_publishers_all_land_signed(
+        self,
+        *,
+        server: ServerProcess,
+        make_publisher: PublisherFactory,
+        make_client: ClientFactory,
+        namespace: str,
+        tmp_path: Path,
+    ) -> None:
+        """Two signing publishers writing at once each re-sign when the state moved under
+        them: every write lands, and the worker applies the final state, refusing none."""
+        private, public = key_pair(tmp_path, "signing")
+        writers = [Publisher(server.url, namespace, f"w{n}", signing_key=private) for n in (1, 2)]
+        make_publisher.publishers.extend(writers)
+        writers[0].apply(document())
+        worker = make_client(server.url, verify_keys=(public,))
+        assert worker.wait_ready(5)
+        errors: list[BaseException] = []
+
+        def toggle(publisher: Publisher, key: str) -> None:
+            try:
+                for _ in range(15):
+                    publisher.kill(key)
+                    publisher.enable(key)
+            except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+                errors.append(error)
+
+        threads = [
+            threading.Thread(target=toggle, args=(writer, f"gate-{n}"))
+            for n, writer in enumerate(writers)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors, errors
+        final = writers[0].revision()[1]
+        assert final == 1 + 2 * 2 * 15
+        assert wait_until(lambda: worker.revision == final, 2.0), worker.status()
+        assert converged(worker, writers[0])
+        assert worker.status().signature_rejected == 0
