@@ -14,6 +14,7 @@ import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -38,6 +39,7 @@ from tests.integration.support import (
     stored_epoch,
     wait_until,
 )
+from tests.integration.test_subscriber import DRIVERS, Clients
 from tests.logs import captured_logs, events
 
 CHECK_INTERVAL_S: Final = 0.25
@@ -114,6 +116,16 @@ def restore(raw: redis.Redis, namespace: str, saved: dict[bytes, bytes]) -> None
     for name, value in saved.items():
         pipe.restore(name, 0, value, replace=True)
     pipe.execute()
+
+
+@pytest.fixture(params=DRIVERS)
+def any_client(request: pytest.FixtureRequest, make_client: ClientFactory) -> Iterator[Clients]:
+    """`any_client(url, **options)`: a client of the test's driver (thread or asyncio task)."""
+    clients = Clients(request.param, make_client)
+    try:
+        yield clients
+    finally:
+        clients.close_all()
 
 
 class TestDigestInTheStore:
@@ -198,7 +210,7 @@ class TestSameEpochRewind:
         server: ServerProcess,
         publisher: Publisher,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        any_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """Revisions 1-5, a backup, five kills (6-10), the backup restored, then writes from
@@ -211,7 +223,7 @@ class TestSameEpochRewind:
             publisher.set_default("temperature", "high" if value % 2 else "low")
         assert publisher.revision()[1] == 5
         saved = backup(raw, ns)
-        workers = [make_client(server.url) for _ in range(3)]
+        workers = [any_client(server.url) for _ in range(3)]
         assert all(worker.wait_ready(5) for worker in workers)
         for key in KILLED:
             publisher.kill(key)
@@ -263,7 +275,7 @@ class TestForgedChange:
         server_kind: str,
         dedicated_server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        any_client: Clients,
         make_raw: RawFactory,
         namespace: str,
     ) -> None:
@@ -274,7 +286,7 @@ class TestForgedChange:
         operator = make_publisher(dedicated_server.url, namespace)
         operator.apply(document())
         killed = operator.kill("gate-0")
-        worker = make_client(dedicated_server.url)
+        worker = any_client(dedicated_server.url)
         assert worker.wait_ready(5)
         assert wait_until(lambda: worker.revision == killed, 2)
         attacker = connect(
@@ -325,13 +337,13 @@ class TestResyncAmplification:
         server_kind: str,
         server: ServerProcess,
         publisher: Publisher,
-        make_client: ClientFactory,
+        any_client: Clients,
         raw: redis.Redis,
     ) -> None:
         """300 tiny garbage messages (and forged next revisions) cost a handful of full
         loads at most, while a real change in the middle of the flood applies on time."""
         publisher.apply(document())
-        workers = [make_client(server.url) for _ in range(2)]
+        workers = [any_client(server.url) for _ in range(2)]
         assert all(worker.wait_ready(5) for worker in workers)
         before = [worker.status() for worker in workers]
         epoch = stored_epoch(raw, publisher.keys.namespace)
@@ -392,7 +404,7 @@ class TestSignedMode:
         server_kind: str,
         server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        any_client: Clients,
         raw: redis.Redis,
         namespace: str,
         tmp_path: Path,
@@ -407,7 +419,7 @@ class TestSignedMode:
         make_publisher.publishers.append(operator)
         operator.apply(document())
         killed = operator.kill("gate-0")
-        worker = make_client(server.url, verify_keys=(public,))
+        worker = any_client(server.url, verify_keys=(public,))
         assert worker.wait_ready(5)
         assert wait_until(lambda: worker.revision == killed, 2)
         epoch = stored_epoch(raw, namespace)
@@ -452,7 +464,7 @@ class TestSignedMode:
         server_kind: str,
         server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        any_client: Clients,
         raw: redis.Redis,
         namespace: str,
         tmp_path: Path,
@@ -466,7 +478,7 @@ class TestSignedMode:
         operator.apply(document())
         saved = backup(raw, namespace)
         killed = operator.kill("gate-0")
-        worker = make_client(server.url, verify_keys=(public,))
+        worker = any_client(server.url, verify_keys=(public,))
         assert worker.wait_ready(5)
         assert wait_until(lambda: worker.revision == killed, 2)
         with captured_logs() as logs:
@@ -487,7 +499,7 @@ class TestSignedMode:
         *,
         server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        any_client: Clients,
         namespace: str,
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
@@ -499,7 +511,7 @@ class TestSignedMode:
         new_key, new_public = key_pair(tmp_path, "new")
         unsigned_ns = f"{namespace}-unsigned"
         make_publisher(server.url, unsigned_ns).apply(document())
-        refusing = make_client(server.url, unsigned_ns, verify_keys=(old_public,))
+        refusing = any_client(server.url, unsigned_ns, verify_keys=(old_public,))
         assert not refusing.wait_ready(1.0)
         assert refusing.variation("gate-0", ANYONE, "default") == "default"
         assert (refusing.status().last_error or "").startswith("signature rejected"), (
@@ -508,7 +520,7 @@ class TestSignedMode:
         old = Publisher(server.url, namespace, "old", signing_key=old_key)
         make_publisher.publishers.append(old)
         old.apply(document())
-        worker = make_client(server.url, verify_keys=(old_public, new_public))
+        worker = any_client(server.url, verify_keys=(old_public, new_public))
         assert worker.wait_ready(5)
         assert converged(worker, old)
         monkeypatch.setenv("FLAGSYNC_VERIFY_KEYS", old_public)
@@ -523,7 +535,7 @@ class TestSignedMode:
         *,
         server: ServerProcess,
         make_publisher: PublisherFactory,
-        make_client: ClientFactory,
+        any_client: Clients,
         namespace: str,
         tmp_path: Path,
     ) -> None:
@@ -533,7 +545,7 @@ class TestSignedMode:
         writers = [Publisher(server.url, namespace, f"w{n}", signing_key=private) for n in (1, 2)]
         make_publisher.publishers.extend(writers)
         writers[0].apply(document())
-        worker = make_client(server.url, verify_keys=(public,))
+        worker = any_client(server.url, verify_keys=(public,))
         assert worker.wait_ready(5)
         errors: list[BaseException] = []
 
