@@ -21,7 +21,7 @@ import structlog
 
 from flagsync._digest import digest_after, entry_hash, touched_buckets
 from flagsync._signing import SignatureRejected, SignedState, Signer, UntrustedStateError
-from flagsync._write_script import GUARD_OP, SEED_DIGEST_SCRIPT
+from flagsync._write_script import NO_DATA_OPS, SEED_DIGEST_SCRIPT
 from flagsync.errors import StoreUnavailableError
 from flagsync.store import (
     ScriptWrite,
@@ -126,7 +126,7 @@ def plan_signed_write(
     changed = [
         (write.kind, write.key, blob or None)
         for write, blob in zip(writes, blobs, strict=True)
-        if write.op != GUARD_OP
+        if write.op not in NO_DATA_OPS
     ]
     for attempt in range(2):
         stored, epoch, digest, signature, before, members, digests = _read(client, keys, changed)

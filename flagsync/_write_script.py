@@ -10,13 +10,26 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["DIGEST_LUA", "GUARD_OP", "MESSAGE_SCHEMA", "SEED_DIGEST_SCRIPT", "WRITE_SCRIPT"]
+__all__ = [
+    "DIGEST_LUA",
+    "GUARD_OP",
+    "MESSAGE_SCHEMA",
+    "NO_DATA_OPS",
+    "SEED_DIGEST_SCRIPT",
+    "TOUCH_OP",
+    "WRITE_SCRIPT",
+]
 
 MESSAGE_SCHEMA: Final = b"fs2"
 """First field of every change message: the header and payload format."""
 GUARD_OP: Final = "guard"
 """A write-script op that only checks a version (a prerequisite must not change under a
 put): it writes, logs and publishes nothing."""
+TOUCH_OP: Final = "touch"
+"""A write-script op that only bumps a version (a flag's dependents version, see
+`flagsync._references`): no data, no log entry, nothing published."""
+NO_DATA_OPS: Final = frozenset({GUARD_OP, TOUCH_OP})
+"""Ops that write no flag or segment (absent from the change set and the digest)."""
 
 # The state digest's Lua half (the Python half and the definition: `flagsync._digest`).
 # KEYS[1] flags, KEYS[2] segments, KEYS[7] the digest records (hash: 'm:<bucket>' sorted
@@ -141,7 +154,9 @@ local reseed = false
 for i = 0, count - 1 do
   local base = 11 + i * 5
   local kind, key, op, blob = ARGV[base], ARGV[base + 1], ARGV[base + 3], ARGV[base + 4]
-  if op ~= '$GUARD' then
+  if op == '$TOUCH' then
+    redis.call('HSET', KEYS[3], kind .. ':' .. key, string.format('%d', current[i] + 1))
+  elseif op ~= '$GUARD' then
     local hash = KEYS[1]
     if kind == 'segment' then hash = KEYS[2] end
     local before = redis.call('HGET', hash, key)
@@ -173,7 +188,9 @@ end
 redis.call('PUBLISH', ARGV[1], '$SCHEMA|' .. epoch .. '|' .. rev .. '|' .. now_us .. '|' ..
   digest .. '|' .. ARGV[9] .. '|' .. ARGV[7])
 return {'ok', rev, epoch, now_us, table.concat(versions, ','), digest}
-""".replace("$GUARD", GUARD_OP).replace("$SCHEMA", MESSAGE_SCHEMA.decode())
+""".replace("$GUARD", GUARD_OP)
+    .replace("$TOUCH", TOUCH_OP)
+    .replace("$SCHEMA", MESSAGE_SCHEMA.decode())
 )
 
 # Seeds the digest records of a store written before they existed (or changed behind the

@@ -23,6 +23,7 @@ import structlog
 from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
+from flagsync._references import delete_guards, reference_writes
 from flagsync._signed_write import run_write_script
 from flagsync._signing import signer_from
 from flagsync._validation import check_references, parse_flag, parse_flagset
@@ -39,7 +40,7 @@ from flagsync.loader import FlagSource, load_flags
 from flagsync.model import Flag, FlagSet
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
-    GUARD_OP,
+    NO_DATA_OPS,
     WRITE_SCRIPT,
     ScriptWrite,
     StoreKeys,
@@ -231,10 +232,7 @@ class Publisher:
             raise ConflictError("flag", key, expected_version, current)
         if key in state["flags"] and state["flags"][key] == stored:
             return self._unchanged(op, key)
-        guards = [
-            ScriptWrite("flag", other, versions.get(f"flag:{other}", 0), GUARD_OP, None)
-            for other in parsed.requires
-        ]
+        guards = reference_writes([stored], versions, skip=[("flag", key)])
         write = ScriptWrite("flag", key, current, op, stored)
         return self._write([write, *guards], reason, op_name=op)
 
@@ -301,9 +299,9 @@ class Publisher:
         current = versions.get(f"flag:{key}", 0)
         if expected_version is not None and expected_version != current:
             raise ConflictError("flag", key, expected_version, current)
-        return self._write(
-            [ScriptWrite("flag", key, current, "delete", None)], reason, op_name="delete"
-        )
+        write = ScriptWrite("flag", key, current, "delete", None)
+        guards = delete_guards([("flag", key)], versions)  # see flagsync._references
+        return self._write([write, *guards], reason, op_name="delete")
 
     def rollback(
         self,
@@ -436,6 +434,13 @@ class Publisher:
             else ScriptWrite(change.kind, change.key, change.version, "delete")
             for change, after in plan
         ]
+        written = {(write.kind, write.key) for write in writes}
+        writes += reference_writes(
+            (write.definition for write in writes if write.definition is not None),
+            versions,
+            skip=written,
+        )
+        writes += delete_guards(((w.kind, w.key) for w in writes if w.op == "delete"), versions)
         return [change for change, _ in plan], writes
 
     def _unchanged(self, op: str, key: str | None) -> int:
@@ -462,7 +467,7 @@ class Publisher:
         revision, epoch = result.revision, result.epoch
         self._published_us[(epoch, revision)] = result.server_us
         self._seen_revision = max(self._seen_revision, revision)
-        written = [write.key for write in writes if write.op != GUARD_OP]
+        written = [write.key for write in writes if write.op not in NO_DATA_OPS]
         _log.info(
             "flags_written",
             namespace=self.keys.namespace,

@@ -53,7 +53,13 @@ from flagsync._connection import (
     redact_url,
     store_errors,
 )
-from flagsync._write_script import GUARD_OP, MESSAGE_SCHEMA, SEED_DIGEST_SCRIPT, WRITE_SCRIPT
+from flagsync._write_script import (
+    GUARD_OP,
+    MESSAGE_SCHEMA,
+    NO_DATA_OPS,
+    SEED_DIGEST_SCRIPT,
+    WRITE_SCRIPT,
+)
 from flagsync.errors import FlagsyncError
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "GUARD_OP",
     "MAX_MESSAGE_BYTES",
     "MESSAGE_SCHEMA",
+    "NO_DATA_OPS",
     "SEED_DIGEST_SCRIPT",
     "WRITE_SCRIPT",
     "LoadedStore",
@@ -297,7 +304,7 @@ class ScriptWrite(msgspec.Struct, frozen=True):
     kind: str
     key: str
     expected: int
-    """The version the change is based on (0 for a new key); the write makes it +1."""
+    """The version the change is based on (0 for a new key; -1: any); the write makes it +1."""
     op: str
     definition: dict[str, Any] | None = None
     """The file form of what to store; None for a delete or a guard."""
@@ -372,7 +379,7 @@ def encode_payload(
     changes = [
         Change(write.kind, write.key, write.op, blob or None)
         for write, blob in zip(writes, blobs, strict=True)
-        if write.op != GUARD_OP
+        if write.op not in NO_DATA_OPS
     ]
     return encode_changeset(ChangeSet(actor=actor, reason=reason, changes=changes))
 
@@ -406,7 +413,8 @@ def script_arguments(
         len(writes),
     ]
     for write, blob in zip(writes, blobs, strict=True):
-        args.extend([write.kind, write.key, write.expected, write.op, blob])
+        expected = "" if write.expected < 0 else write.expected  # -1: any version
+        args.extend([write.kind, write.key, expected, write.op, blob])
     return args
 
 

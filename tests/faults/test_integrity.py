@@ -14,7 +14,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, Final
@@ -25,6 +25,7 @@ import redis
 from flagsync import FlagClient
 from flagsync._digest import StateDigest
 from flagsync._signing import SignedState, Signer, UntrustedStateError, generate_key_pair
+from flagsync.errors import FlagsyncError
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from flagsync.store import SEED_DIGEST_SCRIPT, StoreKeys, connect
@@ -571,3 +572,76 @@ class TestSignedMode:
         assert wait_until(lambda: worker.revision == final, 2.0), worker.status()
         assert converged(worker, writers[0])
         assert worker.status().signature_rejected == 0
+
+
+def race(*calls: Callable[[], object]) -> list[BaseException | None]:
+    """Run `calls` at once (a barrier releases them together); each one's error or None."""
+    barrier = threading.Barrier(len(calls))
+    outcomes: list[BaseException | None] = [None] * len(calls)
+
+    def run(index: int, call: Callable[[], object]) -> None:
+        barrier.wait(5)
+        try:
+            call()
+        except FlagsyncError as error:
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=run, args=pair) for pair in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    return outcomes
+
+
+class TestReferenceIntegrity:
+    """S25: a delete racing a write that references what it deletes never both succeed."""
+
+    def test_delete_racing_a_put_that_requires_it(
+        self, *, server: ServerProcess, make_publisher: PublisherFactory, namespace: str
+    ) -> None:
+        """`delete(y)` and `put(x requires y)` from two publishers at once, 30 times: at
+        most one succeeds each time, and the store always exports (no dangling reference)."""
+        deleter, putter = make_publisher(server.url), make_publisher(server.url)
+        deleter.apply(document())
+        both = 0
+        for trial in range(30):
+            target, dependent = f"target-{trial}", f"dependent-{trial}"
+            deleter.put(target, gate_flag())
+            requiring = gate_flag() | {"requires": {target: "on"}}
+            outcomes = race(
+                partial(deleter.delete, target), partial(putter.put, dependent, requiring)
+            )
+            both += outcomes == [None, None]
+            definitions = putter.definitions()  # raises on a dangling prerequisite
+            if dependent in definitions.flags:
+                assert target in definitions.flags
+        assert both == 0
+
+    def test_segment_pruned_racing_a_put_that_targets_it(
+        self, *, server: ServerProcess, make_publisher: PublisherFactory, namespace: str
+    ) -> None:
+        """An `apply(prune=True)` dropping a segment and a `put` of a flag targeting it,
+        at once, 20 times: the store never holds the flag without its segment (both may
+        succeed only when the prune ran after the put and removed the flag too)."""
+        pruner, putter = make_publisher(server.url), make_publisher(server.url)
+        for trial in range(20):
+            doc = document()
+            doc["segments"]["doomed"] = {"keys": [f"user-{trial}"]}
+            pruner.apply(doc, prune=True)
+            targeting = gate_flag() | {
+                "rules": [
+                    {
+                        "name": "doomed",
+                        "when": [{"attr": "key", "op": "in_segment", "values": ["doomed"]}],
+                        "serve": "off",
+                    }
+                ]
+            }
+            race(
+                partial(pruner.apply, document(), prune=True),
+                partial(putter.put, f"targets-{trial}", targeting),
+            )
+            definitions = putter.definitions()  # raises on an unknown segment
+            if f"targets-{trial}" in definitions.flags:
+                assert "doomed" in definitions.segments
