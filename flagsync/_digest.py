@@ -18,7 +18,8 @@ both compute the same value on a real server.
     entry(kind, key, blob) = sha1hex(len(field) ":" field blob), field = kind ":" key
     bucket(entry)          = its first two hex digits
     bucket digest          = sha1hex(sorted entry hashes of the bucket, concatenated)
-    state digest           = sha1hex(concat of bucket id (2 hex) + bucket digest, ascending)
+    state digest           = sha1hex(the 256 bucket digests in bucket order, "-" * 40
+                             for an empty bucket)
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Final
 
 __all__ = ["EMPTY_DIGEST", "StateDigest", "digest_after", "entry_hash", "touched_buckets"]
 
-EMPTY_DIGEST: Final = hashlib.sha1(b"").hexdigest()  # noqa: S324 - see the module docstring
+
+EMPTY_DIGEST: Final = hashlib.sha1(("-" * 40 * 256).encode()).hexdigest()  # noqa: S324
 """The digest of a namespace holding nothing."""
 
 
@@ -44,10 +46,27 @@ def bucket_digest(members: Iterable[str]) -> str:
     return hashlib.sha1("".join(sorted(members)).encode()).hexdigest()  # noqa: S324
 
 
+_BUCKET_IDS: Final = [f"{bucket:02x}" for bucket in range(256)]
+EMPTY_SLOT: Final = "-" * 40
+
+
 def combine(bucket_digests: Mapping[str, str]) -> str:
     """The state digest from the digests of the non-empty buckets."""
-    joined = "".join(bucket + bucket_digests[bucket] for bucket in sorted(bucket_digests))
+    joined = "".join([bucket_digests.get(bucket, EMPTY_SLOT) for bucket in _BUCKET_IDS])
     return hashlib.sha1(joined.encode()).hexdigest()  # noqa: S324
+
+
+def slots(top: str) -> dict[str, str]:
+    """The non-empty bucket digests from the script's `top` record (256 slots of 40)."""
+    return {
+        bucket: top[index * 40 : index * 40 + 40]
+        for index, bucket in enumerate(_BUCKET_IDS)
+        if top[index * 40] != "-"
+    }
+
+
+_Changed = tuple[str, dict[str, str | None], dict[str, set[str]], dict[str, str]]
+"""A computed change: (new digest, entries, touched buckets, every bucket digest)."""
 
 
 class StateDigest:
@@ -58,13 +77,14 @@ class StateDigest:
     changing anything (a message is verified before it is applied); `update` applies it.
     """
 
-    __slots__ = ("_bucket_digests", "_buckets", "_entries", "value")
+    __slots__ = ("_bucket_digests", "_buckets", "_entries", "_previewed", "value")
 
     def __init__(self) -> None:
         self._entries: dict[str, str] = {}
         """field (kind:key) -> entry hash"""
         self._buckets: dict[str, set[str]] = {}
         self._bucket_digests: dict[str, str] = {}
+        self._previewed: _Changed | None = None
         self.value = EMPTY_DIGEST
 
     def __len__(self) -> int:
@@ -94,12 +114,24 @@ class StateDigest:
         return digest
 
     def preview(self, changes: Iterable[tuple[str, str, bytes | None]]) -> str:
-        """The digest after putting (or deleting: None) each (kind, key, blob), unchanged self."""
-        return self._changed(changes)[0]
+        """The digest after putting (or deleting: None) each (kind, key, blob), unchanged
+        self; `commit()` then applies exactly this preview without recomputing it."""
+        self._previewed = self._changed(changes)
+        return self._previewed[0]
+
+    def commit(self) -> str:
+        """Apply the last `preview`; returns the new digest."""
+        previewed, self._previewed = self._previewed, None
+        assert previewed is not None, "commit() without a preview"
+        return self._apply(previewed)
 
     def update(self, changes: Iterable[tuple[str, str, bytes | None]]) -> str:
         """Apply each (kind, key, blob) put (None: delete); returns the new digest."""
-        value, entries, buckets, digests = self._changed(changes)
+        self._previewed = None
+        return self._apply(self._changed(changes))
+
+    def _apply(self, changed: _Changed) -> str:
+        value, entries, buckets, digests = changed
         for field, entry in entries.items():
             if entry is None:
                 self._entries.pop(field, None)
@@ -115,9 +147,7 @@ class StateDigest:
         self.value = value
         return value
 
-    def _changed(
-        self, changes: Iterable[tuple[str, str, bytes | None]]
-    ) -> tuple[str, dict[str, str | None], dict[str, set[str]], dict[str, str]]:
+    def _changed(self, changes: Iterable[tuple[str, str, bytes | None]]) -> _Changed:
         entries: dict[str, str | None] = {}
         buckets: dict[str, set[str]] = {}
 

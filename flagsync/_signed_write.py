@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import structlog
 
-from flagsync._digest import digest_after, entry_hash, touched_buckets
+from flagsync._digest import digest_after, entry_hash, slots, touched_buckets
 from flagsync._signing import SignatureRejected, SignedState, Signer, UntrustedStateError
 from flagsync._write_script import NO_DATA_OPS, SEED_DIGEST_SCRIPT
 from flagsync.errors import StoreUnavailableError
@@ -39,8 +39,6 @@ __all__ = ["SignedPlan", "plan_signed_write", "run_write_script"]
 
 _log = structlog.get_logger("flagsync.publisher")
 _SIGNED_RETRIES: Final = 20
-
-_BUCKETS = [f"d:{bucket:02x}" for bucket in range(256)]
 
 
 @dataclass(frozen=True)
@@ -201,19 +199,15 @@ def _read(
     )
     pipe = client.pipeline(transaction=False)
     pipe.hmget(keys.digests, [f"m:{bucket}" for bucket in touched] or ["m:--"])
-    pipe.hmget(keys.digests, _BUCKETS)
-    member_values, digest_values = pipe.execute()
+    pipe.hget(keys.digests, "top")
+    member_values, top = pipe.execute()
     consistent = raw_digest is not None and count is not None and int(count) == flags + segments
     members = {
         bucket: value.decode()
         for bucket, value in zip(touched, member_values, strict=False)
         if value is not None
     }
-    digests = {
-        name[2:]: value.decode()
-        for name, value in zip(_BUCKETS, digest_values, strict=True)
-        if value is not None
-    }
+    digests = {} if top is None else slots(top.decode())
     return (
         int(raw_revision or 0),
         None if raw_epoch is None else raw_epoch.decode(),

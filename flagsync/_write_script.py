@@ -33,22 +33,33 @@ NO_DATA_OPS: Final = frozenset({GUARD_OP, TOUCH_OP})
 
 # The state digest's Lua half (the Python half and the definition: `flagsync._digest`).
 # KEYS[1] flags, KEYS[2] segments, KEYS[7] the digest records (hash: 'm:<bucket>' sorted
-# member entry hashes, 'd:<bucket>' bucket digest, 'n' entry count), KEYS[8] the digest.
+# member entry hashes, 'top' the 256 bucket digests in bucket order, 40 characters each,
+# '-' * 40 for an empty bucket, 'n' entry count), KEYS[8] the digest.
 DIGEST_LUA: Final = """
 local function entry_hash(field, blob)
   return redis.sha1hex(string.len(field) .. ':' .. field .. blob)
 end
+local EMPTY_SLOT = string.rep('-', 40)
+local top = nil
+local function set_slot(bucket, digest)
+  top = top or redis.call('HGET', KEYS[7], 'top') or string.rep(EMPTY_SLOT, 256)
+  local at = tonumber(bucket, 16) * 40
+  top = string.sub(top, 1, at) .. digest .. string.sub(top, at + 41)
+end
 local function store_bucket(bucket, list)
   table.sort(list)
   if #list == 0 then
-    redis.call('HDEL', KEYS[7], 'm:' .. bucket, 'd:' .. bucket)
+    redis.call('HDEL', KEYS[7], 'm:' .. bucket)
+    set_slot(bucket, EMPTY_SLOT)
   else
     local joined = table.concat(list)
-    redis.call('HSET', KEYS[7], 'm:' .. bucket, joined, 'd:' .. bucket, redis.sha1hex(joined))
+    redis.call('HSET', KEYS[7], 'm:' .. bucket, joined)
+    set_slot(bucket, redis.sha1hex(joined))
   end
 end
 local function seed_digest()
   redis.call('DEL', KEYS[7])
+  top = string.rep(EMPTY_SLOT, 256)
   local groups, count = {}, 0
   for _, source in ipairs({{'flag', KEYS[1]}, {'segment', KEYS[2]}}) do
     local all = redis.call('HGETALL', source[2])
@@ -66,7 +77,8 @@ end
 local function digest_consistent()
   local count = redis.call('HGET', KEYS[7], 'n')
   return redis.call('EXISTS', KEYS[8]) == 1 and count and tonumber(count) ==
-    redis.call('HLEN', KEYS[1]) + redis.call('HLEN', KEYS[2])
+    redis.call('HLEN', KEYS[1]) + redis.call('HLEN', KEYS[2]) and
+    (tonumber(count) == 0 or redis.call('HEXISTS', KEYS[7], 'top') == 1)
 end
 -- Remove one member from a bucket and/or add one; false when the member to remove is
 -- not there (the hashes were changed behind the script's back: the caller re-seeds).
@@ -96,14 +108,11 @@ local function replace_entry(field, before, after)
   if delta ~= 0 then redis.call('HINCRBY', KEYS[7], 'n', delta) end
   return found
 end
+-- The state digest; stores the slots the updates above changed.
 local function state_digest()
-  local fields = {}
-  for b = 0, 255 do fields[b + 1] = string.format('d:%02x', b) end
-  local digests, parts = redis.call('HMGET', KEYS[7], unpack(fields)), {}
-  for b = 0, 255 do
-    if digests[b + 1] then table.insert(parts, string.format('%02x', b) .. digests[b + 1]) end
-  end
-  return redis.sha1hex(table.concat(parts))
+  top = top or redis.call('HGET', KEYS[7], 'top') or string.rep(EMPTY_SLOT, 256)
+  redis.call('HSET', KEYS[7], 'top', top)
+  return redis.sha1hex(top)
 end
 """
 

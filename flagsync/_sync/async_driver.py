@@ -175,4 +175,5 @@ class AsyncDriver:
             loaded = parse_load(await pipe.execute())
             if loaded is not None:
                 self.follower.on_loaded(loaded)
+                self.follower.integrity.settle()  # the new state's digest, once ready
                 return

@@ -229,8 +229,7 @@ class Follower:
             self.confirm()
             self.ready.set()
             return True
-        digest = self.integrity.load_fits(loaded, current.revision)
-        if digest is None:
+        if not self.integrity.load_fits(loaded, current.revision):
             return False  # signed mode refused it: LKG kept, status and logs say why
         try:
             definitions = _decode_store(loaded)
@@ -247,7 +246,7 @@ class Follower:
             return False
         snapshot = Snapshot.build(definitions, revision=loaded.revision, epoch=loaded.epoch)
         self._blobs = blobs
-        self.integrity.load_applied(loaded, digest)
+        self.integrity.load_applied(loaded)
         self._swap(snapshot, current.changed_keys(snapshot), 0)
         if self.last_error and self.last_error.startswith("snapshot rejected"):
             self.last_error = None

@@ -36,8 +36,12 @@ class Integrity:
         self.keys = keys
         self._counts = counts
         self._clock = clock
-        self.digest: StateDigest | None = None
-        """The digest of what we applied (None: unknown, e.g. a last-known-good file)."""
+        self._digest: StateDigest | None = None
+        self._unhashed: LoadedStore | None = None
+        """A load installed whose digest is not computed yet (unsigned mode: off the
+        cold-start path; `settle` or the first use computes it)."""
+        self._entries = 0
+        """Flags + segments of what we applied."""
         self.store_digest: str | None = None
         """The digest the store states for our revision (what checks compare)."""
         self._verifier = verifier_from(verify_keys)
@@ -51,7 +55,22 @@ class Integrity:
         """A next-revision message whose digest did not follow from our state."""
         self._diverged: StoreState | None = None
         self._last_log = float("-inf")
+        self._loaded: StateDigest | None = None
         self.last_rejection: str | None = None
+
+    @property
+    def digest(self) -> StateDigest | None:
+        """The digest of what we applied (None: unknown, e.g. a last-known-good file)."""
+        loaded = self._unhashed
+        if loaded is not None:
+            self._unhashed = None
+            self._digest = StateDigest.of_store(loaded.flags, loaded.segments)
+            self._check_stated(loaded, self._digest)
+        return self._digest
+
+    def settle(self) -> None:
+        """Compute a pending digest now (the driver calls it after a load, once ready)."""
+        _ = self.digest
 
     # -- messages ----------------------------------------------------------------
 
@@ -87,9 +106,11 @@ class Integrity:
 
     def message_applied(self, message: Message) -> None:
         """The message `message_fits` accepted was applied."""
-        assert self.digest is not None
+        digest = self.digest
+        assert digest is not None
         assert message.changes is not None
-        self.digest.update((c.kind, c.key, c.blob) for c in message.changes.changes)
+        digest.commit()  # what `message_fits` previewed
+        self._entries = len(digest)
         self.store_digest = message.digest
         self._signed = self._pending or self._signed
         self._pending = None
@@ -97,33 +118,49 @@ class Integrity:
 
     # -- whole-store loads -------------------------------------------------------------
 
-    def load_fits(self, loaded: LoadedStore, serving: int) -> StateDigest | None:
-        """The digest of a loaded store, or None when signed mode refuses it (unsigned,
-        badly signed, or older than the signed state applied: a replay)."""
-        digest = StateDigest.of_store(loaded.flags, loaded.segments)
+    def load_fits(self, loaded: LoadedStore, serving: int) -> bool:
+        """False when signed mode refuses a loaded store (unsigned, badly signed, or
+        older than the signed state applied: a replay). Signed mode hashes it now (one
+        signature covers the digest); unsigned mode after it is installed."""
+        self._loaded = None
         if self._verifier is None or loaded.epoch is None:
-            return digest
+            return True
+        digest = StateDigest.of_store(loaded.flags, loaded.segments)
         try:
             signed = self._verify(loaded.signature, loaded.epoch, loaded.revision, digest.value)
             self._refuse_replay(signed)
         except SignatureRejected as error:
             self._refused = StoreState(loaded.revision, loaded.epoch, loaded.digest)
             self._reject(str(error), serving)
-            return None
+            return False
         self._pending = signed
-        return digest
+        self._loaded = digest
+        return True
 
-    def load_applied(self, loaded: LoadedStore, digest: StateDigest) -> None:
+    def load_applied(self, loaded: LoadedStore) -> None:
         """The load `load_fits` accepted was installed."""
-        self.digest = digest
+        self._digest, self._loaded = self._loaded, None
+        self._unhashed = loaded if self._digest is None else None
+        self._entries = len(loaded.flags) + len(loaded.segments)
+        self.store_digest = loaded.digest
+        if self._digest is not None:
+            self._check_stated(loaded, self._digest)
         self._signed = self._pending or self._signed
         self._pending = None
         self._refused = None
         self.last_rejection = None
-        if loaded.digest is not None and loaded.digest != digest.value:
+
+    def _check_stated(self, loaded: LoadedStore, digest: StateDigest) -> None:
+        """Warn when the store's stated digest is not its content's; adopt ours if it
+        states none (a store older than digests)."""
+        if loaded.digest is None:
+            if self.store_digest is None:
+                self.store_digest = digest.value
+            return
+        if loaded.digest != digest.value:
             # The store's digest records disagree with its content (hashes changed behind
-            # the write script's back); its next write re-seeds them. Compare with what the
-            # store states, or every check would reload.
+            # the write script's back); its next write re-seeds them. Checks compare with
+            # what the store states, or every check would reload.
             _log.warning(
                 "store_digest_mismatch",
                 namespace=self.keys.namespace,
@@ -131,7 +168,6 @@ class Integrity:
                 stated=loaded.digest,
                 computed=digest.value,
             )
-        self.store_digest = loaded.digest or digest.value
 
     def same_load(self, loaded: LoadedStore) -> None:
         """A load found exactly the blobs we hold at our revision."""
@@ -146,10 +182,13 @@ class Integrity:
     def same_digest(self, state: StoreState) -> bool:
         """The store states our digest (or no digest at all: a store older than digests)
         and holds as many entries as we applied."""
-        digest = self.digest
-        if state.entries is not None and digest is not None and state.entries != len(digest):
+        if state.entries is not None and self._entries and state.entries != self._entries:
             return False  # a hash changed behind the write script's back
-        return state.digest is None or state.digest == self.store_digest
+        if state.digest is None:
+            return True
+        if self.store_digest is None:
+            self.settle()  # a load from a store that stated no digest: ours is the one
+        return state.digest == self.store_digest
 
     def note_difference(self, state: StoreState, epoch: str, revision: int) -> None:
         """A check found the store elsewhere: count a divergence (our state is not the

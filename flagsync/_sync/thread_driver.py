@@ -244,6 +244,7 @@ class ThreadDriver:
             loaded = parse_load(pipe.execute())
             if loaded is not None:
                 self.follower.on_loaded(loaded)
+                self.follower.integrity.settle()  # the new state's digest, once ready
                 return
         _log.warning("resync_contended", namespace=keys.namespace)
 
