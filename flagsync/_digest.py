@@ -65,8 +65,12 @@ def slots(top: str) -> dict[str, str]:
     }
 
 
-_Changed = tuple[str, dict[str, str | None], dict[str, set[str]], dict[str, str]]
-"""A computed change: (new digest, entries, touched buckets, every bucket digest)."""
+_Changed = tuple[str, dict[str, str | None], dict[str, set[str]], dict[int, str]]
+"""A computed change: (new digest, entries, touched buckets' members, their new slots)."""
+
+
+def _top(slots: list[str]) -> str:
+    return hashlib.sha1("".join(slots).encode()).hexdigest()  # noqa: S324
 
 
 class StateDigest:
@@ -77,13 +81,15 @@ class StateDigest:
     changing anything (a message is verified before it is applied); `update` applies it.
     """
 
-    __slots__ = ("_bucket_digests", "_buckets", "_entries", "_previewed", "value")
+    __slots__ = ("_buckets", "_entries", "_previewed", "_slots", "value")
 
     def __init__(self) -> None:
         self._entries: dict[str, str] = {}
         """field (kind:key) -> entry hash"""
         self._buckets: dict[str, set[str]] = {}
-        self._bucket_digests: dict[str, str] = {}
+        self._slots = [EMPTY_SLOT] * 256
+        """Each bucket's digest in bucket order (`EMPTY_SLOT` when empty): the state
+        digest is the SHA-1 of their concatenation."""
         self._previewed: _Changed | None = None
         self.value = EMPTY_DIGEST
 
@@ -107,11 +113,14 @@ class StateDigest:
                     buckets[entry[:2]] = {entry}
                 else:
                     members.add(entry)
-        digest._bucket_digests = {
-            bucket: bucket_digest(members) for bucket, members in digest._buckets.items()
-        }
-        digest.value = combine(digest._bucket_digests)
+        for bucket, members in buckets.items():
+            digest._slots[int(bucket, 16)] = bucket_digest(members)
+        digest.value = _top(digest._slots)
         return digest
+
+    def bucket_digests(self) -> dict[str, str]:
+        """The digest of each non-empty bucket (what the script's `top` record holds)."""
+        return slots("".join(self._slots))
 
     def preview(self, changes: Iterable[tuple[str, str, bytes | None]]) -> str:
         """The digest after putting (or deleting: None) each (kind, key, blob), unchanged
@@ -131,7 +140,9 @@ class StateDigest:
         return self._apply(self._changed(changes))
 
     def _apply(self, changed: _Changed) -> str:
-        value, entries, buckets, digests = changed
+        value, entries, buckets, touched = changed
+        for index, slot in touched.items():
+            self._slots[index] = slot
         for field, entry in entries.items():
             if entry is None:
                 self._entries.pop(field, None)
@@ -140,10 +151,8 @@ class StateDigest:
         for bucket, members in buckets.items():
             if members:
                 self._buckets[bucket] = members
-                self._bucket_digests[bucket] = digests[bucket]
             else:
                 self._buckets.pop(bucket, None)
-                self._bucket_digests.pop(bucket, None)
         self.value = value
         return value
 
@@ -166,13 +175,14 @@ class StateDigest:
             if new is not None:
                 group(new).add(new)
             entries[field] = new
-        digests = dict(self._bucket_digests)
-        for bucket, members in buckets.items():
-            if members:
-                digests[bucket] = bucket_digest(members)
-            else:
-                digests.pop(bucket, None)
-        return combine(digests), entries, buckets, digests
+        touched = {
+            int(bucket, 16): bucket_digest(members) if members else EMPTY_SLOT
+            for bucket, members in buckets.items()
+        }
+        top = self._slots.copy()
+        for index, slot in touched.items():
+            top[index] = slot
+        return _top(top), entries, buckets, touched
 
 
 def digest_after(

@@ -101,6 +101,7 @@ class Integrity:
             # Not the store's next state from ours: forged, or ours is not the store's
             # (the check tells: the store at this very state means we diverged).
             self._unexplained = StoreState(message.revision, message.epoch, message.digest)
+            self._pending = None
             return False
         return True
 

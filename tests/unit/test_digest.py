@@ -62,5 +62,5 @@ class TestStateDigest:
         members = {
             bucket: "".join(sorted(digest._buckets.get(bucket, set()))) for bucket in touched
         }
-        predicted = digest_after(members, digest._bucket_digests, changes)
+        predicted = digest_after(members, digest.bucket_digests(), changes)
         assert predicted == digest.update((k, key, after) for k, key, _, after in changes)
