@@ -30,7 +30,7 @@ def acl_rules(namespace: str = "default") -> dict[str, str]:
     keys = StoreKeys(namespace)
     worker = (
         f"resetkeys resetchannels -@all {_CONNECTION} "
-        "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del +xadd "
+        "+subscribe +unsubscribe +get +mget +hget +hgetall +hlen +xrange +set +del +xadd "
         f"%R~{keys.pattern} %W~{keys.worker_pattern} %W~{keys.metrics_pattern} &{keys.channel}"
     )
     operator = (
