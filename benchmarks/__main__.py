@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from benchmarks import engine, propagation
+from benchmarks import engine, integrity, propagation
 
 BUDGETS = Path(__file__).with_name("budgets.toml")
 
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer users and repeats (CI)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 if a budget is exceeded")
-    parser.add_argument("--only", choices=("engine", "sync"), help="run one suite (default: both)")
+    parser.add_argument(
+        "--only", choices=("engine", "sync", "integrity"), help="run one suite (default: all)"
+    )
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "sync"):
         results["sync"] = propagation.run(quick=args.quick)
         _print_sync(results["sync"])
+    if args.only in (None, "integrity"):
+        results["integrity"] = integrity.run(quick=args.quick)
+        integrity.print_results(results["integrity"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")

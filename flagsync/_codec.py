@@ -5,8 +5,9 @@ instances. Decoding is strict and bounded: a blob that is truncated or of the wr
 shape raises `MalformedMessageError`, which the subscriber answers with a resync, never
 with a partial apply.
 
-The change message around a `ChangeSet` (the `fs1|<epoch>|<revision>|<server µs>|`
-header the write script prepends) belongs to the wire protocol: `flagsync.store`. An
+The change message around a `ChangeSet` (the
+`fs2|<epoch>|<revision>|<server µs>|<digest>|<signature>|` header the write script
+prepends) belongs to the wire protocol: `flagsync.store`. An
 empty payload means "too large to inline: fetch the snapshot".
 """
 
@@ -60,6 +61,12 @@ class Message(msgspec.Struct, frozen=True):
     published_us: int
     """Server time (µs since the epoch) of the write."""
     changes: ChangeSet | None
+    digest: str = ""
+    """The state digest the write script computed for this revision."""
+    signature: str = ""
+    """The signature record (signed mode), empty when unsigned."""
+    payload_sha256: str = ""
+    """SHA-256 (hex) of the payload bytes, which a signature covers."""
 
 
 class WorkerInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):

@@ -37,7 +37,7 @@ __all__ = ["WORKER_ID_PATTERN", "acl_rules", "acl_setuser_commands", "check_work
 # ACL denial of it would only fill the ACL log), so it needs no grant.
 _CONNECTION = "+ping +hello +auth +client|setname +client|id"
 _WORKER_COMMANDS = (
-    "+subscribe +unsubscribe +get +mget +hget +hgetall +xrange +set +del +xadd +pexpire"
+    "+subscribe +unsubscribe +get +mget +hget +hgetall +hlen +xrange +set +del +xadd +pexpire"
 )
 WORKER_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 """Worker ids a per-worker ACL accepts: no `:` (key separator) and no glob character."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 import getpass
 import random
 import time
-import uuid
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
@@ -26,7 +26,10 @@ from flagsync._codec import WorkerInfo, decode_definition
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
 from flagsync._lease import LEASE_KIND
+from flagsync._references import delete_guards, reference_writes
 from flagsync._reseed import dropped_by_reseed
+from flagsync._signed_write import run_write_script
+from flagsync._signing import signer_from
 from flagsync._validation import check_references, parse_flag, parse_flagset
 from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
@@ -43,14 +46,13 @@ from flagsync.model import Flag, FlagSet
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
     GUARD_OP,
+    NO_DATA_OPS,
     WRITE_SCRIPT,
     ScriptWrite,
     StoreKeys,
     WriteConflict,
     parse_revision,
-    parse_write_reply,
     revision_command,
-    write_arguments,
 )
 
 __all__ = [
@@ -103,6 +105,7 @@ class Publisher:
     """Writes flags to one namespace of a store.
 
     `actor` is recorded in the change log with every write (default: the OS user).
+    `signing_key` (else $FLAGSYNC_SIGNING_KEY): signed mode, README "Signed mode".
     Use as a context manager or call `close()`.
     """
 
@@ -114,11 +117,14 @@ class Publisher:
         *,
         log_maxlen: int = DEFAULT_LOG_MAXLEN,
         timeout_s: float = 5.0,
+        signing_key: str | Path | None = None,
+        adopt_unsigned: bool = False,
     ) -> None:
         self.url = resolve_url(url)
         self.keys = StoreKeys(namespace)
         self.actor = actor or _os_user()
         self.log_maxlen = log_maxlen
+        self._signer = signer_from(signing_key, adopt_unsigned=adopt_unsigned)
         # redis-py types replies as unions over `decode_responses`; ours are always bytes.
         self._redis: Any = connect(self.url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         self._script = self._redis.register_script(WRITE_SCRIPT)
@@ -291,10 +297,7 @@ class Publisher:
             raise ConflictError("flag", key, expected_version, current)
         if key in state["flags"] and state["flags"][key] == stored:
             return self._unchanged(op, key)
-        guards = [
-            ScriptWrite("flag", other, versions.get(f"flag:{other}", 0), GUARD_OP, None)
-            for other in parsed.requires
-        ]
+        guards = reference_writes([stored], versions, skip=[("flag", key)])
         write = ScriptWrite("flag", key, current, op, stored)
         return self._write([write, *guards], reason, op_name=op)
 
@@ -385,9 +388,9 @@ class Publisher:
         current = versions.get(f"flag:{key}", 0)
         if expected_version is not None and expected_version != current:
             raise ConflictError("flag", key, expected_version, current)
-        return self._write(
-            [ScriptWrite("flag", key, current, "delete", None)], reason, op_name="delete"
-        )
+        write = ScriptWrite("flag", key, current, "delete", None)
+        guards = delete_guards([("flag", key)], versions)  # see flagsync._references
+        return self._write([write, *guards], reason, op_name="delete")
 
     def rollback(
         self,
@@ -537,6 +540,13 @@ class Publisher:
             else ScriptWrite(change.kind, change.key, change.version, "delete")
             for change, after in plan
         ]
+        written = {(write.kind, write.key) for write in writes}
+        writes += reference_writes(
+            (write.definition for write in writes if write.definition is not None),
+            versions,
+            skip=written,
+        )
+        writes += delete_guards(((w.kind, w.key) for w in writes if w.op == "delete"), versions)
         changes = [change for change, _ in plan]
         return changes, writes, merged["flags"].keys(), not state["flags"]
 
@@ -547,24 +557,24 @@ class Publisher:
         return revision
 
     def _write(self, writes: list[ScriptWrite], reason: str, *, op_name: str) -> int:
-        args = write_arguments(
-            self.keys,
-            writes,
-            seen_revision=self._seen_revision,
-            epoch_candidate=uuid.uuid4().hex,
-            log_maxlen=self.log_maxlen,
-            actor=self.actor,
-            reason=reason,
-        )
         with store_errors(self.url):
-            reply = self._script(keys=self.keys.script_keys(), args=args)
-        result = parse_write_reply(reply)
+            result = run_write_script(
+                self._script,
+                self._redis,
+                self.keys,
+                writes,
+                signer=self._signer,
+                seen_revision=self._seen_revision,
+                log_maxlen=self.log_maxlen,
+                actor=self.actor,
+                reason=reason,
+            )
         if isinstance(result, WriteConflict):
             raise ConflictError(result.kind, result.key, result.expected, result.actual)
         revision, epoch = result.revision, result.epoch
         self._published_us[(epoch, revision)] = result.server_us
         self._seen_revision = max(self._seen_revision, revision)
-        written = [write.key for write in writes if write.op != GUARD_OP]
+        written = [write.key for write in writes if write.op not in NO_DATA_OPS]
         _log.info(
             "flags_written",
             namespace=self.keys.namespace,

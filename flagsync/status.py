@@ -42,6 +42,12 @@ class ClientStatus(msgspec.Struct, frozen=True):
     """Duplicate or older revisions received and dropped."""
     malformed_messages: int = 0
     rejected_snapshots: int = 0
+    state_checks: int = 0
+    """Cheap reads of the store's (epoch, revision, digest), periodic or after doubtful messages."""
+    state_diverged: int = 0
+    """Times the store's state at our epoch was not ours (rewind, failover, forged message)."""
+    signature_rejected: int = 0
+    """Signed mode: changes or snapshots refused as unsigned, badly signed or replayed."""
     snapshot_missing: bool = False
     """The store has no data for the namespace (flushed or never written); LKG kept."""
     last_error: str | None = None

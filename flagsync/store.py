@@ -9,8 +9,11 @@ them all, also on Redis Cluster:
     {fs:<ns>}:versions           hash    "flag:<key>" / "segment:<name>" -> version
     {fs:<ns>}:rev                string  global revision
     {fs:<ns>}:epoch              string  random id of this store's history (new after a wipe)
+    {fs:<ns>}:digest             string  state digest of flags + segments (`flagsync._digest`)
+    {fs:<ns>}:digests            hash    per-bucket records the digest is updated from
+    {fs:<ns>}:sig                string  signature record of the current state (signed mode)
     {fs:<ns>}:log                stream  change log / audit trail (actor, time, before/after)
-    {fs:<ns>}:changes            channel `fs1|<epoch>|<rev>|<server µs>|<payload>` per revision
+    {fs:<ns>}:changes            channel `fs2|<epoch>|<rev>|<server µs>|<digest>|<sig>|<payload>`
     {fs:<ns>}:worker:<id>        string  presence heartbeat of one worker (with a TTL)
     {fs:<ns>}:metrics:<flag>     stream  metric windows flushed by workers
     {fs:<ns>}:plans              hash    flag key -> rollout plan (JSON)
@@ -26,6 +29,7 @@ change sets, presence) live in `flagsync._codec`; connection set-up in
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
@@ -49,6 +53,13 @@ from flagsync._connection import (
     redact_url,
     store_errors,
 )
+from flagsync._write_script import (
+    GUARD_OP,
+    MESSAGE_SCHEMA,
+    NO_DATA_OPS,
+    SEED_DIGEST_SCRIPT,
+    WRITE_SCRIPT,
+)
 from flagsync.errors import FlagsyncError
 
 __all__ = [
@@ -56,25 +67,34 @@ __all__ = [
     "GUARD_OP",
     "MAX_MESSAGE_BYTES",
     "MESSAGE_SCHEMA",
+    "NO_DATA_OPS",
+    "SEED_DIGEST_SCRIPT",
     "WRITE_SCRIPT",
     "LoadedStore",
     "ScriptWrite",
     "StoreClient",
     "StoreKeys",
+    "StoreState",
     "WriteApplied",
     "WriteConflict",
+    "WriteMoved",
     "connect",
     "connection_hint",
     "connection_options",
     "decode_message",
     "decode_versions",
+    "encode_blobs",
     "encode_message",
+    "encode_payload",
     "load_commands",
     "parse_load",
     "parse_revision",
+    "parse_state",
     "parse_write_reply",
     "redact_url",
     "revision_command",
+    "script_arguments",
+    "state_commands",
     "store_errors",
     "version_fields",
     "write_arguments",
@@ -91,6 +111,8 @@ class StoreKeys:
 
     __slots__ = (
         "channel",
+        "digest",
+        "digests",
         "epoch",
         "flags",
         "llm",
@@ -100,6 +122,7 @@ class StoreKeys:
         "prefix",
         "revision",
         "segments",
+        "signature",
         "versions",
     )
 
@@ -116,6 +139,9 @@ class StoreKeys:
         self.versions = f"{self.prefix}:versions"
         self.revision = f"{self.prefix}:rev"
         self.epoch = f"{self.prefix}:epoch"
+        self.digest = f"{self.prefix}:digest"
+        self.digests = f"{self.prefix}:digests"
+        self.signature = f"{self.prefix}:sig"
         self.log = f"{self.prefix}:log"
         self.channel = f"{self.prefix}:changes"
         self.plans = f"{self.prefix}:plans"
@@ -173,70 +199,21 @@ class StoreKeys:
 
     def script_keys(self) -> list[str]:
         """KEYS of the write script, in its order."""
-        return [self.flags, self.segments, self.versions, self.revision, self.epoch, self.log]
+        return [
+            self.flags,
+            self.segments,
+            self.versions,
+            self.revision,
+            self.epoch,
+            self.log,
+            self.digests,
+            self.digest,
+            self.signature,
+        ]
 
 
-MESSAGE_SCHEMA: Final = b"fs1"
-"""First field of every change message: the header and payload format."""
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 """Messages above this are refused before decoding (a resync fetches the data instead)."""
-GUARD_OP: Final = "guard"
-"""A write-script op that only checks a version (a prerequisite must not change under a
-put): it writes, logs and publishes nothing."""
-
-# One script for every write. It refuses any stale expected version before touching
-# anything, so a write is all-or-nothing; then it bumps the revision (never below what
-# the publisher already saw: failover can lose acknowledged writes), writes, logs and
-# publishes. ARGV (built by `write_arguments`): channel, seen revision, epoch candidate,
-# log maxlen, actor, reason, payload, change count, then per change: kind, key,
-# expected version ('' = any), op, blob. Reply: see `parse_write_reply`.
-WRITE_SCRIPT: Final = """
-local epoch = redis.call('GET', KEYS[5])
-if not epoch then
-  epoch = ARGV[3]
-  redis.call('SET', KEYS[5], epoch)
-end
-local count = tonumber(ARGV[8])
-local current = {}
-for i = 0, count - 1 do
-  local base = 9 + i * 5
-  local field = ARGV[base] .. ':' .. ARGV[base + 1]
-  local version = tonumber(redis.call('HGET', KEYS[3], field) or '0')
-  if ARGV[base + 2] ~= '' and tonumber(ARGV[base + 2]) ~= version then
-    return {'conflict', ARGV[base], ARGV[base + 1], tostring(version), ARGV[base + 2]}
-  end
-  current[i] = version
-end
-local stored = tonumber(redis.call('GET', KEYS[4]) or '0')
-local revision = math.max(stored, tonumber(ARGV[2])) + 1
-local rev = string.format('%d', revision)
-redis.call('SET', KEYS[4], rev)
-local now = redis.call('TIME')
-local now_us = string.format('%d', tonumber(now[1]) * 1000000 + tonumber(now[2]))
-local versions = {}
-for i = 0, count - 1 do
-  local base = 9 + i * 5
-  local kind, key, op, blob = ARGV[base], ARGV[base + 1], ARGV[base + 3], ARGV[base + 4]
-  if op ~= '$GUARD' then
-    local hash = KEYS[1]
-    if kind == 'segment' then hash = KEYS[2] end
-    local before = redis.call('HGET', hash, key) or ''
-    local version = string.format('%d', current[i] + 1)
-    redis.call('HSET', KEYS[3], kind .. ':' .. key, version)
-    if op == 'delete' then
-      redis.call('HDEL', hash, key)
-    else
-      redis.call('HSET', hash, key, blob)
-    end
-    redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[4], '*',
-      'rev', rev, 'epoch', epoch, 'time', now_us, 'actor', ARGV[5], 'reason', ARGV[6],
-      'kind', kind, 'key', key, 'op', op, 'version', version, 'before', before, 'after', blob)
-    table.insert(versions, kind .. ':' .. key .. '=' .. version)
-  end
-end
-redis.call('PUBLISH', ARGV[1], '$SCHEMA|' .. epoch .. '|' .. rev .. '|' .. now_us .. '|' .. ARGV[7])
-return {'ok', rev, epoch, now_us, table.concat(versions, ',')}
-""".replace("$GUARD", GUARD_OP).replace("$SCHEMA", MESSAGE_SCHEMA.decode())
 
 
 class LoadedStore(msgspec.Struct, frozen=True):
@@ -246,6 +223,26 @@ class LoadedStore(msgspec.Struct, frozen=True):
     revision: int
     flags: dict[str, bytes]
     segments: dict[str, bytes]
+    digest: str | None = None
+    """The digest the store states for this revision (None: a store older than digests)."""
+    signature: str | None = None
+    """The signature record of this state (signed mode), None when unsigned."""
+
+
+class StoreState(msgspec.Struct, frozen=True):
+    """What a periodic check compares: the store's (epoch, revision, digest)."""
+
+    revision: int
+    epoch: str | None
+    digest: str | None
+    entries: int | None = None
+    """Flags + segments the store holds (None: not read): a hash deleted or changed behind
+    the write script's back shows here while revision and digest stay the same."""
+
+    @property
+    def place(self) -> tuple[int, str | None, str | None]:
+        """(revision, epoch, digest): what names a state in history."""
+        return self.revision, self.epoch, self.digest
 
 
 def load_commands(keys: StoreKeys) -> list[Command]:
@@ -255,7 +252,7 @@ def load_commands(keys: StoreKeys) -> list[Command]:
     atomically with its data, so equal (epoch, revision) before and after proves the
     hashes in between belong to that revision.
     """
-    revision = ("MGET", keys.revision, keys.epoch)
+    revision = ("MGET", keys.revision, keys.epoch, keys.digest, keys.signature)
     return [revision, ("HGETALL", keys.flags), ("HGETALL", keys.segments), revision]
 
 
@@ -264,13 +261,34 @@ def parse_load(results: Sequence[Any]) -> LoadedStore | None:
     before, flags, segments, after = results
     if before != after:
         return None
-    revision, epoch = _parse_revision(before)
+    revision, epoch = _parse_revision(before[:2])
+    digest, signature = (None if value is None else _text(value) for value in before[2:4])
     return LoadedStore(
         epoch=epoch,
         revision=revision,
         flags={_text(key): bytes(value) for key, value in flags.items()},
         segments={_text(key): bytes(value) for key, value in segments.items()},
+        digest=digest,
+        signature=signature,
     )
+
+
+def state_commands(keys: StoreKeys) -> list[Command]:
+    """The cheap check, pipelined in one round trip of small replies: the store's
+    (revision, epoch, digest) and how many flags and segments it holds."""
+    return [
+        ("MGET", keys.revision, keys.epoch, keys.digest),
+        ("HLEN", keys.flags),
+        ("HLEN", keys.segments),
+    ]
+
+
+def parse_state(results: Sequence[Any]) -> StoreState:
+    """`state_commands`' replies."""
+    header, flags, segments = results
+    revision, epoch = _parse_revision(header[:2])
+    digest = None if header[2] is None else _text(header[2])
+    return StoreState(revision, epoch, digest, int(flags) + int(segments))
 
 
 def revision_command(keys: StoreKeys) -> Command:
@@ -303,7 +321,7 @@ class ScriptWrite(msgspec.Struct, frozen=True):
     kind: str
     key: str
     expected: int
-    """The version the change is based on (0 for a new key); the write makes it +1."""
+    """The version the change is based on (0 for a new key; -1: any); the write makes it +1."""
     op: str
     definition: dict[str, Any] | None = None
     """The file form of what to store; None for a delete or a guard."""
@@ -316,6 +334,7 @@ class WriteApplied(msgspec.Struct, frozen=True):
     epoch: str
     server_us: int
     versions: dict[str, int]
+    digest: str
 
 
 class WriteConflict(msgspec.Struct, frozen=True):
@@ -325,6 +344,13 @@ class WriteConflict(msgspec.Struct, frozen=True):
     key: str
     actual: int
     expected: int
+
+
+class WriteMoved(msgspec.Struct, frozen=True):
+    """A signed write refused: the store is no longer at the state that was signed."""
+
+    state: str
+    """`<revision>:<digest>` as found."""
 
 
 def write_arguments(
@@ -337,20 +363,60 @@ def write_arguments(
     actor: str,
     reason: str,
 ) -> list[Any]:
-    """The ARGV of one `WRITE_SCRIPT` run (its KEYS are `keys.script_keys()`): each
-    definition encoded with its new version, and the change set subscribers receive."""
-    blobs = [
+    """The ARGV of one unsigned `WRITE_SCRIPT` run (its KEYS are `keys.script_keys()`):
+    each definition encoded with its new version, and the change set subscribers receive."""
+    blobs = encode_blobs(writes)
+    return script_arguments(
+        keys,
+        writes,
+        blobs,
+        encode_payload(writes, blobs, actor=actor, reason=reason),
+        seen_revision=seen_revision,
+        epoch_candidate=epoch_candidate,
+        log_maxlen=log_maxlen,
+        actor=actor,
+        reason=reason,
+    )
+
+
+def encode_blobs(writes: Sequence[ScriptWrite]) -> list[bytes]:
+    """The stored blob of each write (empty for a delete or a guard)."""
+    return [
         b""
         if write.definition is None
         else encode_definition(write.kind, write.key, write.expected + 1, write.definition)
         for write in writes
     ]
+
+
+def encode_payload(
+    writes: Sequence[ScriptWrite], blobs: Sequence[bytes], *, actor: str, reason: str
+) -> bytes:
+    """The change set subscribers receive (empty when too large to inline)."""
     changes = [
         Change(write.kind, write.key, write.op, blob or None)
         for write, blob in zip(writes, blobs, strict=True)
-        if write.op != GUARD_OP
+        if write.op not in NO_DATA_OPS
     ]
-    payload = encode_changeset(ChangeSet(actor=actor, reason=reason, changes=changes))
+    return encode_changeset(ChangeSet(actor=actor, reason=reason, changes=changes))
+
+
+def script_arguments(
+    keys: StoreKeys,
+    writes: Sequence[ScriptWrite],
+    blobs: Sequence[bytes],
+    payload: bytes,
+    *,
+    seen_revision: int,
+    epoch_candidate: str,
+    log_maxlen: int,
+    actor: str,
+    reason: str,
+    expected_state: str = "",
+    signature: str = "",
+) -> list[Any]:
+    """The ARGV of one `WRITE_SCRIPT` run; a signed write passes the state it read
+    (`<revision>:<digest>`) and the signature record of the state it will produce."""
     args: list[Any] = [
         keys.channel,
         seen_revision,
@@ -359,15 +425,21 @@ def write_arguments(
         actor,
         reason,
         payload,
+        expected_state,
+        signature,
         len(writes),
     ]
     for write, blob in zip(writes, blobs, strict=True):
-        args.extend([write.kind, write.key, write.expected, write.op, blob])
+        expected = "" if write.expected < 0 else write.expected  # -1: any version
+        args.extend([write.kind, write.key, expected, write.op, blob])
     return args
 
 
-def parse_write_reply(reply: Sequence[Any]) -> WriteApplied | WriteConflict:
-    """The script's reply: what it wrote, or the first stale version it found."""
+def parse_write_reply(reply: Sequence[Any]) -> WriteApplied | WriteConflict | WriteMoved:
+    """The script's reply: what it wrote, the first stale version it found, or (signed
+    writes) the state it found instead of the one signed."""
+    if _text(reply[0]) == "moved":
+        return WriteMoved(_text(reply[1]))
     if _text(reply[0]) == "conflict":
         kind, key, actual, expected = (_text(part) for part in reply[1:5])
         return WriteConflict(kind, key, int(actual), int(expected))
@@ -375,13 +447,23 @@ def parse_write_reply(reply: Sequence[Any]) -> WriteApplied | WriteConflict:
     for item in filter(None, _text(reply[4]).split(",")):
         field, _, version = item.rpartition("=")
         versions[field] = int(version)
-    return WriteApplied(int(reply[1]), _text(reply[2]), int(reply[3]), versions)
+    return WriteApplied(int(reply[1]), _text(reply[2]), int(reply[3]), versions, _text(reply[5]))
 
 
-def encode_message(epoch: str, revision: int, server_us: int, payload: bytes) -> bytes:
+def encode_message(
+    epoch: str, revision: int, server_us: int, payload: bytes, *, digest: str, signature: str = ""
+) -> bytes:
     """A change message as `WRITE_SCRIPT` publishes it (the script builds the same bytes)."""
     return b"|".join(
-        (MESSAGE_SCHEMA, epoch.encode(), str(revision).encode(), str(server_us).encode(), payload)
+        (
+            MESSAGE_SCHEMA,
+            epoch.encode(),
+            str(revision).encode(),
+            str(server_us).encode(),
+            digest.encode(),
+            signature.encode(),
+            payload,
+        )
     )
 
 
@@ -391,22 +473,36 @@ def decode_message(data: bytes) -> Message:
         raise MalformedMessageError(f"message is {type(data).__name__}, not bytes")
     if len(data) > MAX_MESSAGE_BYTES:
         raise MalformedMessageError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
-    parts = bytes(data).split(b"|", 4)
-    if len(parts) != 5:
+    parts = bytes(data).split(b"|", 6)
+    if len(parts) != 7:
         raise MalformedMessageError("message header is incomplete")
-    schema, epoch, revision, published, payload = parts
+    schema, epoch, revision, published, digest, signature, payload = parts
+    if schema != MESSAGE_SCHEMA:
+        raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
     if schema != MESSAGE_SCHEMA:
         raise MalformedMessageError(f"unknown message schema {schema[:16]!r}")
     try:
         message_epoch = epoch.decode("ascii")
         message_revision = int(revision)
         published_us = int(published)
+        message_digest = digest.decode("ascii")
+        message_signature = signature.decode("ascii")
     except ValueError as error:
         raise MalformedMessageError(f"bad message header: {error}") from error
     if not message_epoch or message_revision < 1:
         raise MalformedMessageError("message header has no epoch or a revision below 1")
+    if len(message_digest) != 40:
+        raise MalformedMessageError("message header has no state digest")
     changes = decode_changeset(payload) if payload else None
-    return Message(message_epoch, message_revision, published_us, changes)
+    return Message(
+        message_epoch,
+        message_revision,
+        published_us,
+        changes,
+        message_digest,
+        message_signature,
+        hashlib.sha256(payload).hexdigest(),
+    )
 
 
 def version_fields(kind: str, keys: Sequence[str]) -> list[str]:

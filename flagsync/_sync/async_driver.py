@@ -21,10 +21,11 @@ from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
+    StoreState,
     load_commands,
     parse_load,
-    parse_revision,
-    revision_command,
+    parse_state,
+    state_commands,
 )
 
 __all__ = ["AsyncDriver"]
@@ -99,25 +100,20 @@ class AsyncDriver:
             token = uuid.uuid4().hex
             while not self._stopping:
                 message = await pubsub.get_message(timeout=timers.wait_s())
+                needs: set[str] = set()
                 while message is not None and not self._stopping:
                     timers.heard()
-                    if await self._dispatch(message, commands) != "ignored":
+                    verdict = self._dispatch(message)
+                    if verdict != "ignored":
                         timers.changed()
+                    needs.add(verdict)
                     message = await pubsub.get_message(timeout=0)
                 if self._stopping:
                     break
-                if timers.check_due():
-                    stored = await self._read_revision(commands)
-                    if follower.on_revision(*stored) == "resync":
-                        message = await pubsub.get_message(timeout=0)
-                        while message is not None:
-                            timers.heard()  # a pong read here counts for liveness too
-                            await self._dispatch(message, commands)
-                            message = await pubsub.get_message(timeout=0)
-                        if follower.on_revision(*stored) == "resync":  # see the thread driver
-                            await self._resync(commands)
-                        timers.changed()
-                    timers.checked()
+                if "resync" in needs:  # coalesced: see the thread driver
+                    await self._resync(commands)
+                elif "check" in needs or timers.check_due():
+                    await self._check(pubsub, commands, timers)
                 if timers.heartbeat_due():
                     command = self.presence.heartbeat_command()
                     if command is not None:
@@ -136,20 +132,39 @@ class AsyncDriver:
                 await subscriber.aclose()
                 await commands.aclose()
 
-    async def _read_revision(self, commands: aredis.Redis) -> tuple[int, str | None]:
-        reply = await commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
-        return parse_revision(reply)
+    async def _check(self, pubsub: Any, commands: aredis.Redis, timers: SessionTimers) -> None:
+        """See `ThreadDriver._check`."""
+        follower = self.follower
+        stored = await self._read_state(commands)
+        if follower.on_revision(stored) == "resync":
+            resubscribed = False
+            message = await pubsub.get_message(timeout=0)
+            while message is not None:
+                timers.heard()  # a pong read here counts for liveness too
+                resubscribed |= self._dispatch(message) == "resync"
+                message = await pubsub.get_message(timeout=0)
+            if resubscribed or follower.on_revision(stored) == "resync":
+                delay = 0.0 if resubscribed else follower.reload_delay_s()
+                if delay:
+                    await anyio.sleep(delay)  # rate-limited; messages read meanwhile are coalesced
+                await self._resync(commands)
+            timers.changed()
+        timers.checked()
 
-    async def _dispatch(self, message: dict[str, Any], commands: aredis.Redis) -> str:
+    async def _read_state(self, commands: aredis.Redis) -> StoreState:
+        self.follower.note_check()
+        pipe = commands.pipeline(transaction=False)
+        for command in state_commands(self.follower.keys):
+            pipe.execute_command(*command)
+        return parse_state(await pipe.execute())
+
+    def _dispatch(self, message: dict[str, Any]) -> str:
+        """See `ThreadDriver._dispatch`."""
         kind = message.get("type")
         if kind in ("subscribe", "psubscribe"):
-            await self._resync(commands)  # see ThreadDriver._dispatch
-            return "resynced"
+            return "resync"
         if kind == "message":
-            verdict = self.follower.on_message(message.get("data"))
-            if verdict == "resync":
-                await self._resync(commands)
-            return verdict
+            return self.follower.on_message(message.get("data"))
         return "ignored"
 
     async def _resync(self, commands: aredis.Redis) -> None:
@@ -160,4 +175,5 @@ class AsyncDriver:
             loaded = parse_load(await pipe.execute())
             if loaded is not None:
                 self.follower.on_loaded(loaded)
+                self.follower.integrity.settle()  # the new state's digest, once ready
                 return

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import structlog
 
 from flagsync._codec import MalformedMessageError, Message, decode_definition
+from flagsync._sync.integrity import Integrity
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.quarantine import load_definitions, references_hold
 from flagsync._validation import parse_flag, parse_segment
@@ -33,7 +34,7 @@ from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, Segment
 from flagsync.snapshot import Quarantine, Snapshot
 from flagsync.status import ClientStatus, SyncState
-from flagsync.store import LoadedStore, StoreKeys, decode_message
+from flagsync.store import LoadedStore, StoreKeys, StoreState, decode_message
 
 __all__ = ["Follower", "Listener"]
 
@@ -42,8 +43,15 @@ _log = structlog.get_logger("flagsync.subscriber")
 Listener = Callable[[int, frozenset[str]], None]
 """Called after every snapshot swap with the new revision and the keys that may have changed."""
 
-MessageVerdict = Literal["applied", "ignored", "resync"]
-RevisionVerdict = Literal["confirmed", "resync", "missing"]
+MessageVerdict = Literal["applied", "ignored", "check"]
+"""`check`: the message is doubtful (malformed, a gap, a digest or epoch that does not
+follow from ours): answer it with a cheap check of (epoch, revision, digest), and load
+the whole store only if that check disagrees."""
+RevisionVerdict = Literal["confirmed", "resync", "missing", "refused"]
+
+MIN_RELOAD_INTERVAL_S = 0.1
+"""Full loads asked for by checks are at most this frequent (a flood of doubtful messages
+costs cheap checks, never a reload each); the next periodic check retries."""
 
 
 def _wall_us() -> int:
@@ -82,6 +90,7 @@ class Follower:
         `watch_use` (see `presence`). Re-entrant: a listener runs under it and may fork."""
         self.listeners: list[Listener] = []
         self._blobs: tuple[dict[str, bytes], dict[str, bytes]] | None = None
+        self._last_load = float("-inf")
         self._confirmed_at: float | None = None
         self.published_us = 0
         """Server µs at which the current revision was written (0: it came by a resync)."""
@@ -102,7 +111,12 @@ class Follower:
             "ignored_messages": 0,
             "malformed_messages": 0,
             "rejected_snapshots": 0,
+            "state_checks": 0,
+            "state_diverged": 0,
+            "signature_rejected": 0,
         }
+        self.integrity = Integrity(keys, options.verify_keys, self.counts, clock)
+        """Digest and (signed mode) signature checks of what is applied."""
         self._last_malformed_log = float("-inf")
         self._quarantine_logged: dict[tuple[str, str], str] = {}
         """What `_report_quarantine` last logged: (kind, key) -> reason."""
@@ -147,17 +161,19 @@ class Follower:
             message = decode_message(data)
         except MalformedMessageError as error:
             self._malformed(str(error))
-            return "resync"
+            return "check"
         snapshot = self.snapshot
         if self.snapshot_missing:
-            return "resync"  # the store lost data we hold: only a whole load shows what is left
+            return "check"  # the store lost data we hold: only a whole load shows what is left
         if snapshot.epoch != message.epoch or not snapshot.epoch:
-            return "resync"
-        if message.revision <= snapshot.revision:
+            return "check"
+        if message.revision < snapshot.revision or (
+            message.revision == snapshot.revision and self.integrity.is_duplicate(message)
+        ):
             self.counts["ignored_messages"] += 1
             return "ignored"
         if message.revision != snapshot.revision + 1 or message.changes is None:
-            return "resync"
+            return "check"  # also our own revision with another digest: one of us diverged
         try:
             flags, segments = _decode_changes(message, snapshot.definitions.segments.keys())
             updated, changed = snapshot.apply(
@@ -165,12 +181,17 @@ class Follower:
             )
         except (MalformedMessageError, InvalidFlagError) as error:
             self._malformed(str(error))
-            return "resync"
+            return "check"
         awaited = snapshot.quarantine.awaited
         if (awaited and not awaited.isdisjoint(flags.keys() | segments.keys())) or (
             not references_hold(updated, changed)
         ):
-            return "resync"  # per-flag verdicts are made by a whole load (see quarantine)
+            # Per-flag verdicts are made by a whole load (see quarantine): the check finds
+            # the store past our revision and loads it.
+            return "check"
+        if not self.integrity.message_fits(message, snapshot.revision):
+            return "check"  # badly signed, or not the store's next state from ours
+        self.integrity.message_applied(message)
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
         self._blobs = None  # the next load compares against the store afresh
@@ -184,6 +205,7 @@ class Follower:
 
     def _on_loaded(self, loaded: LoadedStore) -> bool:
         self.counts["resyncs"] += 1
+        self._last_load = self._clock()
         current = self.snapshot
         # Every write bumps the revision with its data, so flags that are gone while the
         # revision is not past ours were deleted behind the protocol's back (`DEL` of the
@@ -212,9 +234,12 @@ class Follower:
             and current.epoch == loaded.epoch
             and current.revision == loaded.revision
         ):
+            self.integrity.same_load(loaded)
             self.confirm()
             self.ready.set()
             return True
+        if not self.integrity.load_fits(loaded, current.revision):
+            return False  # signed mode refused it: LKG kept, status and logs say why
         try:
             definitions, quarantine = load_definitions(loaded, current.definitions)
         except InvalidFlagError as error:  # the store as a whole, beyond any quarantine
@@ -230,6 +255,7 @@ class Follower:
             return False
         self._blobs = blobs
         self._report_quarantine(quarantine, loaded.revision)
+        self.integrity.load_applied(loaded)
         if self.last_error and self.last_error.startswith("snapshot rejected"):
             self.last_error = None
         if (
@@ -259,18 +285,38 @@ class Follower:
         self.ready.set()
         return True
 
-    def on_revision(self, revision: int, epoch: str | None) -> RevisionVerdict:
-        """Compare the store's (epoch, revision) with ours: `confirmed`, `resync` or `missing`."""
+    def on_revision(self, state: StoreState) -> RevisionVerdict:
+        """Compare the store's (epoch, revision, digest) with ours: `confirmed`, `resync`
+        (any difference) or `missing`."""
         current = self.snapshot
+        revision, epoch = state.revision, state.epoch
+        if self.integrity.refused(state):
+            return "refused"  # its load was refused: reloading the same state changes nothing
         if epoch is None:
             if not self.snapshot_missing:
                 _log.warning("snapshot_missing", namespace=self.keys.namespace)
             self.snapshot_missing = True
             return "missing" if (len(current) or current.epoch) else "confirmed"
-        if epoch != current.epoch or revision != current.revision or self.snapshot_missing:
-            return "resync"  # also when data is back after "missing": a load clears the flag
+        if (
+            epoch != current.epoch
+            or revision != current.revision
+            or not self.integrity.same_digest(state)
+            or self.snapshot_missing
+        ):
+            # also when data is back after "missing": a load clears the flag
+            self.integrity.note_difference(state, current.epoch, current.revision)
+            return "resync"
         self.confirm()
         return "confirmed"
+
+    def note_check(self) -> None:
+        """The driver read the store's state (for the status counters)."""
+        self.counts["state_checks"] += 1
+
+    def reload_delay_s(self) -> float:
+        """How long a check-triggered full load must wait: loads are at most one per
+        `MIN_RELOAD_INTERVAL_S`, whatever a flood of doubtful messages asks for."""
+        return max(0.0, self._last_load + MIN_RELOAD_INTERVAL_S - self._clock())
 
     def confirm(self) -> None:
         """The store just confirmed that our snapshot is current."""
@@ -352,7 +398,7 @@ class Follower:
             flags=len(snapshot),
             seconds_since_sync=None if since is None else round(since, 4),
             snapshot_missing=self.snapshot_missing,
-            last_error=self.last_error,
+            last_error=self.integrity.last_rejection or self.last_error,
             worker_id=worker_id,
             quarantined=dict(snapshot.quarantine.flags),
             quarantined_segments=dict(snapshot.quarantine.segments),
@@ -364,6 +410,8 @@ class Follower:
         self._lock = threading.RLock()  # the fork may have copied it held by the parent's driver
         self.connected = False
         self._blobs = None
+        self._last_load = float("-inf")
+        self.integrity.reset()
         self.stop_watching_use()
 
     # -- internals -------------------------------------------------------------

@@ -35,3 +35,5 @@ class SyncOptions:
     """Backoff cap for errors a retry will not fix soon (bad credentials, ACL denials)."""
     lkg_path: Path | None = None
     """Optional last-known-good file: written after each sync, read at start."""
+    verify_keys: tuple[str, ...] = ()
+    """Signed mode: public keys (one-line form or files); empty: `FLAGSYNC_VERIFY_KEYS`."""

@@ -30,10 +30,11 @@ from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
+    StoreState,
     load_commands,
     parse_load,
-    parse_revision,
-    revision_command,
+    parse_state,
+    state_commands,
 )
 
 __all__ = ["ThreadDriver"]
@@ -157,28 +158,21 @@ class ThreadDriver:
         token = uuid.uuid4().hex
         while not self._stop.is_set():
             message = self._next_message(pubsub, timers.wait_s())
+            needs: set[str] = set()
             while message is not None and not self._stop.is_set():
                 timers.heard()
-                if self._dispatch(message, commands) != "ignored":
+                verdict = self._dispatch(message)
+                if verdict != "ignored":
                     timers.changed()
+                needs.add(verdict)
                 message = self._next_message(pubsub, 0)
             if self._stop.is_set():
                 return
-            if timers.check_due():
-                stored = self._read_revision(commands)
-                if follower.on_revision(*stored) == "resync":
-                    # The nudge may be in flight already: read what is buffered first, and
-                    # load only if that did not reach the revision just read. (Reading it
-                    # again cost a round trip; on a slow link, a false STALE.)
-                    message = self._next_message(pubsub, 0)
-                    while message is not None:
-                        timers.heard()  # a pong read here counts for liveness too
-                        self._dispatch(message, commands)
-                        message = self._next_message(pubsub, 0)
-                    if follower.on_revision(*stored) == "resync":
-                        self._resync(commands)
-                    timers.changed()
-                timers.checked()
+            # Coalesced: a burst of doubtful messages costs one cheap check, not a load each.
+            if "resync" in needs:
+                self._resync(commands)
+            elif "check" in needs or timers.check_due():
+                self._check(pubsub, commands, timers)
             if timers.heartbeat_due():
                 command = self.presence.heartbeat_command()
                 if command is not None:
@@ -220,22 +214,45 @@ class ThreadDriver:
             if message is not None:
                 return message
 
-    def _read_revision(self, commands: redis.Redis) -> tuple[int, str | None]:
-        reply = commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
-        return parse_revision(reply)
+    def _check(self, pubsub: Any, commands: redis.Redis, timers: SessionTimers) -> None:
+        """Compare the store's (epoch, revision, digest) with ours; load only on a difference."""
+        follower = self.follower
+        stored = self._read_state(commands)
+        if follower.on_revision(stored) == "resync":
+            # The nudge may be in flight already: read what is buffered first, and load
+            # only if that did not reach the state just read. (Reading it again cost a
+            # round trip; on a slow link, a false STALE.)
+            resubscribed = False
+            message = self._next_message(pubsub, 0)
+            while message is not None:
+                timers.heard()  # a pong read here counts for liveness too
+                resubscribed |= self._dispatch(message) == "resync"
+                message = self._next_message(pubsub, 0)
+            if resubscribed or follower.on_revision(stored) == "resync":
+                delay = 0.0 if resubscribed else follower.reload_delay_s()
+                if delay:
+                    self._stop.wait(delay)  # rate-limited; messages read meanwhile are coalesced
+                self._resync(commands)
+            timers.changed()
+        timers.checked()
 
-    def _dispatch(self, message: dict[str, Any], commands: redis.Redis) -> str:
+    def _read_state(self, commands: redis.Redis) -> StoreState:
+        self.follower.note_check()
+        pipe = commands.pipeline(transaction=False)
+        for command in state_commands(self.follower.keys):
+            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+        return parse_state(pipe.execute())
+
+    def _dispatch(self, message: dict[str, Any]) -> str:
+        """What a pub/sub message asks for: `resync` (a subscribe confirmation), `check`,
+        `applied` or `ignored`; the caller acts on it once per burst."""
         kind = message.get("type")
         if kind in ("subscribe", "psubscribe"):
             # A confirmation, also after redis-py's silent reconnect: we may have missed
             # anything published meanwhile, so the store is read again.
-            self._resync(commands)
-            return "resynced"
+            return "resync"
         if kind == "message":
-            verdict = self.follower.on_message(message.get("data"))
-            if verdict == "resync":
-                self._resync(commands)
-            return verdict
+            return self.follower.on_message(message.get("data"))
         return "ignored"  # pongs: liveness was noted by the caller
 
     def _resync(self, commands: redis.Redis) -> None:
@@ -247,6 +264,7 @@ class ThreadDriver:
             loaded = parse_load(pipe.execute())
             if loaded is not None:
                 self.follower.on_loaded(loaded)
+                self.follower.integrity.settle()  # the new state's digest, once ready
                 return
         _log.warning("resync_contended", namespace=keys.namespace)
 

@@ -3,7 +3,7 @@
 Safe by default (every write validated, `--dry-run` to preview, conflicts refused),
 scriptable (`--json`, exit codes 0 ok / 1 failed check or conflict / 2 bad input), and
 quick to start. Each command is declared once, in the topic module that handles it
-(`_files`, `_flags`, `_history`, `_fleet`, `_rollout`, `_local`); this module builds the
+(`_files`, `_flags`, `_history`, `_fleet`, `_rollout`, `_local`, `_keys`); this module builds the
 parser from those declarations and runs the chosen handler inside `_boundary`, which
 turns every failure into one clear line and an exit code.
 """
@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flagsync.cli import _dashboard, _files, _flags, _fleet, _history, _local, _rollout
+from flagsync.cli import _dashboard, _files, _flags, _fleet, _history, _keys, _local, _rollout
 from flagsync.cli._registry import (
     EXIT_FAILED,
     EXIT_OK,
@@ -37,6 +37,7 @@ COMMANDS: tuple[Entry, ...] = (
     *_rollout.COMMANDS,
     *_local.COMMANDS,
     *_dashboard.COMMANDS,
+    *_keys.COMMANDS,
 )
 """Every command and command group, in the order `flagsync --help` lists them."""
 

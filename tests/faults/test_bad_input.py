@@ -80,7 +80,7 @@ def ready_client(make_client: ClientFactory, url: str, **options: Any) -> FlagCl
 
 def nudge(raw: redis.Redis, namespace: str, epoch: str, revision: int) -> None:
     """Publish a well-formed "fetch the snapshot" message (an empty payload) for `revision`."""
-    raw.publish(StoreKeys(namespace).channel, f"fs1|{epoch}|{revision}|0|".encode())
+    raw.publish(StoreKeys(namespace).channel, _header(epoch, revision))
 
 
 def duplicate_key_blob() -> bytes:
@@ -101,7 +101,7 @@ def duplicate_key_blob() -> bytes:
 
 
 def _header(epoch: str, revision: int) -> bytes:
-    return f"fs1|{epoch}|{revision}|0|".encode()
+    return f"fs2|{epoch}|{revision}|0|{'0' * 40}||".encode()
 
 
 def _payload(changes: list[Any], **extra: Any) -> bytes:
@@ -148,8 +148,8 @@ MALFORMED: Final[dict[str, Malformed]] = {
     ),
     "wrong-type-revision": Malformed(
         lambda epoch, revision: (
-            f"fs1|{epoch}|seven|0|".encode()
-            + _next_change(epoch, revision, "model", MODEL_CURRENT).split(b"|", 4)[4]
+            f"fs2|{epoch}|seven|0|{'0' * 40}||".encode()
+            + _next_change(epoch, revision, "model", MODEL_CURRENT).split(b"|", 6)[6]
         ),
         "bad message header",
     ),
@@ -221,8 +221,8 @@ MALFORMED: Final[dict[str, Malformed]] = {
         "a map in the definition repeats a key",
     ),
     "unknown-schema-version": Malformed(
-        lambda epoch, revision: b"fs2" + _next_change(epoch, revision, "model", MODEL_CURRENT)[3:],
-        "unknown message schema b'fs2'",
+        lambda epoch, revision: b"fs9" + _next_change(epoch, revision, "model", MODEL_CURRENT)[3:],
+        "unknown message schema b'fs9'",
     ),
 }
 
@@ -240,8 +240,9 @@ class TestMalformedMessages:
         make_client: ClientFactory,
         raw: redis.Redis,
     ) -> None:
-        """The message is counted, logged once with its reason and answered with a resync,
-        the snapshot stays untouched, and the next change still applies from its message."""
+        """The message is counted, logged once with its reason and answered with a cheap
+        check (no full load: the store did not change, S31), the snapshot stays untouched,
+        and the next change still applies from its message."""
         start = publisher.apply(base_document())
         client = ready_client(make_client, server.url, **MESSAGES_ONLY)
         snapshot, before = client.snapshot, client.status()
@@ -249,16 +250,18 @@ class TestMalformedMessages:
         case = MALFORMED[name]
         with captured_logs() as logs:
             raw.publish(publisher.keys.channel, case.build(epoch, start))
-            expected = (before.malformed_messages + 1, before.resyncs + 1)
+            expected = (before.malformed_messages + 1, before.state_checks + 1)
             assert wait_until(
-                lambda: (client.status().malformed_messages, client.status().resyncs) == expected,
+                lambda: (
+                    (client.status().malformed_messages, client.status().state_checks) == expected
+                ),
                 5,
             ), client.status()
         rejected = events(logs, "message_rejected")
         assert len(rejected) == 1, rejected
         assert case.reason in rejected[0]["reason"], rejected[0]
         assert rejected[0]["log_level"] == "warning"
-        assert client.snapshot is snapshot  # the resync found the same store: nothing swapped
+        assert client.snapshot is snapshot  # the check found the same store: nothing loaded
         assert (client.revision, served(client)) == (start, BASE_VALUES)
         assert subscriber_threads(publisher.keys.namespace)  # the read loop lives on
 
@@ -268,7 +271,7 @@ class TestMalformedMessages:
         recovery_s = time.monotonic() - started
         after = client.status()
         assert after.applied_changes == before.applied_changes + 1  # from its message
-        assert after.resyncs == before.resyncs + 1
+        assert after.resyncs == before.resyncs
         assert served(client) == BASE_VALUES | MODEL_OFF
         record("S11", server.kind, recovery_s=recovery_s, case=name, reason=case.reason)
 

@@ -17,7 +17,7 @@ import redis
 from flagsync import FlagClient
 from flagsync._codec import Change, ChangeSet, encode_changeset, encode_definition
 from flagsync.publisher import Publisher
-from flagsync.store import StoreKeys
+from flagsync.store import StoreKeys, encode_message
 
 Document = dict[str, Any]
 
@@ -204,12 +204,20 @@ def write_by_hand(raw: redis.Redis, namespace: str, key: str, definition: Docume
 
 
 def change_message(
-    epoch: str, revision: int, changes: list[Change], *, published_us: int = 0
+    epoch: str,
+    revision: int,
+    changes: list[Change],
+    *,
+    published_us: int = 0,
+    digest: str = "0" * 40,
+    signature: str = "",
 ) -> bytes:
-    """A channel message as the write script publishes it: `fs1|epoch|rev|µs|payload`."""
+    """A channel message as the write script publishes it:
+    `fs2|epoch|rev|µs|digest|signature|payload` (by default with a digest no state has)."""
     payload = encode_changeset(ChangeSet(actor="tests", reason="by hand", changes=changes))
-    header = f"fs1|{epoch}|{revision}|{published_us}|".encode()
-    return header + payload
+    return encode_message(
+        epoch, revision, published_us, payload, digest=digest, signature=signature
+    )
 
 
 def flag_change(key: str, version: int, definition: Document) -> Change:

@@ -694,7 +694,19 @@ class TestPublishedMessage:
             entry.epoch,
             entry.time_us,
         )
-        payload = data.split(b"|", 4)[4]
-        assert encode_message(decoded.epoch, revision, decoded.published_us, payload) == data
+        payload = data.split(b"|", 6)[6]
+        digest = raw_digest(publisher)
+        assert decoded.digest == digest
+        encoded = encode_message(
+            decoded.epoch, revision, decoded.published_us, payload, digest=digest
+        )
+        assert encoded == data
         assert decoded.changes is not None
         assert {change.key for change in decoded.changes.changes} >= {"model", "temperature"}
+
+
+def raw_digest(publisher: Publisher) -> str:
+    """The state digest the store holds beside the revision."""
+    digest = publisher.client.get(publisher.keys.digest)
+    assert isinstance(digest, bytes)
+    return digest.decode()

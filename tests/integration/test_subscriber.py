@@ -380,7 +380,8 @@ class TestGapsAndDuplicates:
         make_client: Clients,
         raw: redis.Redis,
     ) -> None:
-        """A next-revision message of an unknown epoch is not trusted: the store is read instead."""
+        """A next-revision message of an unknown epoch is not trusted: a cheap check of the
+        store's state shows nothing changed, so nothing is loaded."""
         start = publisher.apply(base_document())
         client, _ = ready_client(make_client, server.url, **MESSAGES_ONLY)
         before = client.status()
@@ -388,7 +389,8 @@ class TestGapsAndDuplicates:
             "another-epoch", start + 1, [flag_change("model", 2, model_flag(default="current"))]
         )
         raw.publish(publisher.keys.channel, forged)
-        assert wait_until(lambda: client.status().resyncs == before.resyncs + 1, 2)
+        assert wait_until(lambda: client.status().state_checks == before.state_checks + 1, 2)
+        assert client.status().resyncs == before.resyncs
         assert client.revision == start
         assert served(client) == BASE_VALUES
 
@@ -436,16 +438,19 @@ class TestMalformedMessages:
         make_client: Clients,
         raw: redis.Redis,
     ) -> None:
-        """The message is counted as malformed and nothing of it is applied."""
+        """The message is counted as malformed, nothing of it is applied, and it costs one
+        cheap check of the store's state, not a full load (FAULTS.md S31)."""
         start = publisher.apply(base_document())
         client, _ = ready_client(make_client, server.url, **MESSAGES_ONLY)
         before = client.status()
         epoch = stored_epoch(raw, publisher.keys.namespace)
         raw.publish(publisher.keys.channel, MALFORMED[name](epoch, start))
-        expected = (before.malformed_messages + 1, before.resyncs + 1)  # dropped, then resynced
+        expected = (before.malformed_messages + 1, before.state_checks + 1)  # dropped, checked
         assert wait_until(
-            lambda: (client.status().malformed_messages, client.status().resyncs) == expected, 3
+            lambda: (client.status().malformed_messages, client.status().state_checks) == expected,
+            3,
         ), client.status()
+        assert client.status().resyncs == before.resyncs
         assert served(client) == BASE_VALUES
         assert client.revision == start
         assert following(client)

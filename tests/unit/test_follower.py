@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from flagsync._codec import Change, ChangeSet, decode_presence, encode_changeset, encode_definition
+from flagsync._digest import StateDigest
 from flagsync._sync.follower import Follower
 from flagsync._sync.lkg import read_lkg, write_lkg
 from flagsync._sync.options import SyncOptions
@@ -25,7 +26,7 @@ from flagsync.loader import load_flags
 from flagsync.model import MAX_SEGMENTS
 from flagsync.snapshot import Snapshot
 from flagsync.status import SyncState
-from flagsync.store import LoadedStore, StoreKeys
+from flagsync.store import LoadedStore, StoreKeys, StoreState
 from tests.logs import captured_logs, events
 
 EPOCH = "e1"
@@ -53,19 +54,40 @@ def loaded(revision: int, flags: dict[str, str], epoch: str | None = EPOCH) -> L
     )
 
 
-def message(revision: int, changes: dict[str, str | None], epoch: str = EPOCH) -> bytes:
-    """A channel message `fs1|epoch|rev|µs|payload` putting (or deleting: None) flags."""
+DIGEST = b"0" * 40
+"""A well-formed digest field for hand-made messages."""
+SYNCED = {"a": "x", "b": "y"}
+"""The flags the `synced` fixture loaded at revision 5."""
+
+
+def message(
+    revision: int,
+    changes: dict[str, str | None],
+    epoch: str = EPOCH,
+    base: dict[str, bytes] | None = None,
+) -> bytes:
+    """A channel message `fs2|epoch|rev|µs|digest||payload` putting (or deleting: None)
+    flags, with the digest the write script computes on top of `base` (default: the
+    `synced` fixture's store)."""
+    blobs = [
+        (key, None if value is None else blob(key, value, revision))
+        for key, value in changes.items()
+    ]
     payload = encode_changeset(
         ChangeSet(
             actor="unit",
             reason="test",
-            changes=[
-                Change("flag", key, "put", None if value is None else blob(key, value, revision))
-                for key, value in changes.items()
-            ],
+            changes=[Change("flag", key, "put", data) for key, data in blobs],
         )
     )
-    return f"fs1|{epoch}|{revision}|{revision * 1000}|".encode() + payload
+    store = base if base is not None else {key: blob(key, value) for key, value in SYNCED.items()}
+    digest = StateDigest.of_store(store, {}).update(("flag", key, data) for key, data in blobs)
+    for key, data in blobs:
+        if data is None:
+            store.pop(key, None)
+        else:
+            store[key] = data
+    return f"fs2|{epoch}|{revision}|{revision * 1000}|{digest}||".encode() + payload
 
 
 class Clock:
@@ -107,7 +129,7 @@ class Harness:
 def synced() -> Harness:
     """A follower that loaded revision 5 with flags a=x and b=y."""
     harness = Harness()
-    assert harness.follower.on_loaded(loaded(5, {"a": "x", "b": "y"}))
+    assert harness.follower.on_loaded(loaded(5, SYNCED))
     return harness
 
 
@@ -193,7 +215,8 @@ class TestLoad:
 
 
 class TestMessages:
-    """Revision r applies only on top of r-1 of the same epoch; anything else resyncs."""
+    """Revision r applies only on top of r-1 of the same epoch with the digest that follows
+    from ours; anything else asks for a cheap check."""
 
     def test_next_revision_applies(self, synced: Harness) -> None:
         """r+1 of our epoch is applied from the message, with its changed keys and times."""
@@ -209,64 +232,85 @@ class TestMessages:
         assert synced.follower.on_message(message(6, {"b": None})) == "applied"
         assert synced.values() == {"a": "x"}
 
-    def test_gap_resyncs(self, synced: Harness) -> None:
+    def test_gap_asks_for_a_check(self, synced: Harness) -> None:
         """r+2 on top of r is not applied: the driver must read the store."""
-        assert synced.follower.on_message(message(7, {"a": "x2"})) == "resync"
+        assert synced.follower.on_message(message(7, {"a": "x2"})) == "check"
         assert len(synced.installed) == 1
 
-    def test_epoch_change_resyncs(self, synced: Harness) -> None:
+    def test_epoch_change_asks_for_a_check(self, synced: Harness) -> None:
         """r+1 of another epoch is not trusted."""
-        assert synced.follower.on_message(message(6, {"a": "x2"}, epoch="e2")) == "resync"
+        assert synced.follower.on_message(message(6, {"a": "x2"}, epoch="e2")) == "check"
         assert len(synced.installed) == 1
 
-    @pytest.mark.parametrize("revision", [5, 3])
-    def test_duplicate_and_old_revisions_are_ignored(self, synced: Harness, revision: int) -> None:
-        """The current or an older revision changes nothing and is counted as ignored."""
-        assert synced.follower.on_message(message(revision, {"a": "old"})) == "ignored"
+    def test_old_revisions_are_ignored(self, synced: Harness) -> None:
+        """An older revision changes nothing and is counted as ignored."""
+        assert synced.follower.on_message(message(3, {"a": "old"})) == "ignored"
         assert synced.follower.counts["ignored_messages"] == 1
         assert len(synced.installed) == 1
 
-    def test_before_any_load_every_message_resyncs(self) -> None:
-        """With no epoch yet there is nothing to apply on top of."""
-        assert Harness().follower.on_message(message(1, {"a": "x"})) == "resync"
+    def test_duplicate_of_our_state_is_ignored(self, synced: Harness) -> None:
+        """The message of the revision we applied, received again, is ignored."""
+        data = message(6, {"a": "x2"})
+        assert synced.follower.on_message(data) == "applied"
+        assert synced.follower.on_message(data) == "ignored"
+        assert synced.follower.counts["ignored_messages"] == 1
 
-    def test_message_while_store_missing_resyncs(self, synced: Harness) -> None:
+    def test_our_revision_with_another_digest_asks_for_a_check(self, synced: Harness) -> None:
+        """Our revision number with other content is no duplicate: one of us diverged."""
+        assert synced.follower.on_message(message(5, {"a": "forged"})) == "check"
+        assert synced.follower.counts["ignored_messages"] == 0
+
+    def test_next_revision_with_a_wrong_digest_is_not_applied(self, synced: Harness) -> None:
+        """r+1 whose digest does not follow from our state (forged, or we diverged) is checked."""
+        parts = message(6, {"a": "x2"}).split(b"|", 6)
+        parts[4] = b"1" * 40
+        data = b"|".join(parts)
+        assert synced.follower.on_message(data) == "check"
+        assert len(synced.installed) == 1
+
+    def test_before_any_load_every_message_asks_for_a_check(self) -> None:
+        """With no epoch yet there is nothing to apply on top of."""
+        assert Harness().follower.on_message(message(1, {"a": "x"})) == "check"
+
+    def test_message_while_store_missing_asks_for_a_check(self, synced: Harness) -> None:
         """Once the store was seen empty, only a whole load shows what is left."""
-        synced.follower.on_revision(0, None)
-        assert synced.follower.on_message(message(6, {"a": "x2"})) == "resync"
+        synced.follower.on_revision(StoreState(0, None, None))
+        assert synced.follower.on_message(message(6, {"a": "x2"})) == "check"
 
     @pytest.mark.parametrize(
         "data",
         [
             b"\x00\xff garbage",
-            b"fs9|e1|6|0|",
-            b"fs1|e1|not-a-number|0|",
+            b"fs9|e1|6|0|" + DIGEST + b"||",
+            b"fs2|e1|not-a-number|0|" + DIGEST + b"||",
             message(6, {"a": "x2"})[:-3],
-            b"fs1|e1|6|0|" + msgspec.msgpack.encode({"actor": 1, "changes": "no"}),
+            b"fs2|e1|6|0|" + DIGEST + b"||" + msgspec.msgpack.encode({"actor": 1, "changes": "no"}),
             "not bytes at all",
         ],
         ids=["garbage", "schema", "header", "truncated", "wrong-types", "str"],
     )
-    def test_malformed_message_resyncs_and_counts(self, synced: Harness, data: Any) -> None:
-        """A malformed message is counted, logged (rate-limited), and answered by a resync."""
+    def test_malformed_message_checks_and_counts(self, synced: Harness, data: Any) -> None:
+        """A malformed message is counted, logged (rate-limited), and answered by a check."""
         with captured_logs() as logs:
-            assert synced.follower.on_message(data) == "resync"
-            assert synced.follower.on_message(data) == "resync"
+            assert synced.follower.on_message(data) == "check"
+            assert synced.follower.on_message(data) == "check"
         assert synced.follower.counts["malformed_messages"] == 2
         assert len(events(logs, "message_rejected")) == 1
         assert len(synced.installed) == 1
 
-    def test_invalid_definition_resyncs(self, synced: Harness) -> None:
+    def test_invalid_definition_checks(self, synced: Harness) -> None:
         """A well-formed message carrying an invalid flag is malformed as a whole."""
         bad = encode_definition("flag", "a", 6, {"variants": {}, "off": "x", "default": "x"})
         payload = encode_changeset(ChangeSet("unit", "test", [Change("flag", "a", "put", bad)]))
-        data = b"fs1|e1|6|0|" + payload
-        assert synced.follower.on_message(data) == "resync"
+        store = StateDigest.of_store({key: blob(key, value) for key, value in SYNCED.items()}, {})
+        digest = store.update([("flag", "a", bad)]).encode()
+        data = b"fs2|e1|6|0|" + digest + b"||" + payload
+        assert synced.follower.on_message(data) == "check"
         assert synced.follower.counts["malformed_messages"] == 1
 
-    def test_empty_payload_resyncs(self, synced: Harness) -> None:
-        """A change too large to inline (empty payload) is fetched by a resync."""
-        assert synced.follower.on_message(b"fs1|e1|6|0|") == "resync"
+    def test_empty_payload_checks(self, synced: Harness) -> None:
+        """A change too large to inline (empty payload) is fetched after a check."""
+        assert synced.follower.on_message(b"fs2|e1|6|0|" + DIGEST + b"||") == "check"
 
     def test_failing_listener_does_not_stop_the_follower(self, synced: Harness) -> None:
         """A listener that raises is logged; the swap and later listeners still happen."""
@@ -282,39 +326,52 @@ class TestMessages:
 
 
 class TestRevisionCheck:
-    """The periodic (epoch, revision) check confirms, resyncs, or reports a missing store."""
+    """The periodic (epoch, revision, digest) check confirms, resyncs or reports a missing store."""
 
     def test_same_revision_confirms(self, synced: Harness) -> None:
         """An equal (epoch, revision) refreshes the confirmation."""
         synced.clock.now += 5
-        assert synced.follower.on_revision(5, EPOCH) == "confirmed"
+        assert synced.follower.on_revision(StoreState(5, EPOCH, None)) == "confirmed"
         assert not synced.follower.is_stale()
 
     @pytest.mark.parametrize(("revision", "epoch"), [(6, EPOCH), (4, EPOCH), (5, "e2")])
     def test_any_difference_resyncs(self, synced: Harness, revision: int, epoch: str) -> None:
         """A newer revision, a lower one (history lost) or another epoch asks for a load."""
-        assert synced.follower.on_revision(revision, epoch) == "resync"
+        assert synced.follower.on_revision(StoreState(revision, epoch, None)) == "resync"
 
     def test_lower_stored_revision_is_adopted_by_the_load(self, synced: Harness) -> None:
         """After a resync the store's lower revision of the same epoch is believed."""
         assert synced.follower.on_message(message(6, {"a": "x2"})) == "applied"
-        assert synced.follower.on_revision(5, EPOCH) == "resync"
+        assert synced.follower.on_revision(StoreState(5, EPOCH, None)) == "resync"
         assert synced.follower.on_loaded(loaded(5, {"a": "x", "b": "y"}))
         assert synced.follower.snapshot.revision == 5
         assert synced.values() == {"a": "x", "b": "y"}
 
     def test_missing_store_then_data_back(self, synced: Harness) -> None:
         """No epoch: `missing` (snapshot kept); the same revision back still resyncs once."""
-        assert synced.follower.on_revision(0, None) == "missing"
+        assert synced.follower.on_revision(StoreState(0, None, None)) == "missing"
         assert synced.follower.status().snapshot_missing
-        assert synced.follower.on_revision(5, EPOCH) == "resync"
+        assert synced.follower.on_revision(StoreState(5, EPOCH, None)) == "resync"
         assert synced.follower.on_loaded(loaded(5, {"a": "x", "b": "y"}))
         assert not synced.follower.snapshot_missing
-        assert synced.follower.on_revision(5, EPOCH) == "confirmed"
+        assert synced.follower.on_revision(StoreState(5, EPOCH, None)) == "confirmed"
+
+    def test_same_revision_other_digest_resyncs_and_counts(self, synced: Harness) -> None:
+        """Same (epoch, revision) with another digest is a divergence: logged once, counted."""
+        with captured_logs() as logs:
+            for _ in range(3):
+                assert synced.follower.on_revision(StoreState(5, EPOCH, "0" * 40)) == "resync"
+        assert synced.follower.counts["state_diverged"] == 1
+        assert len(events(logs, "state_diverged")) == 1
+
+    def test_same_state_with_digest_confirms(self, synced: Harness) -> None:
+        """The store's digest equal to the one of our state confirms it."""
+        digest = StateDigest.of_store({k: blob(k, v) for k, v in SYNCED.items()}, {}).value
+        assert synced.follower.on_revision(StoreState(5, EPOCH, digest)) == "confirmed"
 
     def test_missing_store_with_nothing_held_is_confirmed(self) -> None:
         """With no flags held, an empty store is simply in sync."""
-        assert Harness().follower.on_revision(0, None) == "confirmed"
+        assert Harness().follower.on_revision(StoreState(0, None, None)) == "confirmed"
 
 
 class TestState:

@@ -175,27 +175,28 @@ class TestFollowerQuarantine:
         assert harness.follower.status().quarantined == {}
         assert harness.values() == {"a": "x", "b": "y"}
 
-    def test_message_touching_a_quarantined_name_resyncs(self) -> None:
+    def test_message_touching_a_quarantined_name_is_checked(self) -> None:
         """A change to a quarantined flag or to a missing prerequisite is judged by a whole
         load; an unrelated change applies and the quarantine stays listed."""
         harness = Harness()
         blobs = {"a": blob("a", "x"), "x": requiring("x", "y")}
         assert harness.follower.on_loaded(store(5, blobs))
-        assert harness.follower.on_message(message(6, {"y": "fixed"})) == "resync"
-        assert harness.follower.on_message(message(6, {"x": "fixed"})) == "resync"
-        assert harness.follower.on_message(message(6, {"a": "x2"})) == "applied"
+        # "check": the cheap check finds the store past our revision and loads it whole.
+        assert harness.follower.on_message(message(6, {"y": "fixed"}, base=dict(blobs))) == "check"
+        assert harness.follower.on_message(message(6, {"x": "fixed"}, base=dict(blobs))) == "check"
+        assert harness.follower.on_message(message(6, {"a": "x2"}, base=dict(blobs))) == "applied"
         assert set(harness.follower.status().quarantined) == {"x"}
         assert harness.follower.on_loaded(store(7, blobs | {"y": blob("y", "z")}))
         assert harness.follower.status().quarantined == {}
         assert set(harness.follower.snapshot) == {"a", "x", "y"}
 
-    def test_message_breaking_a_reference_resyncs(self) -> None:
+    def test_message_breaking_a_reference_is_checked(self) -> None:
         """Deleting a flag another requires is not applied from the message: the whole load
         quarantines the dependent, as every fresh worker would."""
         harness = Harness()
         blobs = {"y": blob("y", "z"), "x": requiring("x", "y")}
         assert harness.follower.on_loaded(store(5, blobs))
-        assert harness.follower.on_message(message(6, {"y": None})) == "resync"
+        assert harness.follower.on_message(message(6, {"y": None}, base=dict(blobs))) == "check"
         assert harness.follower.on_loaded(store(6, {"x": blobs["x"]}))
         assert set(harness.follower.status().quarantined) == {"x"}
         assert set(harness.follower.snapshot) == set()

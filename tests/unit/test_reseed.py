@@ -9,6 +9,7 @@ from flagsync._codec import WorkerInfo, decode_presence, encode_presence
 from flagsync._reseed import dropped_by_reseed
 from flagsync._sync.presence import Presence
 from flagsync.errors import PartialReseedError
+from flagsync.store import StoreState
 from tests.unit.test_follower import Harness, loaded
 
 
@@ -80,7 +81,7 @@ class TestPresenceHeld:
         synced = presence.record()
         assert b"held" not in synced
         assert decode_presence(synced).held == ()
-        harness.follower.on_revision(0, None)
+        harness.follower.on_revision(StoreState(0, None, None))
         assert decode_presence(presence.record()).held == ("a", "b")
 
     def test_record_without_held_decodes(self) -> None:

@@ -7,6 +7,8 @@ tests/integration/test_publisher.py).
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import redis
 
@@ -32,6 +34,7 @@ from flagsync.store import (
     StoreKeys,
     WriteApplied,
     WriteConflict,
+    WriteMoved,
     decode_message,
     encode_message,
     parse_write_reply,
@@ -94,12 +97,17 @@ class TestStoreKeys:
             StoreKeys(namespace)
 
 
+D = b"d" * 40
+"""A well-formed digest field."""
+
+
 class TestWriteArguments:
     """`write_arguments` lays out ARGV exactly as WRITE_SCRIPT reads it."""
 
     def test_layout(self) -> None:
-        """Seven header fields and the count, then five per change; each definition is
-        stored with its next version, guards and deletes carry an empty blob."""
+        """Nine header fields and the count, then five per change; each definition is
+        stored with its next version, guards and deletes carry an empty blob; an unsigned
+        write expects no state and carries no signature."""
         keys = StoreKeys("ns")
         definition = {"variants": {"on": True}, "off": "on", "default": "on"}
         args = write_arguments(
@@ -124,7 +132,7 @@ class TestWriteArguments:
             )
         )
         assert args == [
-            "{fs:ns}:changes", 41, "e0", 100, "alice", "why", payload, 3,
+            "{fs:ns}:changes", 41, "e0", 100, "alice", "why", payload, "", "", 3,
             "flag", "model", 3, "put", blob,
             "flag", "old", 2, "delete", b"",
             "flag", "other", 5, "guard", b"",
@@ -133,7 +141,8 @@ class TestWriteArguments:
 
     def test_script_reads_the_same_positions(self) -> None:
         """The script's per-change base offset and stride match the builder's layout."""
-        assert "local base = 9 + i * 5" in WRITE_SCRIPT
+        assert WRITE_SCRIPT.count("local base = 11 + i * 5") == 2
+        assert "local count = tonumber(ARGV[10])" in WRITE_SCRIPT
         assert f"if op ~= '{GUARD_OP}' then" in WRITE_SCRIPT
 
 
@@ -142,30 +151,38 @@ class TestWriteReply:
 
     def test_applied(self) -> None:
         """An ok reply carries revision, epoch, server time and each new version."""
-        reply = [b"ok", b"7", b"e1", b"1700000000000000", b"flag:a=2,segment:s=1"]
+        reply = [b"ok", b"7", b"e1", b"1700000000000000", b"flag:a=2,segment:s=1", b"d" * 40]
         assert parse_write_reply(reply) == WriteApplied(
-            7, "e1", 1_700_000_000_000_000, {"flag:a": 2, "segment:s": 1}
+            7, "e1", 1_700_000_000_000_000, {"flag:a": 2, "segment:s": 1}, "d" * 40
         )
 
     def test_applied_with_only_guards(self) -> None:
         """An empty versions list (nothing but guards) parses to no versions."""
-        assert parse_write_reply([b"ok", b"1", b"e", b"5", b""]) == WriteApplied(1, "e", 5, {})
+        reply = [b"ok", b"1", b"e", b"5", b"", b"d" * 40]
+        assert parse_write_reply(reply) == WriteApplied(1, "e", 5, {}, "d" * 40)
 
     def test_conflict(self) -> None:
         """A conflict reply names the key, the actual and the expected version."""
         reply = [b"conflict", b"flag", b"a", b"4", b"3"]
         assert parse_write_reply(reply) == WriteConflict("flag", "a", actual=4, expected=3)
 
+    def test_moved(self) -> None:
+        """A signed write refused because the state moved names the state found."""
+        assert parse_write_reply([b"moved", b"8:abc"]) == WriteMoved("8:abc")
+
 
 class TestMessageHeader:
-    """`fs1|epoch|revision|server µs|payload`: one encoder, one decoder, one schema."""
+    """`fs2|epoch|revision|server µs|digest|signature|payload`: one encoder, one decoder."""
 
     def test_round_trip(self) -> None:
         """A message encoded here decodes to the same header and change set."""
         changes = ChangeSet("alice", "why", [Change("flag", "a", "put", b"x")])
-        data = encode_message("e1", 12, 34, encode_changeset(changes))
+        payload = encode_changeset(changes)
+        data = encode_message("e1", 12, 34, payload, digest="d" * 40, signature="sig")
         message = decode_message(data)
         assert (message.epoch, message.revision, message.published_us) == ("e1", 12, 34)
+        assert (message.digest, message.signature) == ("d" * 40, "sig")
+        assert message.payload_sha256 == hashlib.sha256(payload).hexdigest()
         assert message.changes == changes
 
     def test_the_script_publishes_the_same_schema(self) -> None:
@@ -174,17 +191,19 @@ class TestMessageHeader:
 
     def test_empty_payload_means_resync(self) -> None:
         """A header without a payload decodes with `changes` None (fetch the snapshot)."""
-        assert decode_message(encode_message("e", 1, 0, b"")).changes is None
+        assert decode_message(encode_message("e", 1, 0, b"", digest="d" * 40)).changes is None
 
     @pytest.mark.parametrize(
         ("data", "reason"),
         [
-            (b"fs2|e|1|0|", "unknown message schema"),
-            (b"fs1|e|1|0", "incomplete"),
-            (b"fs1|e|one|0|", "bad message header"),
-            (b"fs1||1|0|", "no epoch"),
-            (b"fs1|e|0|0|", "revision below 1"),
-            (b"fs1|e|1|0|\xc1", "bad message payload"),
+            (b"fs1|e|1|0|" + D + b"||", "unknown message schema"),
+            (b"fs1|e|1|0|", "incomplete"),
+            (b"fs2|e|1|0|" + D + b"|", "incomplete"),
+            (b"fs2|e|one|0|" + D + b"||", "bad message header"),
+            (b"fs2||1|0|" + D + b"||", "no epoch"),
+            (b"fs2|e|0|0|" + D + b"||", "revision below 1"),
+            (b"fs2|e|1|0|abc||", "no state digest"),
+            (b"fs2|e|1|0|" + D + b"||\xc1", "bad message payload"),
         ],
     )
     def test_malformed(self, data: bytes, reason: str) -> None:
