@@ -14,11 +14,12 @@ import uuid
 from typing import Any
 
 import anyio
+import redis
 import redis.asyncio as aredis
 
-from flagsync._connection import connection_hint, connection_options
+from flagsync._connection import connection_hint, connection_options, redact_url
 from flagsync._sync.follower import Follower
-from flagsync._sync.presence import Presence
+from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     load_commands,
@@ -33,10 +34,15 @@ __all__ = ["AsyncDriver"]
 class AsyncDriver:
     """Runs a `Follower` as a task: `await run()` until `request_stop()` or cancellation."""
 
-    def __init__(self, follower: Follower, presence: Presence, url: str) -> None:
+    def __init__(
+        self, follower: Follower, presence: Presence, url: str, presence_url: str | None = None
+    ) -> None:
         self.follower = follower
         self.presence = presence
         self.url = url
+        self.presence_url = presence_url
+        """Where the presence record is written (None: the followed node itself)."""
+        self._writer: aredis.Redis | None = None
         self._stopping = False
         self._running = False
 
@@ -76,11 +82,15 @@ class AsyncDriver:
         finally:
             self.follower.closed = True
             self._running = False
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                with anyio.move_on_after(0.5, shield=True), contextlib.suppress(Exception):
+                    await writer.aclose()
 
-    def _connect(self) -> aredis.Redis:
+    def _connect(self, url: str | None = None) -> aredis.Redis:
         options = self.follower.options
         client: aredis.Redis = aredis.Redis.from_url(
-            self.url,
+            url or self.url,
             **connection_options(
                 options.socket_timeout_s, options.connect_timeout_s, self.presence.client_name
             ),
@@ -90,6 +100,8 @@ class AsyncDriver:
     async def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
         commands = self._connect()
+        if self.presence_url is not None and self._writer is None:
+            self._writer = self._connect(self.presence_url)
         subscriber = self._connect()
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
@@ -119,9 +131,7 @@ class AsyncDriver:
                         timers.changed()
                     timers.checked()
                 if timers.heartbeat_due():
-                    command = self.presence.heartbeat_command()
-                    if command is not None:
-                        await commands.execute_command(*command)  # type: ignore[no-untyped-call]
+                    await self._heartbeat(commands)
                     timers.heartbeat_sent()
                 if timers.ping_due():
                     await pubsub.ping(token)
@@ -129,12 +139,28 @@ class AsyncDriver:
             if self._stopping:
                 # Also when cancelled (leaving `connect_async` cancels the task): a presence
                 # key left to expire would count as a live worker in `wait_propagated`.
+                writer = self._writer or commands
                 with anyio.move_on_after(0.3, shield=True), contextlib.suppress(Exception):
-                    await commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
+                    await writer.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
             with anyio.move_on_after(0.5, shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await subscriber.aclose()
                 await commands.aclose()
+
+    async def _heartbeat(self, commands: aredis.Redis) -> None:
+        """Write (or withdraw) the presence record; see `ThreadDriver._heartbeat`."""
+        command = self.presence.heartbeat_command()
+        if command is None:
+            return
+        writer = self._writer or commands
+        try:
+            await writer.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis.RedisError as error:
+            if self._writer is None and not is_refused_write(error):
+                raise
+            self.presence.refused(error, redact_url(self.presence_url or self.url))
+        else:
+            self.presence.written()
 
     async def _read_revision(self, commands: aredis.Redis) -> tuple[int, str | None]:
         reply = await commands.execute_command(*revision_command(self.follower.keys))  # type: ignore[no-untyped-call]
