@@ -12,13 +12,20 @@ import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from flagsync._topology import (
+    SENTINEL_SCHEME,
+    is_sentinel_url,
+    parse_sentinel_url,
+    sentinel_client,
+    sentinel_client_async,
+)
 from flagsync.errors import (
     PermissionDeniedError,
     StoreError,
@@ -26,11 +33,15 @@ from flagsync.errors import (
     StoreURLError,
 )
 
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
+
 __all__ = [
     "URL_SCHEMES",
     "StoreClient",
     "check_url",
     "connect",
+    "connect_async",
     "connection_hint",
     "connection_options",
     "redact_url",
@@ -39,7 +50,7 @@ __all__ = [
     "store_errors",
 ]
 
-URL_SCHEMES: Final = ("redis", "rediss", "unix")
+URL_SCHEMES: Final = ("redis", "rediss", "unix", SENTINEL_SCHEME)
 _NO_URL: Final = (
     "no server URL: pass --url redis://HOST:PORT or set REDIS_URL "
     "(from Python: url='redis://HOST:PORT'); `flagsync server` starts a local one "
@@ -65,10 +76,14 @@ def check_url(url: str) -> None:
             "unix:///path for a socket)"
         )
     scheme = url.split("://", 1)[0].lower()
+    if is_sentinel_url(url):
+        parse_sentinel_url(url, shown)
+        return
     if scheme not in URL_SCHEMES:
         raise StoreURLError(
             f"{shown!r} is not a Redis URL ({scheme}:// is not a Redis scheme): "
-            "use redis://HOST:PORT, rediss://HOST:PORT (TLS) or unix:///path"
+            "use redis://HOST:PORT, rediss://HOST:PORT (TLS), unix:///path or "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE"
         )
     if scheme == "unix":
         return
@@ -84,7 +99,7 @@ def check_url(url: str) -> None:
 # The password runs to the *last* "@" of the authority (redis-py reads "u:p@ss@host" so),
 # and redis-py also takes one from the query string (`?password=...`).
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^/?#]*@", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_)?password=)[^&#]*", re.I)
 
 
 def redact_url(url: str) -> str:
@@ -134,11 +149,33 @@ def connect(
     set-up a round trip: over TLS 1.3 the server sends session tickets right after the
     handshake, and with RESP2, no AUTH and no name, redis-py's pool found that unread
     data on the new connection and refused it ("Connection not ready") every time.
+
+    A `redis+sentinel://` URL gives a client of the service's current primary through
+    redis-py's `Sentinel.master_for` (see `flagsync._topology`).
     """
     check_url(url)
-    client: redis.Redis = redis.Redis.from_url(
-        url, **connection_options(timeout_s, connect_timeout_s, client_name), **options
-    )
+    settings = {**connection_options(timeout_s, connect_timeout_s, client_name), **options}
+    if is_sentinel_url(url):
+        return sentinel_client(parse_sentinel_url(url, redact_url(url)), settings)
+    client: redis.Redis = redis.Redis.from_url(url, **settings)
+    return client
+
+
+def connect_async(
+    url: str,
+    *,
+    timeout_s: float = 2.0,
+    connect_timeout_s: float = 2.0,
+    client_name: str | None = None,
+) -> aredis.Redis:
+    """`connect` for redis.asyncio (the async driver): the same options and URL schemes."""
+    import redis.asyncio as aredis  # noqa: PLC0415 - only the async driver needs it
+
+    check_url(url)
+    settings = connection_options(timeout_s, connect_timeout_s, client_name)
+    if is_sentinel_url(url):
+        return sentinel_client_async(parse_sentinel_url(url, redact_url(url)), settings)
+    client: aredis.Redis = aredis.Redis.from_url(url, **settings)
     return client
 
 

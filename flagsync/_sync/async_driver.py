@@ -17,7 +17,7 @@ import anyio
 import redis
 import redis.asyncio as aredis
 
-from flagsync._connection import connection_hint, connection_options, redact_url
+from flagsync._connection import connect_async, connection_hint, redact_url
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
@@ -89,13 +89,12 @@ class AsyncDriver:
 
     def _connect(self, url: str | None = None) -> aredis.Redis:
         options = self.follower.options
-        client: aredis.Redis = aredis.Redis.from_url(
+        return connect_async(
             url or self.url,
-            **connection_options(
-                options.socket_timeout_s, options.connect_timeout_s, self.presence.client_name
-            ),
+            timeout_s=options.socket_timeout_s,
+            connect_timeout_s=options.connect_timeout_s,
+            client_name=self.presence.client_name,
         )
-        return client
 
     async def _session(self, *, reconnect: bool) -> None:
         follower = self.follower

@@ -1,0 +1,179 @@
+"""Sentinel URLs: `redis+sentinel://[user:pass@]host:port[,host:port...]/<service>[?options]`.
+
+A Sentinel deployment is reached through redis-py's own `redis.sentinel.Sentinel` (and
+`redis.asyncio.sentinel` for the async driver): `master_for(service)` gives a client
+whose every new connection asks the sentinels where the primary is now, and whose
+connections to a demoted primary fail instead of writing to a replica. Nothing here
+decides who the primary is; this module only turns a URL into those calls.
+
+Options (query string): `sentinel_username` / `sentinel_password` authenticate to the
+sentinels themselves (the user and password of the URL are the data nodes'). TLS
+(`rediss+sentinel://`) is not supported yet and is refused by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, unquote
+
+import redis
+from redis.sentinel import Sentinel
+
+from flagsync.errors import StoreURLError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
+
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SentinelTarget",
+    "SentinelURLError",
+    "is_sentinel_url",
+    "parse_sentinel_url",
+    "sentinel_client",
+    "sentinel_client_async",
+]
+
+SENTINEL_SCHEME: Final = "redis+sentinel"
+_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password"})
+_SHAPE: Final = "redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE"
+
+
+class SentinelURLError(StoreURLError):
+    """A `redis+sentinel://` URL that names no sentinel, no service, or a bad option."""
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where the sentinels are, which service they watch, and the credentials to use."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+
+
+def is_sentinel_url(url: str) -> bool:
+    """True for a `redis+sentinel://` (or `rediss+sentinel://`) URL."""
+    return url.split("://", 1)[0].lower().endswith("+sentinel")
+
+
+def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
+    """The target of a Sentinel URL; `SentinelURLError` naming what is wrong (`shown`
+    is the URL with its password redacted, for the message)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != SENTINEL_SCHEME:
+        raise SentinelURLError(
+            f"{shown!r}: {scheme}:// is not supported (TLS to Sentinel deployments is not "
+            f"built yet); use {_SHAPE}"
+        )
+    rest, _, query = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    credentials, _, hosts = authority.rpartition("@")
+    username = password = None
+    if credentials:
+        user, has_password, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    sentinels = tuple(_host_port(part, shown) for part in hosts.split(",") if part)
+    if not sentinels:
+        raise SentinelURLError(f"{shown!r} names no sentinel: write {_SHAPE}")
+    service = unquote(path.strip("/"))
+    if not service or "/" in service:
+        raise SentinelURLError(f"{shown!r}: the path must be the service name: write {_SHAPE}")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise SentinelURLError(
+            f"{shown!r}: unknown option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(_OPTIONS))}"
+        )
+    return SentinelTarget(
+        sentinels=sentinels,
+        service=service,
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def _host_port(part: str, shown: str) -> tuple[str, int]:
+    host, _, port = part.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SentinelURLError(
+            f"{shown!r}: sentinel {part!r} is not HOST:PORT with a port in 1..65535"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _settings(
+    target: SentinelTarget, options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sentinel connection options, data node connection options)."""
+    node = {**options, "username": target.username, "password": target.password}
+    sentinel: dict[str, Any] = {
+        name: options[name]
+        for name in ("socket_timeout", "socket_connect_timeout", "retry", "protocol")
+        if name in options
+    }
+    sentinel.update(
+        username=target.sentinel_username,
+        password=target.sentinel_password,
+        client_name=options.get("client_name"),
+        driver_info=None,
+    )
+    return sentinel, node
+
+
+class _PrimaryClient(redis.Redis):
+    """`master_for`'s client that also closes the sentinel connections behind it."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            pool: Any = self.connection_pool
+            pool.sentinel_manager.close()
+
+
+@cache
+def _async_primary_client() -> type[aredis.Redis]:
+    """The async twin of `_PrimaryClient` (built on first use: redis.asyncio loads late)."""
+    import redis.asyncio as aredis  # noqa: PLC0415 - the async driver's alone
+
+    class AsyncPrimaryClient(aredis.Redis):
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            try:
+                await super().aclose(close_connection_pool)
+            finally:
+                pool: Any = self.connection_pool
+                await pool.sentinel_manager.aclose()
+
+    return AsyncPrimaryClient
+
+
+def sentinel_client(target: SentinelTarget, options: dict[str, Any]) -> redis.Redis:
+    """A client of the service's current primary (redis-py's `Sentinel.master_for`)."""
+    sentinel_options, node_options = _settings(target, options)
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        target.service, redis_class=_PrimaryClient, **node_options
+    )
+    return client
+
+
+def sentinel_client_async(target: SentinelTarget, options: dict[str, Any]) -> aredis.Redis:
+    """The async twin of `sentinel_client` (`redis.asyncio.sentinel`)."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel  # noqa: PLC0415
+
+    sentinel_options, node_options = _settings(target, options)
+    manager = AsyncSentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client: aredis.Redis = manager.master_for(
+        target.service, redis_class=_async_primary_client(), **node_options
+    )
+    return client
