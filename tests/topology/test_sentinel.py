@@ -23,6 +23,7 @@ from flagsync import FlagClient
 from flagsync.errors import StoreUnavailableError
 from flagsync.publisher import Publisher
 from flagsync.status import SyncState
+from tests.faults.test_worker_credential import run_kill_wait
 from tests.integration.conftest import ClientFactory
 from tests.integration.support import wait_until
 from tests.logs import captured_logs, events
@@ -90,8 +91,9 @@ class TestSentinelFailover:
         self, deployment: SentinelDeployment, make_client: ClientFactory, namespace: str
     ) -> None:
         """After the primary is SIGKILLed, every worker is READY on the new primary within
-        a few seconds of the switch, with its content, and a write made through the same
-        Sentinel URL afterwards reaches all of them; each logs one connection_lost."""
+        a few seconds of the switch, a write made through the same Sentinel URL afterwards
+        reaches all of them, and so does `flagsync kill --wait` given that URL (reached
+        8/8); each worker logs one connection_lost, not one per retry."""
         with Publisher(deployment.url, namespace, "operator") as publisher:
             publisher.apply(model_document())
             publisher.put(KEY, flag_value("before"))
@@ -118,10 +120,14 @@ class TestSentinelFailover:
                     lambda: all(client.revision >= revision for client in clients), 3, 0.002
                 ), [client.status() for client in clients]
                 reach_s = time.monotonic() - written
+                killer = run_kill_wait(deployment.url, namespace, 5.0)
+                out, err = killer.communicate(timeout=30)
 
         with redis.Redis(port=new_port, protocol=2) as primary:
             assert primary.info("replication")["role"] == "master"
         assert all(client.variation(KEY, {}, None) == "after" for client in clients)
+        assert killer.returncode == 0, (out, err)
+        assert f"reached {WORKERS}/{WORKERS}" in out
         lost = events(logs, "connection_lost")
         assert len(lost) <= WORKERS, lost
         print(
