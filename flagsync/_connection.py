@@ -23,6 +23,8 @@ from flagsync._topology import (
     SENTINEL_SCHEME,
     is_sentinel_url,
     parse_sentinel_url,
+    replica_url,
+    replica_url_async,
     sentinel_client,
     sentinel_client_async,
 )
@@ -44,10 +46,13 @@ __all__ = [
     "connect_async",
     "connection_hint",
     "connection_options",
+    "follow_url",
+    "follow_url_async",
     "redact_url",
     "resolve_url",
     "store_error",
     "store_errors",
+    "writable_url",
 ]
 
 URL_SCHEMES: Final = ("redis", "rediss", "unix", SENTINEL_SCHEME)
@@ -177,6 +182,39 @@ def connect_async(
         return sentinel_client_async(parse_sentinel_url(url, redact_url(url)), settings)
     client: aredis.Redis = aredis.Redis.from_url(url, **settings)
     return client
+
+
+def writable_url(url: str, presence_url: str | None) -> str | None:
+    """Where a worker following `url` writes its presence and metrics: `presence_url` if
+    given, the primary for a `read_from=replica` Sentinel URL, else None (`url` itself)."""
+    if presence_url is not None:
+        return presence_url
+    if is_sentinel_url(url) and parse_sentinel_url(url, redact_url(url)).read_from == "replica":
+        return url  # connect() on a Sentinel URL always reaches the primary
+    return None
+
+
+def follow_url(url: str, timeout_s: float) -> str:
+    """The node a worker subscribes and reads on for one session: for a `read_from=replica`
+    Sentinel URL, one replica the sentinels list as up (asked now), else `url` itself."""
+    if not is_sentinel_url(url):
+        return url
+    target = parse_sentinel_url(url, redact_url(url))
+    if target.read_from != "replica":
+        return url
+    settings = connection_options(timeout_s, timeout_s, None)
+    return replica_url(target, settings) or url
+
+
+async def follow_url_async(url: str, timeout_s: float) -> str:
+    """The async twin of `follow_url`."""
+    if not is_sentinel_url(url):
+        return url
+    target = parse_sentinel_url(url, redact_url(url))
+    if target.read_from != "replica":
+        return url
+    settings = connection_options(timeout_s, timeout_s, None)
+    return await replica_url_async(target, settings) or url
 
 
 def connection_options(

@@ -7,16 +7,21 @@ connections to a demoted primary fail instead of writing to a replica. Nothing h
 decides who the primary is; this module only turns a URL into those calls.
 
 Options (query string): `sentinel_username` / `sentinel_password` authenticate to the
-sentinels themselves (the user and password of the URL are the data nodes'). TLS
-(`rediss+sentinel://`) is not supported yet and is refused by name.
+sentinels themselves (the user and password of the URL are the data nodes').
+`read_from=replica` makes a *worker* (both drivers) subscribe and read on one replica the
+sentinels list as up (the same one for both connections: a nudge arrives behind its data
+only on the node that holds the data), while its presence and metrics go to the primary;
+writers (publisher, CLI, fleet view) always use the primary. TLS (`rediss+sentinel://`)
+is not supported yet and is refused by name.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 import redis
 from redis.sentinel import Sentinel
@@ -32,12 +37,15 @@ __all__ = [
     "SentinelURLError",
     "is_sentinel_url",
     "parse_sentinel_url",
+    "replica_url",
+    "replica_url_async",
     "sentinel_client",
     "sentinel_client_async",
 ]
 
 SENTINEL_SCHEME: Final = "redis+sentinel"
-_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password"})
+_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password", "read_from"})
+_READ_FROM: Final = ("primary", "replica")
 _SHAPE: Final = "redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE"
 
 
@@ -55,6 +63,15 @@ class SentinelTarget:
     password: str | None = None
     sentinel_username: str | None = None
     sentinel_password: str | None = None
+    read_from: str = "primary"
+    """`replica`: workers follow a replica (see the module docstring)."""
+
+    def node_url(self, host: str, port: int) -> str:
+        """A plain `redis://` URL of one data node, with this target's credentials."""
+        auth = ""
+        if self.username or self.password:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
+        return f"redis://{auth}{host}:{port}"
 
 
 def is_sentinel_url(url: str) -> bool:
@@ -92,7 +109,13 @@ def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
             f"{shown!r}: unknown option(s) {', '.join(unknown)}; known: "
             f"{', '.join(sorted(_OPTIONS))}"
         )
+    read_from = options.get("read_from", "primary")
+    if read_from not in _READ_FROM:
+        raise SentinelURLError(
+            f"{shown!r}: read_from={read_from!r} is not one of {', '.join(_READ_FROM)}"
+        )
     return SentinelTarget(
+        read_from=read_from,
         sentinels=sentinels,
         service=service,
         username=username,
@@ -177,3 +200,31 @@ def sentinel_client_async(target: SentinelTarget, options: dict[str, Any]) -> ar
         target.service, redis_class=_async_primary_client(), **node_options
     )
     return client
+
+
+def replica_url(target: SentinelTarget, options: dict[str, Any]) -> str | None:
+    """The URL of one replica the sentinels list as up, picked at random (None: none is)."""
+    sentinel_options, _ = _settings(target, options)
+    with Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options) as manager:  # type: ignore[no-untyped-call]
+        replicas: list[tuple[str, int]] = manager.discover_slaves(target.service)
+    return _pick(target, replicas)
+
+
+async def replica_url_async(target: SentinelTarget, options: dict[str, Any]) -> str | None:
+    """The async twin of `replica_url`."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel  # noqa: PLC0415
+
+    sentinel_options, _ = _settings(target, options)
+    manager = AsyncSentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    try:
+        replicas: Any = await manager.discover_slaves(target.service)
+    finally:
+        await manager.aclose()
+    return _pick(target, replicas)
+
+
+def _pick(target: SentinelTarget, replicas: list[tuple[str, int]]) -> str | None:
+    if not replicas:
+        return None
+    host, port = random.choice(list(replicas))
+    return target.node_url(host, int(port))

@@ -17,7 +17,13 @@ import anyio
 import redis
 import redis.asyncio as aredis
 
-from flagsync._connection import connect_async, connection_hint, redact_url
+from flagsync._connection import (
+    connect_async,
+    connection_hint,
+    follow_url_async,
+    redact_url,
+    writable_url,
+)
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
@@ -40,8 +46,10 @@ class AsyncDriver:
         self.follower = follower
         self.presence = presence
         self.url = url
-        self.presence_url = presence_url
+        self.presence_url = writable_url(url, presence_url)
         """Where the presence record is written (None: the followed node itself)."""
+        self._node = url
+        """The node followed in this session (a replica for `read_from=replica`)."""
         self._writer: aredis.Redis | None = None
         self._stopping = False
         self._running = False
@@ -98,10 +106,12 @@ class AsyncDriver:
 
     async def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
-        commands = self._connect()
+        options = follower.options
+        self._node = await follow_url_async(self.url, options.connect_timeout_s)
+        commands = self._connect(self._node)
         if self.presence_url is not None and self._writer is None:
             self._writer = self._connect(self.presence_url)
-        subscriber = self._connect()
+        subscriber = self._connect(self._node)
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(follower.keys.channel)
@@ -157,7 +167,7 @@ class AsyncDriver:
         except redis.RedisError as error:
             if self._writer is None and not is_refused_write(error):
                 raise
-            self.presence.refused(error, redact_url(self.presence_url or self.url))
+            self.presence.refused(error, redact_url(self.presence_url or self._node))
         else:
             self.presence.written()
 

@@ -25,7 +25,13 @@ from typing import Any
 import redis
 import structlog
 
-from flagsync._connection import connect, connection_hint, redact_url
+from flagsync._connection import (
+    connect,
+    connection_hint,
+    follow_url,
+    redact_url,
+    writable_url,
+)
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
@@ -50,8 +56,10 @@ class ThreadDriver:
         self.follower = follower
         self.presence = presence
         self.url = url
-        self.presence_url = presence_url
+        self.presence_url = writable_url(url, presence_url)
         """Where the presence record is written (None: the followed node itself)."""
+        self._node = url
+        """The node followed in this session (a replica for `read_from=replica`)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
@@ -152,10 +160,11 @@ class ThreadDriver:
 
     def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
-        commands = self._commands = self._connect()
+        self._node = follow_url(self.url, follower.options.connect_timeout_s)
+        commands = self._commands = self._connect(self._node)
         if self.presence_url is not None and self._writer is None:
             self._writer = self._connect(self.presence_url)
-        subscriber = self._connect()
+        subscriber = self._connect(self._node)
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         pubsub.subscribe(follower.keys.channel)
         follower.on_connected(reconnect=reconnect)
@@ -205,7 +214,7 @@ class ThreadDriver:
         except redis.RedisError as error:
             if self._writer is None and not is_refused_write(error):
                 raise
-            self.presence.refused(error, redact_url(self.presence_url or self.url))
+            self.presence.refused(error, redact_url(self.presence_url or self._node))
         else:
             self.presence.written()
 

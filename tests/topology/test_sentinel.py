@@ -23,9 +23,10 @@ from flagsync import FlagClient
 from flagsync.errors import StoreUnavailableError
 from flagsync.publisher import Publisher
 from flagsync.status import SyncState
+from tests.faults.figures import record
 from tests.faults.test_worker_credential import run_kill_wait
-from tests.integration.conftest import ClientFactory
-from tests.integration.support import wait_until
+from tests.integration.conftest import ClientFactory, RawFactory
+from tests.integration.support import connections_named, wait_until
 from tests.logs import captured_logs, events
 from tests.rollout.support import KEY, model_document
 from tests.topology.nodes import SentinelDeployment
@@ -130,9 +131,14 @@ class TestSentinelFailover:
         assert f"reached {WORKERS}/{WORKERS}" in out
         lost = events(logs, "connection_lost")
         assert len(lost) <= WORKERS, lost
-        print(
-            f"\n[{deployment.nodes.kind}] switch {switch_s:.2f} s, all READY "
-            f"{converge_s:.2f} s after it, write reached all in {reach_s * 1000:.0f} ms"
+        record(
+            "sentinel-failover",
+            deployment.nodes.kind,
+            recovery_s=converge_s,
+            case="all workers READY on the new primary, seconds after the switch",
+            switch_s=round(switch_s, 3),
+            write_reached_all_ms=round(reach_s * 1000, 1),
+            workers=WORKERS,
         )
 
 
@@ -175,3 +181,54 @@ class TestSentinelAsyncDriver:
                     while not all(c.revision >= revision for c in clients):
                         await anyio.sleep(0.005)
                 assert [c.variation(KEY, {}, None) for c in clients] == ["after", "after"]
+
+
+class TestSentinelReadFromReplica:
+    """`?read_from=replica`: workers follow a replica, report on the primary."""
+
+    def test_workers_follow_one_replica_each_and_report_on_the_primary(
+        self,
+        deployment: SentinelDeployment,
+        make_client: ClientFactory,
+        make_raw: RawFactory,
+        namespace: str,
+    ) -> None:
+        """Each worker's change-channel and read connections are on the same replica and
+        none on the primary but its presence writer; `kill --wait` counts them all; after
+        the primary is SIGKILLed a write still reaches every worker."""
+        url = f"{deployment.url}?read_from=replica"
+        with Publisher(deployment.url, namespace, "operator") as publisher:
+            publisher.apply(model_document())
+            replicated(deployment)
+            clients = [make_client(url, **FAST) for _ in range(4)]
+            assert all(client.wait_ready(5) for client in clients)
+            primary = make_raw(deployment.nodes.primary.url)
+            replicas = [make_raw(node.url) for node in deployment.nodes.replicas]
+            for client in clients:
+                per_replica = [len(connections_named(raw, client)) for raw in replicas]
+                assert sorted(per_replica) == [0, 2], (per_replica, client.status())
+                pubsub = [len(connections_named(raw, client, "pubsub")) for raw in replicas]
+                assert sorted(pubsub) == [0, 1], pubsub
+                assert len(connections_named(primary, client)) == 1  # the presence writer
+            assert wait_until(lambda: len(publisher.workers()) == len(clients), 5)
+            killer = run_kill_wait(deployment.url, namespace, 5.0)
+            out, err = killer.communicate(timeout=30)
+            assert killer.returncode == 0, (out, err)
+            assert f"reached {len(clients)}/{len(clients)}" in out
+
+            fail_over(deployment)
+            switched = time.monotonic()
+            revision = retried(lambda: publisher.put(KEY, flag_value("after")))
+            assert wait_until(
+                lambda: all(client.revision >= revision for client in clients), 5, 0.005
+            ), [client.status() for client in clients]
+            reach_s = time.monotonic() - switched
+
+        assert all(client.variation(KEY, {}, None) == "after" for client in clients)
+        record(
+            "sentinel-read-from-replica",
+            deployment.nodes.kind,
+            recovery_s=reach_s,
+            case="write after the switch reached every worker",
+            workers=len(clients),
+        )
