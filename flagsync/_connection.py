@@ -12,13 +12,22 @@ import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from flagsync._topology import (
+    SENTINEL_SCHEME,
+    is_sentinel_url,
+    parse_sentinel_url,
+    replica_url,
+    replica_url_async,
+    sentinel_client,
+    sentinel_client_async,
+)
 from flagsync.errors import (
     PermissionDeniedError,
     StoreError,
@@ -26,20 +35,27 @@ from flagsync.errors import (
     StoreURLError,
 )
 
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
+
 __all__ = [
     "URL_SCHEMES",
     "StoreClient",
     "check_url",
     "connect",
+    "connect_async",
     "connection_hint",
     "connection_options",
+    "follow_url",
+    "follow_url_async",
     "redact_url",
     "resolve_url",
     "store_error",
     "store_errors",
+    "writable_url",
 ]
 
-URL_SCHEMES: Final = ("redis", "rediss", "unix")
+URL_SCHEMES: Final = ("redis", "rediss", "unix", SENTINEL_SCHEME)
 _NO_URL: Final = (
     "no server URL: pass --url redis://HOST:PORT or set REDIS_URL "
     "(from Python: url='redis://HOST:PORT'); `flagsync server` starts a local one "
@@ -65,10 +81,14 @@ def check_url(url: str) -> None:
             "unix:///path for a socket)"
         )
     scheme = url.split("://", 1)[0].lower()
+    if is_sentinel_url(url):
+        parse_sentinel_url(url, shown)
+        return
     if scheme not in URL_SCHEMES:
         raise StoreURLError(
             f"{shown!r} is not a Redis URL ({scheme}:// is not a Redis scheme): "
-            "use redis://HOST:PORT, rediss://HOST:PORT (TLS) or unix:///path"
+            "use redis://HOST:PORT, rediss://HOST:PORT (TLS), unix:///path or "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE"
         )
     if scheme == "unix":
         return
@@ -84,7 +104,7 @@ def check_url(url: str) -> None:
 # The password runs to the *last* "@" of the authority (redis-py reads "u:p@ss@host" so),
 # and redis-py also takes one from the query string (`?password=...`).
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^/?#]*@", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<name>[?&]password=)[^&#]*", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_)?password=)[^&#]*", re.I)
 
 
 def redact_url(url: str) -> str:
@@ -134,12 +154,67 @@ def connect(
     set-up a round trip: over TLS 1.3 the server sends session tickets right after the
     handshake, and with RESP2, no AUTH and no name, redis-py's pool found that unread
     data on the new connection and refused it ("Connection not ready") every time.
+
+    A `redis+sentinel://` URL gives a client of the service's current primary through
+    redis-py's `Sentinel.master_for` (see `flagsync._topology`).
     """
     check_url(url)
-    client: redis.Redis = redis.Redis.from_url(
-        url, **connection_options(timeout_s, connect_timeout_s, client_name), **options
-    )
+    settings = {**connection_options(timeout_s, connect_timeout_s, client_name), **options}
+    if is_sentinel_url(url):
+        return sentinel_client(parse_sentinel_url(url, redact_url(url)), settings)
+    client: redis.Redis = redis.Redis.from_url(url, **settings)
     return client
+
+
+def connect_async(
+    url: str,
+    *,
+    timeout_s: float = 2.0,
+    connect_timeout_s: float = 2.0,
+    client_name: str | None = None,
+) -> aredis.Redis:
+    """`connect` for redis.asyncio (the async driver): the same options and URL schemes."""
+    import redis.asyncio as aredis  # noqa: PLC0415 - only the async driver needs it
+
+    check_url(url)
+    settings = connection_options(timeout_s, connect_timeout_s, client_name)
+    if is_sentinel_url(url):
+        return sentinel_client_async(parse_sentinel_url(url, redact_url(url)), settings)
+    client: aredis.Redis = aredis.Redis.from_url(url, **settings)
+    return client
+
+
+def writable_url(url: str, presence_url: str | None) -> str | None:
+    """Where a worker following `url` writes its presence and metrics: `presence_url` if
+    given, the primary for a `read_from=replica` Sentinel URL, else None (`url` itself)."""
+    if presence_url is not None:
+        return presence_url
+    if is_sentinel_url(url) and parse_sentinel_url(url, redact_url(url)).read_from == "replica":
+        return url  # connect() on a Sentinel URL always reaches the primary
+    return None
+
+
+def follow_url(url: str, timeout_s: float) -> str:
+    """The node a worker subscribes and reads on for one session: for a `read_from=replica`
+    Sentinel URL, one replica the sentinels list as up (asked now), else `url` itself."""
+    if not is_sentinel_url(url):
+        return url
+    target = parse_sentinel_url(url, redact_url(url))
+    if target.read_from != "replica":
+        return url
+    settings = connection_options(timeout_s, timeout_s, None)
+    return replica_url(target, settings) or url
+
+
+async def follow_url_async(url: str, timeout_s: float) -> str:
+    """The async twin of `follow_url`."""
+    if not is_sentinel_url(url):
+        return url
+    target = parse_sentinel_url(url, redact_url(url))
+    if target.read_from != "replica":
+        return url
+    settings = connection_options(timeout_s, timeout_s, None)
+    return await replica_url_async(target, settings) or url
 
 
 def connection_options(

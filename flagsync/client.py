@@ -266,9 +266,10 @@ class FlagClient:
         Returns at once with a daemon thread syncing in the background; call
         `wait_ready(timeout)` before relying on the flags. Options (seconds unless named
         otherwise) are `SyncOptions` fields: `check_interval_s`, `stale_after_s`,
-        `liveness_timeout_s`, `lkg_path`, ...; `worker_id`; and the metrics options
-        `metrics`, `exposures`, `metrics_interval_s`, `metrics_max_series`. Use as a
-        context manager or call `close()`.
+        `liveness_timeout_s`, `lkg_path`, ...; `worker_id`; `presence_url` (a writable
+        node for the presence record and metrics when `url` is a read-only replica); and
+        the metrics options `metrics`, `exposures`, `metrics_interval_s`,
+        `metrics_max_series`. Use as a context manager or call `close()`.
         """
         from flagsync._sync.wiring import ConnectSettings, start_thread_sync  # noqa: PLC0415 - lazy: no redis import offline
 

@@ -14,11 +14,18 @@ import uuid
 from typing import Any
 
 import anyio
+import redis
 import redis.asyncio as aredis
 
-from flagsync._connection import connection_hint, connection_options
+from flagsync._connection import (
+    connect_async,
+    connection_hint,
+    follow_url_async,
+    redact_url,
+    writable_url,
+)
 from flagsync._sync.follower import Follower
-from flagsync._sync.presence import Presence
+from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     StoreState,
@@ -34,10 +41,17 @@ __all__ = ["AsyncDriver"]
 class AsyncDriver:
     """Runs a `Follower` as a task: `await run()` until `request_stop()` or cancellation."""
 
-    def __init__(self, follower: Follower, presence: Presence, url: str) -> None:
+    def __init__(
+        self, follower: Follower, presence: Presence, url: str, presence_url: str | None = None
+    ) -> None:
         self.follower = follower
         self.presence = presence
         self.url = url
+        self.presence_url = writable_url(url, presence_url)
+        """Where the presence record is written (None: the followed node itself)."""
+        self._node = url
+        """The node followed in this session (a replica for `read_from=replica`)."""
+        self._writer: aredis.Redis | None = None
         self._stopping = False
         self._running = False
 
@@ -77,21 +91,28 @@ class AsyncDriver:
         finally:
             self.follower.closed = True
             self._running = False
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                with anyio.move_on_after(0.5, shield=True), contextlib.suppress(Exception):
+                    await writer.aclose()
 
-    def _connect(self) -> aredis.Redis:
+    def _connect(self, url: str | None = None) -> aredis.Redis:
         options = self.follower.options
-        client: aredis.Redis = aredis.Redis.from_url(
-            self.url,
-            **connection_options(
-                options.socket_timeout_s, options.connect_timeout_s, self.presence.client_name
-            ),
+        return connect_async(
+            url or self.url,
+            timeout_s=options.socket_timeout_s,
+            connect_timeout_s=options.connect_timeout_s,
+            client_name=self.presence.client_name,
         )
-        return client
 
     async def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
-        commands = self._connect()
-        subscriber = self._connect()
+        options = follower.options
+        self._node = await follow_url_async(self.url, options.connect_timeout_s)
+        commands = self._connect(self._node)
+        if self.presence_url is not None and self._writer is None:
+            self._writer = self._connect(self.presence_url)
+        subscriber = self._connect(self._node)
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
             await pubsub.subscribe(follower.keys.channel)
@@ -115,9 +136,7 @@ class AsyncDriver:
                 elif "check" in needs or timers.check_due():
                     await self._check(pubsub, commands, timers)
                 if timers.heartbeat_due():
-                    command = self.presence.heartbeat_command()
-                    if command is not None:
-                        await commands.execute_command(*command)  # type: ignore[no-untyped-call]
+                    await self._heartbeat(commands)
                     timers.heartbeat_sent()
                 if timers.ping_due():
                     await pubsub.ping(token)
@@ -125,8 +144,9 @@ class AsyncDriver:
             if self._stopping:
                 # Also when cancelled (leaving `connect_async` cancels the task): a presence
                 # key left to expire would count as a live worker in `wait_propagated`.
+                writer = self._writer or commands
                 with anyio.move_on_after(0.3, shield=True), contextlib.suppress(Exception):
-                    await commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
+                    await writer.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
             with anyio.move_on_after(0.5, shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await subscriber.aclose()
@@ -150,6 +170,21 @@ class AsyncDriver:
                 await self._resync(commands)
             timers.changed()
         timers.checked()
+
+    async def _heartbeat(self, commands: aredis.Redis) -> None:
+        """Write (or withdraw) the presence record; see `ThreadDriver._heartbeat`."""
+        command = self.presence.heartbeat_command()
+        if command is None:
+            return
+        writer = self._writer or commands
+        try:
+            await writer.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis.RedisError as error:
+            if self._writer is None and not is_refused_write(error):
+                raise
+            self.presence.refused(error, redact_url(self.presence_url or self._node))
+        else:
+            self.presence.written()
 
     async def _read_state(self, commands: aredis.Redis) -> StoreState:
         self.follower.note_check()

@@ -402,6 +402,7 @@ class Follower:
             worker_id=worker_id,
             quarantined=dict(snapshot.quarantine.flags),
             quarantined_segments=dict(snapshot.quarantine.segments),
+            presence_error=None,  # the presence writer's to report (see SyncHandle.status)
             **self.counts,
         )
 

@@ -20,6 +20,14 @@ started worker until its first request (a deploy would show an empty fleet), and
 "a forking parent never counts" would let `wait_propagated` report complete while a
 serving parent still has the old flags — a false "done" is worse than a slow one. The
 record is deleted at the parent's next heartbeat (<= `heartbeat_interval_s`).
+
+A refused write (S32). A worker pointed at a read-only replica follows correctly there
+(a nudge arrives behind its data on the same node), but the replica answers its SET
+with READONLY. That is no lost connection: reconnecting cannot fix it (measured: 437
+reconnects and 412 full reloads in 12.5 s). The drivers hand such a refusal to
+`refused()`: one warning per episode, `status().presence_error` says so, and the fleet
+view simply does not count this worker, so `--wait` reports it unconfirmed. Pass
+`presence_url` to write the record on a writable node instead (`read_from=replica`).
 """
 
 from __future__ import annotations
@@ -29,12 +37,17 @@ import socket
 import time
 import uuid
 
+import redis
+import structlog
+
 from flagsync._codec import WorkerInfo, encode_presence
 from flagsync._sync.follower import Follower
 from flagsync.snapshot import Snapshot
 from flagsync.store import StoreKeys
 
-__all__ = ["Presence"]
+__all__ = ["Presence", "is_refused_write"]
+
+_log = structlog.get_logger("flagsync.subscriber")
 
 Command = tuple[str | bytes | int, ...]
 
@@ -51,6 +64,8 @@ class Presence:
         self._withheld = False
         self._listed = False
         self._held_keys: tuple[Snapshot | None, tuple[str, ...]] = (None, ())
+        self.error: str | None = None
+        """Why the last presence write was refused (None: written, or not tried yet)."""
 
     @property
     def key(self) -> str:
@@ -89,6 +104,27 @@ class Presence:
         ttl_ms = int(self.follower.options.presence_ttl_s * 1000)
         return ("SET", self.key, self.record(), "PX", ttl_ms)
 
+    def written(self) -> None:
+        """The last heartbeat command succeeded: a refusal episode, if any, is over."""
+        if self.error is not None:
+            _log.info("presence_written", namespace=self.keys.namespace, key=self.key)
+            self.error = None
+
+    def refused(self, error: BaseException, where: str) -> None:
+        """The store refused the record (a read-only replica): keep following, warn once."""
+        self._listed = False
+        if self.error is None:
+            _log.warning(
+                "presence_refused",
+                namespace=self.keys.namespace,
+                key=self.key,
+                where=where,
+                error=str(error),
+                hint="this worker is not counted by --wait; pass presence_url= a writable node",
+            )
+        fact = "a read-only replica refused it" if is_refused_write(error) else "failed"
+        self.error = f"presence not written on {where}: {fact} ({error})"
+
     def withdraw_command(self) -> Command:
         """The command that removes the record (on close)."""
         self._listed = False
@@ -121,6 +157,11 @@ class Presence:
         if self._held_keys[0] is not snapshot:
             self._held_keys = (snapshot, () if snapshot is None else tuple(sorted(snapshot)))
         return self._held_keys[1]
+
+
+def is_refused_write(error: BaseException) -> bool:
+    """True for a write refused by a read-only replica (a reply, not a lost connection)."""
+    return isinstance(error, redis.exceptions.ReadOnlyError)
 
 
 def new_worker_id() -> str:

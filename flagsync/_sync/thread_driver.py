@@ -25,9 +25,15 @@ from typing import Any
 import redis
 import structlog
 
-from flagsync._connection import connect, connection_hint
+from flagsync._connection import (
+    connect,
+    connection_hint,
+    follow_url,
+    redact_url,
+    writable_url,
+)
 from flagsync._sync.follower import Follower
-from flagsync._sync.presence import Presence
+from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     StoreState,
@@ -45,14 +51,21 @@ _log = structlog.get_logger("flagsync.subscriber")
 class ThreadDriver:
     """Runs a `Follower` in one daemon thread; restarts itself in forked children."""
 
-    def __init__(self, follower: Follower, presence: Presence, url: str) -> None:
+    def __init__(
+        self, follower: Follower, presence: Presence, url: str, presence_url: str | None = None
+    ) -> None:
         self.follower = follower
         self.presence = presence
         self.url = url
+        self.presence_url = writable_url(url, presence_url)
+        """Where the presence record is written (None: the followed node itself)."""
+        self._node = url
+        """The node followed in this session (a replica for `read_from=replica`)."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
         self._commands: redis.Redis | None = None
+        self._writer: redis.Redis | None = None
         _live_drivers.add(self)
 
     def start(self) -> None:
@@ -88,7 +101,7 @@ class ThreadDriver:
             # connection: closing that connection under it wakes it at once.
             thread.join(max(0.0, timeout_s - 0.2))
             if thread.is_alive():
-                self._close_connections()
+                self._close_connections(writer=True)
                 thread.join(0.2)
 
     @property
@@ -99,7 +112,7 @@ class ThreadDriver:
     def after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's connections unread, start a new thread."""
         self._pubsub = None  # never read a PubSub inherited through fork: it is the parent's
-        self._commands = None
+        self._commands = self._writer = None
         self._thread = None
         if self._stop.is_set():
             return
@@ -135,12 +148,12 @@ class ThreadDriver:
                 attempt += 1
             reconnect = True
         self._remove_presence()
-        self._close_connections()
+        self._close_connections(writer=True)
 
-    def _connect(self) -> redis.Redis:
+    def _connect(self, url: str | None = None) -> redis.Redis:
         options = self.follower.options
         return connect(
-            self.url,
+            url or self.url,
             timeout_s=options.socket_timeout_s,
             connect_timeout_s=options.connect_timeout_s,
             client_name=self.presence.client_name,
@@ -148,8 +161,11 @@ class ThreadDriver:
 
     def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
-        commands = self._commands = self._connect()
-        subscriber = self._connect()
+        self._node = follow_url(self.url, follower.options.connect_timeout_s)
+        commands = self._commands = self._connect(self._node)
+        if self.presence_url is not None and self._writer is None:
+            self._writer = self._connect(self.presence_url)
+        subscriber = self._connect(self._node)
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         pubsub.subscribe(follower.keys.channel)
         follower.on_connected(reconnect=reconnect)
@@ -174,12 +190,27 @@ class ThreadDriver:
             elif "check" in needs or timers.check_due():
                 self._check(pubsub, commands, timers)
             if timers.heartbeat_due():
-                command = self.presence.heartbeat_command()
-                if command is not None:
-                    commands.execute_command(*command)  # type: ignore[no-untyped-call]
+                self._heartbeat(commands)
                 timers.heartbeat_sent()
             if timers.ping_due():
                 pubsub.ping(token)
+
+    def _heartbeat(self, commands: redis.Redis) -> None:
+        """Write (or withdraw) the presence record. A refusal (a read-only replica), or any
+        failure of a separate presence node, is reported, never a reason to reconnect: the
+        followed node is fine. A failure of the followed node itself ends the session."""
+        command = self.presence.heartbeat_command()
+        if command is None:
+            return
+        writer = self._writer or commands
+        try:
+            writer.execute_command(*command)  # type: ignore[no-untyped-call]
+        except redis.RedisError as error:
+            if self._writer is None and not is_refused_write(error):
+                raise
+            self.presence.refused(error, redact_url(self.presence_url or self._node))
+        else:
+            self.presence.written()
 
     def _next_message(self, pubsub: Any, wait_s: float) -> dict[str, Any] | None:
         """The next channel message, if a whole one arrives within `wait_s` (0: if buffered).
@@ -268,17 +299,21 @@ class ThreadDriver:
                 return
         _log.warning("resync_contended", namespace=keys.namespace)
 
-    def _close_connections(self) -> None:
+    def _close_connections(self, *, writer: bool = False) -> None:
         pubsub, self._pubsub = self._pubsub, None
         commands, self._commands = self._commands, None
-        for closable in (pubsub, commands):
+        closables: list[Any] = [pubsub, commands]
+        if writer:
+            closables.append(self._writer)
+            self._writer = None
+        for closable in closables:
             if closable is None:
                 continue
             with contextlib.suppress(Exception):  # closing a broken connection may fail
                 closable.close()
 
     def _remove_presence(self) -> None:
-        commands = self._commands
+        commands = self._writer or self._commands
         if commands is None:
             return
         with contextlib.suppress(Exception):  # best effort: the key expires by itself

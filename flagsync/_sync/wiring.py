@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
-from flagsync._connection import resolve_url
+from flagsync._connection import check_url, resolve_url
 from flagsync._sync.follower import Follower, Listener
 from flagsync._sync.lkg import read_lkg, write_lkg
 from flagsync._sync.options import SyncOptions
@@ -44,7 +45,7 @@ _METRIC_DEFAULTS: dict[str, Any] = {
     "metrics_max_series": 10_000,
 }
 _SYNC_NAMES = frozenset(field.name for field in dataclasses.fields(SyncOptions))
-_OPTION_NAMES = _SYNC_NAMES | {"worker_id", *_METRIC_DEFAULTS}
+_OPTION_NAMES = _SYNC_NAMES | {"worker_id", "presence_url", *_METRIC_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class ConnectSettings:
     namespace: str
     sync: SyncOptions
     worker_id: str | None = None
+    presence_url: str | None = None
+    """Where the presence record goes when `url` is a read-only replica (the primary)."""
     metrics: bool = True
     exposures: bool = False
     metrics_interval_s: float = 10.0
@@ -72,11 +75,15 @@ class ConnectSettings:
         if sync.get("lkg_path") is not None:
             sync["lkg_path"] = Path(sync["lkg_path"])
         metrics = {name: options.get(name, default) for name, default in _METRIC_DEFAULTS.items()}
+        presence_url = options.get("presence_url")
+        if presence_url is not None:
+            check_url(presence_url)
         return cls(
             url=resolve_url(url),
             namespace=namespace,
             sync=SyncOptions(**sync),
             worker_id=options.get("worker_id"),
+            presence_url=presence_url,
             metrics=bool(metrics["metrics"]),
             exposures=bool(metrics["exposures"]),
             metrics_interval_s=float(metrics["metrics_interval_s"]),
@@ -135,7 +142,9 @@ class SyncHandle:
 
     def status(self) -> ClientStatus:
         """A `ClientStatus` report."""
-        return self._follower.status(self._presence.worker_id)
+        status = self._follower.status(self._presence.worker_id)
+        error = self._presence.error
+        return status if error is None else msgspec.structs.replace(status, presence_error=error)
 
     def is_stale(self) -> bool:
         """True when evaluations come from a snapshot unconfirmed past the grace period."""
@@ -161,7 +170,7 @@ def start_thread_sync(
 ) -> SyncHandle:
     """Start following in a daemon thread."""
     follower, presence = _build(settings, install)
-    driver = ThreadDriver(follower, presence, settings.url)
+    driver = ThreadDriver(follower, presence, settings.url, settings.presence_url)
     driver.start()
     reporter = _start_reporter(settings, tables, presence)
     return SyncHandle(follower, presence, driver.close, lambda: driver.alive, reporter)
@@ -176,7 +185,7 @@ async def run_async_sync(
     reporter = _start_reporter(settings, tables, presence)
     if not _on_asyncio():
         # redis-py's async client only runs on asyncio; elsewhere use the thread driver.
-        driver = ThreadDriver(follower, presence, settings.url)
+        driver = ThreadDriver(follower, presence, settings.url, settings.presence_url)
         driver.start()
         handle = SyncHandle(follower, presence, driver.close, lambda: driver.alive, reporter)
         try:
@@ -188,7 +197,7 @@ async def run_async_sync(
 
     from flagsync._sync.async_driver import AsyncDriver  # noqa: PLC0415 - asyncio only
 
-    task = AsyncDriver(follower, presence, settings.url)
+    task = AsyncDriver(follower, presence, settings.url, settings.presence_url)
     loop = asyncio.get_running_loop()
     scope = anyio.CancelScope()
 
@@ -238,7 +247,7 @@ def _start_reporter(
         return None
     return MetricsReporter(
         tables,
-        settings.url,
+        settings.presence_url or settings.url,  # a writable node, like the presence record
         StoreKeys(settings.namespace),
         interval_s=settings.metrics_interval_s,
         max_series=settings.metrics_max_series,

@@ -477,12 +477,6 @@ class TestReadOnlyReplica:
         assert killer.returncode == 1, err
         assert "nobody confirmed the change" in out
 
-    @pytest.mark.xfail(
-        reason="S32 belongs to issue #12 (the drivers): a READONLY reply to the presence "
-        "SET is handled as a lost connection; measured here: 225 connections, 112 "
-        "reconnects and 65 full resyncs in 3 s, state READY, presence never written",
-        strict=True,
-    )
     def test_a_worker_on_a_replica_does_not_reconnect_in_a_storm(
         self,
         replica: tuple[ServerProcess, ServerProcess],
@@ -508,3 +502,7 @@ class TestReadOnlyReplica:
         assert opened <= 5, status
         assert status.reconnects <= 1, status
         assert status.resyncs <= 2, status
+        assert status.state == "ready", status
+        assert status.connected, status
+        assert status.presence_error is not None
+        assert "read-only replica" in status.presence_error

@@ -1,0 +1,230 @@
+"""Sentinel URLs: `redis+sentinel://[user:pass@]host:port[,host:port...]/<service>[?options]`.
+
+A Sentinel deployment is reached through redis-py's own `redis.sentinel.Sentinel` (and
+`redis.asyncio.sentinel` for the async driver): `master_for(service)` gives a client
+whose every new connection asks the sentinels where the primary is now, and whose
+connections to a demoted primary fail instead of writing to a replica. Nothing here
+decides who the primary is; this module only turns a URL into those calls.
+
+Options (query string): `sentinel_username` / `sentinel_password` authenticate to the
+sentinels themselves (the user and password of the URL are the data nodes').
+`read_from=replica` makes a *worker* (both drivers) subscribe and read on one replica the
+sentinels list as up (the same one for both connections: a nudge arrives behind its data
+only on the node that holds the data), while its presence and metrics go to the primary;
+writers (publisher, CLI, fleet view) always use the primary. TLS (`rediss+sentinel://`)
+is not supported yet and is refused by name.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl, quote, unquote
+
+import redis
+from redis.sentinel import Sentinel
+
+from flagsync.errors import StoreURLError
+
+if TYPE_CHECKING:
+    import redis.asyncio as aredis
+
+__all__ = [
+    "SENTINEL_SCHEME",
+    "SentinelTarget",
+    "SentinelURLError",
+    "is_sentinel_url",
+    "parse_sentinel_url",
+    "replica_url",
+    "replica_url_async",
+    "sentinel_client",
+    "sentinel_client_async",
+]
+
+SENTINEL_SCHEME: Final = "redis+sentinel"
+_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password", "read_from"})
+_READ_FROM: Final = ("primary", "replica")
+_SHAPE: Final = "redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE"
+
+
+class SentinelURLError(StoreURLError):
+    """A `redis+sentinel://` URL that names no sentinel, no service, or a bad option."""
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """Where the sentinels are, which service they watch, and the credentials to use."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    username: str | None = None
+    password: str | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = None
+    read_from: str = "primary"
+    """`replica`: workers follow a replica (see the module docstring)."""
+
+    def node_url(self, host: str, port: int) -> str:
+        """A plain `redis://` URL of one data node, with this target's credentials."""
+        auth = ""
+        if self.username or self.password:
+            auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
+        return f"redis://{auth}{host}:{port}"
+
+
+def is_sentinel_url(url: str) -> bool:
+    """True for a `redis+sentinel://` (or `rediss+sentinel://`) URL."""
+    return url.split("://", 1)[0].lower().endswith("+sentinel")
+
+
+def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
+    """The target of a Sentinel URL; `SentinelURLError` naming what is wrong (`shown`
+    is the URL with its password redacted, for the message)."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() != SENTINEL_SCHEME:
+        raise SentinelURLError(
+            f"{shown!r}: {scheme}:// is not supported (TLS to Sentinel deployments is not "
+            f"built yet); use {_SHAPE}"
+        )
+    rest, _, query = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    credentials, _, hosts = authority.rpartition("@")
+    username = password = None
+    if credentials:
+        user, has_password, secret = credentials.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if has_password else None
+    sentinels = tuple(_host_port(part, shown) for part in hosts.split(",") if part)
+    if not sentinels:
+        raise SentinelURLError(f"{shown!r} names no sentinel: write {_SHAPE}")
+    service = unquote(path.strip("/"))
+    if not service or "/" in service:
+        raise SentinelURLError(f"{shown!r}: the path must be the service name: write {_SHAPE}")
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise SentinelURLError(
+            f"{shown!r}: unknown option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(_OPTIONS))}"
+        )
+    read_from = options.get("read_from", "primary")
+    if read_from not in _READ_FROM:
+        raise SentinelURLError(
+            f"{shown!r}: read_from={read_from!r} is not one of {', '.join(_READ_FROM)}"
+        )
+    return SentinelTarget(
+        read_from=read_from,
+        sentinels=sentinels,
+        service=service,
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username") or None,
+        sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def _host_port(part: str, shown: str) -> tuple[str, int]:
+    host, _, port = part.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SentinelURLError(
+            f"{shown!r}: sentinel {part!r} is not HOST:PORT with a port in 1..65535"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _settings(
+    target: SentinelTarget, options: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sentinel connection options, data node connection options)."""
+    node = {**options, "username": target.username, "password": target.password}
+    sentinel: dict[str, Any] = {
+        name: options[name]
+        for name in ("socket_timeout", "socket_connect_timeout", "retry", "protocol")
+        if name in options
+    }
+    sentinel.update(
+        username=target.sentinel_username,
+        password=target.sentinel_password,
+        client_name=options.get("client_name"),
+        driver_info=None,
+    )
+    return sentinel, node
+
+
+class _PrimaryClient(redis.Redis):
+    """`master_for`'s client that also closes the sentinel connections behind it."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            pool: Any = self.connection_pool
+            pool.sentinel_manager.close()
+
+
+@cache
+def _async_primary_client() -> type[aredis.Redis]:
+    """The async twin of `_PrimaryClient` (built on first use: redis.asyncio loads late)."""
+    import redis.asyncio as aredis  # noqa: PLC0415 - the async driver's alone
+
+    class AsyncPrimaryClient(aredis.Redis):
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            try:
+                await super().aclose(close_connection_pool)
+            finally:
+                pool: Any = self.connection_pool
+                await pool.sentinel_manager.aclose()
+
+    return AsyncPrimaryClient
+
+
+def sentinel_client(target: SentinelTarget, options: dict[str, Any]) -> redis.Redis:
+    """A client of the service's current primary (redis-py's `Sentinel.master_for`)."""
+    sentinel_options, node_options = _settings(target, options)
+    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
+        target.service, redis_class=_PrimaryClient, **node_options
+    )
+    return client
+
+
+def sentinel_client_async(target: SentinelTarget, options: dict[str, Any]) -> aredis.Redis:
+    """The async twin of `sentinel_client` (`redis.asyncio.sentinel`)."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel  # noqa: PLC0415
+
+    sentinel_options, node_options = _settings(target, options)
+    manager = AsyncSentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    client: aredis.Redis = manager.master_for(
+        target.service, redis_class=_async_primary_client(), **node_options
+    )
+    return client
+
+
+def replica_url(target: SentinelTarget, options: dict[str, Any]) -> str | None:
+    """The URL of one replica the sentinels list as up, picked at random (None: none is)."""
+    sentinel_options, _ = _settings(target, options)
+    with Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options) as manager:  # type: ignore[no-untyped-call]
+        replicas: list[tuple[str, int]] = manager.discover_slaves(target.service)
+    return _pick(target, replicas)
+
+
+async def replica_url_async(target: SentinelTarget, options: dict[str, Any]) -> str | None:
+    """The async twin of `replica_url`."""
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel  # noqa: PLC0415
+
+    sentinel_options, _ = _settings(target, options)
+    manager = AsyncSentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    try:
+        replicas: Any = await manager.discover_slaves(target.service)
+    finally:
+        await manager.aclose()
+    return _pick(target, replicas)
+
+
+def _pick(target: SentinelTarget, replicas: list[tuple[str, int]]) -> str | None:
+    if not replicas:
+        return None
+    host, port = random.choice(list(replicas))
+    return target.node_url(host, int(port))

@@ -1,0 +1,1 @@
+"""Tests on real multi-node topologies: replicas, Sentinel (issue #12)."""

@@ -1,0 +1,25 @@
+"""Fixtures of the topology suite: the integration suite's clients and servers, plus
+replica sets started from the same server binaries (Valkey always, Debian's
+redis-server where present, see `tests.optional`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.faults import figures
+from tests.integration.conftest import (  # noqa: F401 - fixtures shared with this suite
+    make_client,
+    make_publisher,
+    make_raw,
+    namespace,
+    server_kind,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def topology_figures() -> Iterator[None]:
+    """Write the measured figures (failover times) to `$FLAGSYNC_FAULT_FIGURES` at the end."""
+    yield
+    figures.write()
