@@ -12,8 +12,6 @@ Reading the change log and watching workers is the fleet view's job (`flagsync.f
 from __future__ import annotations
 
 import getpass
-import random
-import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -22,10 +20,9 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from flagsync._codec import WorkerInfo, decode_definition
+from flagsync._codec import WorkerInfo
 from flagsync._connection import connect, resolve_url, store_errors
-from flagsync._intents import Edit, killed, ramped, served, split, with_enabled
-from flagsync._lease import LEASE_KIND
+from flagsync._intent_writes import IntentWrites, decode_stored, lease_guard
 from flagsync._references import delete_guards, reference_writes
 from flagsync._reseed import dropped_by_reseed
 from flagsync._signed_write import run_write_script
@@ -45,7 +42,6 @@ from flagsync.loader import FlagSource, load_flags
 from flagsync.model import Flag, FlagSet
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
-    GUARD_OP,
     NO_DATA_OPS,
     WRITE_SCRIPT,
     ScriptWrite,
@@ -67,13 +63,6 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("flagsync.publisher")
-_INTENT_RETRIES: Final = 64
-"""Attempts of an intent write (kill, enable, ramp, ...) without an expected version: a
-conflict only means another writer got in first, so it is re-read and re-applied. 8
-writers hammering one flag lost 5 attempts in a row 27 times in 4,199 kills."""
-_RETRY_BACKOFF_S: Final = (0.0005, 0.02)
-"""First and largest pause between attempts (full jitter, doubling): racing writers
-spread out instead of colliding again at once."""
 _LOGGED_KEYS: Final = 10
 """How many written keys `flags_written` names (a bulk apply may write thousands)."""
 
@@ -101,7 +90,7 @@ class StoredFlag(msgspec.Struct, frozen=True):
     flag: Flag
 
 
-class Publisher:
+class Publisher(IntentWrites):
     """Writes flags to one namespace of a store.
 
     `actor` is recorded in the change log with every write (default: the OS user).
@@ -155,7 +144,7 @@ class Publisher:
             blob = self._redis.hget(self.keys.flags, key)
         if blob is None:
             return None
-        stored = _decode_stored("flag", key, blob)
+        stored = decode_stored("flag", key, blob)
         # Segment names are needed to parse a flag whose rules target segments.
         return StoredFlag(key, stored[1], parse_flag(key, stored[0], self._segment_names()))
 
@@ -301,76 +290,6 @@ class Publisher:
         write = ScriptWrite("flag", key, current, op, stored)
         return self._write([write, *guards], reason, op_name=op)
 
-    def kill(
-        self,
-        key: str,
-        *,
-        reason: str = "",
-        expected_version: int | None = None,
-        lease: int | None = None,
-    ) -> int:
-        """The kill switch: serve every context the `off` variant. Returns the revision.
-
-        Without `expected_version` it never fails because another writer raced it (it
-        re-reads and retries, bounded); with one, a changed flag is a `ConflictError`.
-        `lease` is a rollout controller's lease token (see `flagsync.controller`): the
-        write is refused, inside the write script, once another controller took the lease.
-        """
-        return self._modify(key, "kill", reason, expected_version, killed, lease=lease)
-
-    def enable(
-        self,
-        key: str,
-        *,
-        reason: str = "",
-        expected_version: int | None = None,
-        lease: int | None = None,
-    ) -> int:
-        """Undo `kill`: evaluate rules and default again (retries as `kill` does)."""
-        return self._modify(
-            key, "enable", reason, expected_version, with_enabled(True), lease=lease
-        )
-
-    def set_rollout(
-        self,
-        key: str,
-        weights: Mapping[str, float],
-        rule: str | None = None,
-        *,
-        reason: str = "",
-        expected_version: int | None = None,
-    ) -> int:
-        """Set the percentage split of the default (or of the rule named `rule`).
-
-        A fixed serve becomes a rollout; an existing rollout keeps its `by` and `salt`,
-        so users keep their buckets. Returns the revision.
-        """
-        edit = split(key, rule, weights)
-        return self._modify(key, "set_rollout", reason, expected_version, edit)
-
-    def ramp(
-        self,
-        key: str,
-        variant: str,
-        percent: float,
-        rule: str | None = None,
-        *,
-        reason: str = "",
-        expected_version: int | None = None,
-        lease: int | None = None,
-    ) -> int:
-        """Give `variant` `percent` % of the default's (or rule's) traffic, the other
-        variants keeping their proportions (see `flagsync.weights.ramp_weights`).
-        `lease`: a rollout controller's lease token, as for `kill`."""
-        edit = ramped(key, rule, variant, percent)
-        return self._modify(key, "ramp", reason, expected_version, edit, lease=lease)
-
-    def set_default(
-        self, key: str, variant: str, *, reason: str = "", expected_version: int | None = None
-    ) -> int:
-        """Serve one fixed variant as the fallthrough. Returns the revision."""
-        return self._modify(key, "set_default", reason, expected_version, served(variant))
-
     def delete(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Delete a flag (refused while another flag requires it). Returns the revision."""
         state, versions = self._read_all()
@@ -448,54 +367,6 @@ class Publisher:
 
     # -- internals -------------------------------------------------------------
 
-    def _modify(
-        self,
-        key: str,
-        op: str,
-        reason: str,
-        expected_version: int | None,
-        change: Edit,
-        *,
-        lease: int | None = None,
-    ) -> int:
-        """Read-modify-write one flag; an intent (kill, ramp) is re-applied on a conflict.
-
-        Without `expected_version`, a conflict on the flag only means another writer got
-        in first: re-read, re-apply, bounded (`_INTENT_RETRIES`, jittered). With one, or
-        when a `fences` guard (a controller's lease) moved, the conflict is the caller's.
-        """
-        fences = [] if lease is None else [lease_guard(key, lease)]
-        for attempt in range(_INTENT_RETRIES):
-            with store_errors(self.url):
-                blob = self._redis.hget(self.keys.flags, key)
-            if blob is None:
-                raise FlagNotFoundError("flag", key)
-            # The blob carries the version it was written with: the script stores both.
-            definition, current = _decode_stored("flag", key, blob)
-            if expected_version is not None and expected_version != current:
-                raise ConflictError("flag", key, expected_version, current)
-            segments = self._segment_names()  # a flag may target segments (in_segment)
-            before = parse_flag(key, definition, segments)
-            after = change(before)
-            after_data = msgspec.to_builtins(after)
-            parse_flag(key, after_data, segments)
-            if after == before:
-                return self._unchanged(op, key)
-            try:
-                return self._write(
-                    [ScriptWrite("flag", key, current, op, after_data), *fences],
-                    reason,
-                    op_name=op,
-                )
-            except ConflictError as conflict:
-                raced = conflict.kind == "flag" and conflict.key == key
-                if expected_version is not None or not raced or attempt == _INTENT_RETRIES - 1:
-                    raise
-                _log.debug("intent_write_raced", key=key, op=op, attempt=attempt + 1)
-                first, largest = _RETRY_BACKOFF_S
-                time.sleep(random.uniform(0, min(largest, first * 2**attempt)))
-        raise AssertionError("unreachable")  # pragma: no cover
-
     def _segment_names(self) -> set[str]:
         with store_errors(self.url):
             return {name.decode() for name in self._redis.hkeys(self.keys.segments)}
@@ -516,7 +387,7 @@ class Publisher:
             ):
                 for raw_key, blob in blobs.items():
                     key = raw_key.decode()
-                    state[section][key] = _decode_stored(kind, key, blob)[0]
+                    state[section][key] = decode_stored(kind, key, blob)[0]
             return state, {field.decode(): int(value) for field, value in versions.items()}
         raise StoreUnavailableError("could not read a consistent state")  # pragma: no cover
 
@@ -588,18 +459,6 @@ class Publisher:
             op_name, None if op_name == "apply" else written[0], revision, changed=True
         )
         return revision
-
-
-def lease_guard(key: str, token: int) -> ScriptWrite:
-    """The write-script guard that fences a rollout controller: its write applies only
-    while the flag's lease version (`lease:<key>` in the versions hash, bumped by each
-    controller that takes the lease) still equals the token it acquired."""
-    return ScriptWrite(LEASE_KIND, key, token, GUARD_OP, None)
-
-
-def _decode_stored(kind: str, key: str, blob: bytes) -> tuple[dict[str, Any], int]:
-    stored = decode_definition(blob, kind, key)
-    return stored.definition, stored.version
 
 
 def _no_version(target: int, current: int, steps: int | None) -> str:
