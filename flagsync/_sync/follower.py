@@ -118,6 +118,8 @@ class Follower:
         self.integrity = Integrity(keys, options.verify_keys, self.counts, clock)
         """Digest and (signed mode) signature checks of what is applied."""
         self._last_malformed_log = float("-inf")
+        self._announced = False
+        """Whether this process logged `snapshot_loaded` yet (a forked child logs its own)."""
         self._quarantine_logged: dict[tuple[str, str], str] = {}
         """What `_report_quarantine` last logged: (kind, key) -> reason."""
 
@@ -266,6 +268,8 @@ class Follower:
         ):
             # The revision we hold, read again (a resync after a change we applied from
             # its message): nothing to swap, and listeners heard of this revision once.
+            if not self._announced:  # this process's first load (a forked child's): say so
+                self._log_loaded(loaded, len(current), quarantine, unchanged=True)
             self.confirm()
             self.ready.set()
             return True
@@ -273,14 +277,7 @@ class Follower:
             definitions, revision=loaded.revision, epoch=loaded.epoch, quarantine=quarantine
         )
         self._swap(snapshot, current.changed_keys(snapshot), 0)
-        _log.info(
-            "snapshot_loaded",
-            namespace=self.keys.namespace,
-            epoch=loaded.epoch,
-            revision=loaded.revision,
-            flags=len(snapshot),
-            quarantined=len(quarantine.flags),
-        )
+        self._log_loaded(loaded, len(snapshot), quarantine, unchanged=False)
         self.confirm()
         self.ready.set()
         return True
@@ -409,6 +406,7 @@ class Follower:
     def reset_after_fork(self) -> None:
         """In a forked child: not connected, nothing compared yet; the snapshot stays."""
         self._lock = threading.RLock()  # the fork may have copied it held by the parent's driver
+        self._announced = False  # the child logs its own first load, even an unchanged one
         self.connected = False
         self._blobs = None
         self._last_load = float("-inf")
@@ -416,6 +414,20 @@ class Follower:
         self.stop_watching_use()
 
     # -- internals -------------------------------------------------------------
+
+    def _log_loaded(
+        self, loaded: LoadedStore, flags: int, quarantine: Quarantine, *, unchanged: bool
+    ) -> None:
+        self._announced = True
+        _log.info(
+            "snapshot_loaded",
+            namespace=self.keys.namespace,
+            epoch=loaded.epoch,
+            revision=loaded.revision,
+            flags=flags,
+            quarantined=len(quarantine.flags),
+            **({"unchanged": True} if unchanged else {}),
+        )
 
     def _swap(self, snapshot: Snapshot, changed: frozenset[str], published_us: int) -> None:
         if self._watching_use and not self._used:

@@ -147,6 +147,19 @@ class TestLoad:
         assert synced.swaps == [(5, frozenset({"a", "b"}))]
         assert follower.status().state is SyncState.READY
 
+    def test_a_forked_child_logs_its_own_first_load_even_unchanged(self, synced: Harness) -> None:
+        """A re-read of the revision held swaps nothing and logs nothing, except as the
+        first load of a forked child, which says `snapshot_loaded` (unchanged) once."""
+        follower = synced.follower
+        with captured_logs() as logs:
+            assert follower.on_loaded(loaded(5, SYNCED))
+            follower.reset_after_fork()
+            assert follower.on_loaded(loaded(5, SYNCED))
+            assert follower.on_loaded(loaded(5, SYNCED))
+        loads = events(logs, "snapshot_loaded")
+        assert [(entry["revision"], entry.get("unchanged")) for entry in loads] == [(5, True)]
+        assert len(synced.installed) == 1
+
     def test_same_store_again_only_confirms(self, synced: Harness) -> None:
         """Reading the same store again installs nothing and counts one more resync."""
         synced.clock.now += 5
