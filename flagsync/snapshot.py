@@ -19,7 +19,7 @@ compiled, so a first evaluation costs the same among 50 flags as among 50,000.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -54,6 +54,21 @@ class Quarantine:
 NO_QUARANTINE: Final = Quarantine(MappingProxyType({}), MappingProxyType({}), frozenset())
 """A load that set nothing aside (the usual case)."""
 
+_NO_VERSIONS: Final[Mapping[str, int]] = MappingProxyType({})
+
+
+def _versions_after(
+    before: Mapping[str, int], changed: Iterable[str], given: Mapping[str, int]
+) -> Mapping[str, int]:
+    """`before` with each changed flag's version replaced by the one given (or dropped)."""
+    if not before and not given:
+        return _NO_VERSIONS
+    after = dict(before)
+    for key in changed:
+        after.pop(key, None)
+    after.update(given)
+    return after
+
 
 class Snapshot:
     """A revision of flag definitions and their (lazily) compiled evaluators."""
@@ -67,6 +82,7 @@ class Snapshot:
         "epoch",
         "quarantine",
         "revision",
+        "versions",
     )
 
     revision: int
@@ -77,6 +93,9 @@ class Snapshot:
     """The validated definitions the snapshot serves."""
     quarantine: Quarantine
     """Flags and segments of the store this snapshot set aside (see `Quarantine`)."""
+    versions: Mapping[str, int]
+    """The store's own version of each flag with a `kind` (an llm flag's configs carry it,
+    see `flagsync.llm`); empty offline and for other flags."""
     entries: dict[str, TableEntry]
     """Lookup table of the flags compiled so far, for the client's hot path. Only the
     snapshot adds to it (on first use of a flag, under its lock); never mutate it."""
@@ -90,10 +109,12 @@ class Snapshot:
         epoch: str,
         *,
         quarantine: Quarantine = NO_QUARANTINE,
+        versions: Mapping[str, int] = _NO_VERSIONS,
     ) -> None:
         self.revision = revision
         self.epoch = epoch
         self.quarantine = quarantine
+        self.versions = versions
         self.definitions = definitions
         self._compiled = compiled
         self.entries = {key: flag.entry for key, flag in compiled.items()}
@@ -109,11 +130,15 @@ class Snapshot:
         epoch: str = "",
         compile_all: bool = False,
         quarantine: Quarantine = NO_QUARANTINE,
+        versions: Mapping[str, int] = _NO_VERSIONS,
     ) -> Snapshot:
         """A snapshot of a validated `FlagSet` (see `load_flags`); flags compile on first use
-        unless `compile_all`. `quarantine`: what the load set aside."""
+        unless `compile_all`. `quarantine`: what the load set aside; `versions`: see
+        `Snapshot.versions`."""
         segment_sets = {name: frozenset(seg.keys) for name, seg in definitions.segments.items()}
-        snapshot = cls(definitions, {}, segment_sets, revision, epoch, quarantine=quarantine)
+        snapshot = cls(
+            definitions, {}, segment_sets, revision, epoch, quarantine=quarantine, versions=versions
+        )
         if compile_all:
             snapshot.compile_all()
         return snapshot
@@ -164,8 +189,10 @@ class Snapshot:
         segments: Mapping[str, Segment | None] | None = None,
         revision: int,
         epoch: str | None = None,
+        versions: Mapping[str, int] | None = None,
     ) -> tuple[Snapshot, frozenset[str]]:
-        """A new snapshot with flags/segments put (a value) or deleted (None).
+        """A new snapshot with flags/segments put (a value) or deleted (None); `versions`:
+        the store versions of the put flags that have one (see `Snapshot.versions`).
 
         Returns it with the keys whose evaluation may have changed: the changed flags,
         flags using a changed segment, and every flag that requires one of those.
@@ -208,6 +235,7 @@ class Snapshot:
             revision,
             self.epoch if epoch is None else epoch,
             quarantine=self.quarantine,  # a change touching a quarantined name goes by a whole load
+            versions=_versions_after(self.versions, flag_changes.keys(), versions or {}),
         )
         return snapshot, frozenset(affected)
 

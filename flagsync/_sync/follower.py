@@ -28,7 +28,7 @@ import structlog
 from flagsync._codec import MalformedMessageError, Message, decode_definition
 from flagsync._sync.integrity import Integrity
 from flagsync._sync.options import SyncOptions
-from flagsync._sync.quarantine import load_definitions, references_hold
+from flagsync._sync.quarantine import load_definitions, references_hold, stored_versions
 from flagsync._validation import parse_flag, parse_segment
 from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, Segment
@@ -177,9 +177,11 @@ class Follower:
         if message.revision != snapshot.revision + 1 or message.changes is None:
             return "check"  # also our own revision with another digest: one of us diverged
         try:
-            flags, segments = _decode_changes(message, snapshot.definitions.segments.keys())
+            flags, segments, versions = _decode_changes(
+                message, snapshot.definitions.segments.keys()
+            )
             updated, changed = snapshot.apply(
-                flags=flags, segments=segments, revision=message.revision
+                flags=flags, segments=segments, revision=message.revision, versions=versions
             )
         except (MalformedMessageError, InvalidFlagError) as error:
             self._malformed(str(error))
@@ -274,7 +276,11 @@ class Follower:
             self.ready.set()
             return True
         snapshot = Snapshot.build(
-            definitions, revision=loaded.revision, epoch=loaded.epoch, quarantine=quarantine
+            definitions,
+            revision=loaded.revision,
+            epoch=loaded.epoch,
+            quarantine=quarantine,
+            versions=stored_versions(loaded.flags, definitions, quarantine, current),
         )
         self._swap(snapshot, current.changed_keys(snapshot), 0)
         self._log_loaded(loaded, len(snapshot), quarantine, unchanged=False)
@@ -336,6 +342,7 @@ class Follower:
                 revision=current.revision,
                 epoch=current.epoch,
                 quarantine=current.quarantine,
+                versions=current.versions,
             )
             self.snapshot = cold
             self._install(cold)
@@ -482,10 +489,12 @@ class Follower:
 
 def _decode_changes(
     message: Message, known_segments: Collection[str]
-) -> tuple[dict[str, Flag | None], dict[str, Segment | None]]:
-    """The flags and segments a message puts (or deletes: None), each validated."""
+) -> tuple[dict[str, Flag | None], dict[str, Segment | None], dict[str, int]]:
+    """The flags and segments a message puts (or deletes: None), each validated, and the
+    store versions of the put flags with a `kind` (see `Snapshot.versions`)."""
     flags: dict[str, Flag | None] = {}
     segments: dict[str, Segment | None] = {}
+    versions: dict[str, int] = {}
     changes = message.changes.changes if message.changes is not None else []
     segment_names = set(known_segments)
     segment_names.update(change.key for change in changes if change.kind == "segment")
@@ -497,7 +506,9 @@ def _decode_changes(
             continue
         stored = decode_definition(change.blob, change.kind, change.key)
         if change.kind == "flag":
-            flags[change.key] = parse_flag(change.key, stored.definition, segment_names)
+            flag = flags[change.key] = parse_flag(change.key, stored.definition, segment_names)
+            if flag.kind is not None:
+                versions[change.key] = stored.version
         else:
             segments[change.key] = parse_segment(change.key, stored.definition)
-    return flags, segments
+    return flags, segments, versions

@@ -26,6 +26,8 @@ class _LastKnownGood(msgspec.Struct):
     epoch: str | None
     revision: int
     definitions: dict[str, Any]
+    versions: dict[str, int] = msgspec.field(default_factory=dict)
+    """`Snapshot.versions` (absent from files written before it: empty)."""
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -35,7 +37,10 @@ _decoder = msgspec.msgpack.Decoder(_LastKnownGood)
 def write_lkg(path: Path, snapshot: Snapshot) -> None:
     """Save `snapshot` to `path`; a failure is logged, never raised (syncing goes on)."""
     record = _LastKnownGood(
-        snapshot.epoch or None, snapshot.revision, snapshot.definitions.to_builtins()
+        snapshot.epoch or None,
+        snapshot.revision,
+        snapshot.definitions.to_builtins(),
+        dict(snapshot.versions),
     )
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -56,4 +61,9 @@ def read_lkg(path: Path) -> Snapshot | None:
         _log.warning("lkg_unreadable", path=str(path), error=str(error)[:500])
         return None
     _log.info("lkg_loaded", path=str(path), revision=record.revision, flags=len(definitions.flags))
-    return Snapshot.build(definitions, revision=record.revision, epoch=record.epoch or "")
+    return Snapshot.build(
+        definitions,
+        revision=record.revision,
+        epoch=record.epoch or "",
+        versions={key: v for key, v in record.versions.items() if key in definitions.flags},
+    )

@@ -31,7 +31,7 @@ from flagsync.model import MAX_FLAGS, MAX_SEGMENTS, Flag, FlagSet, Segment
 from flagsync.snapshot import NO_QUARANTINE, Quarantine, Snapshot
 from flagsync.store import LoadedStore
 
-__all__ = ["load_definitions", "references_hold"]
+__all__ = ["load_definitions", "references_hold", "stored_versions"]
 
 KEPT: str = "; serving the last-known-good version"
 """Suffix of a reason when the worker keeps the version it had."""
@@ -55,6 +55,31 @@ def load_definitions(loaded: LoadedStore, previous: FlagSet) -> tuple[FlagSet, Q
         )
     with gc_paused():
         return _sort_out(loaded.flags, loaded.segments, previous)
+
+
+def stored_versions(
+    blobs: Mapping[str, bytes],
+    definitions: FlagSet,
+    quarantine: Quarantine,
+    previous: Snapshot,
+) -> dict[str, int]:
+    """The store version of each served flag with a `kind` (see `Snapshot.versions`): read
+    from its blob, or — for a quarantined flag served at its last-known-good version —
+    the version `previous` served. Only those flags' blobs are decoded again (few)."""
+    versions: dict[str, int] = {}
+    for key, flag in definitions.flags.items():
+        if flag.kind is None:
+            continue
+        if key in quarantine.flags:
+            kept = previous.versions.get(key)
+            if kept is not None:
+                versions[key] = kept
+            continue
+        try:
+            versions[key] = decode_definition(blobs[key], "flag", key).version
+        except (KeyError, MalformedMessageError):  # pragma: no cover - it decoded just now
+            continue
+    return versions
 
 
 def references_hold(snapshot: Snapshot, keys: Collection[str]) -> bool:

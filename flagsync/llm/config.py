@@ -54,8 +54,10 @@ class LLMConfig(msgspec.Struct, frozen=True, kw_only=True):
     """The flag that served this config (None for a caller's default)."""
     variant: str | None = None
     version: str | None = None
-    """`<flag hash>.<config hash>`: changes when this flag's definition changes, never
-    when another flag does. Log it with every call to know what served it."""
+    """`<flag version>.<config hash>`: the flag's own version in the store (`0` offline;
+    what `flagsync history` shows as `v<n>`) and a hash of this variant's config. It
+    changes when this flag is written, never when another flag is. Log it with every
+    call to know what served it."""
     problems: tuple[str, ...] = ()
     """What went wrong serving it, e.g. `missing variable 'plan'`; never raised."""
 

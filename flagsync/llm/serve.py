@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from flagsync.errors import InvalidFlagError
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
-from flagsync.llm.config import LLMConfig, config_from_variant, flag_hash
+from flagsync.llm.config import LLMConfig, config_from_variant
 from flagsync.llm.validate import check_llm_flag
 from flagsync.metrics import EXPOSURES, METRIC_NAME
 from flagsync.model import Flag
@@ -42,10 +42,11 @@ def serve_detail(
         if detail.variant is None:
             code = detail.error_code or ErrorCode.GENERAL
             return _default(default, variables, detail.reason, code, detail.rule)
-        flag = client._flag(key)
+        snapshot = client.snapshot
+        flag = snapshot.flag(key)
         if flag is None or flag.definition.kind != "llm":
             return _default(default, variables, Reason.ERROR, ErrorCode.TYPE_MISMATCH, None)
-        config = cached_config(client, key, flag, detail.variant)
+        config = cached_config(client, key, flag, detail.variant, snapshot.versions.get(key, 0))
         if variables is not None:
             config = config.render(variables)
         return EvaluationDetail(
@@ -55,8 +56,11 @@ def serve_detail(
         return _default(default, variables, Reason.ERROR, ErrorCode.GENERAL, None)
 
 
-def cached_config(client: FlagClient, key: str, flag: CompiledFlag, variant: str) -> LLMConfig:
-    """The config of `variant` of compiled llm flag `flag`, from the client's cache.
+def cached_config(
+    client: FlagClient, key: str, flag: CompiledFlag, variant: str, version: int
+) -> LLMConfig:
+    """The config of `variant` of compiled llm flag `flag` (at store version `version`,
+    0 offline), from the client's cache.
 
     The cache holds, per flag key, the configs of every outcome in the compiled flag's
     order, beside the very `served` object of its table entry: `llm_config` checks that
@@ -65,9 +69,8 @@ def cached_config(client: FlagClient, key: str, flag: CompiledFlag, variant: str
     cached = client._llm_configs.get(key)
     served = flag.entry[1]
     if cached is None or cached[1] is not served:
-        version = flag_hash(flag.definition)
         by_variant = {
-            name: config_from_variant(value, key=key, variant=name, flag_version=version)
+            name: config_from_variant(value, key=key, variant=name, flag_version=str(version))
             for name, value in flag.definition.variants.items()
         }
         outcomes = tuple(

@@ -15,6 +15,7 @@ from flagsync import InvalidFlagError, load_flags
 from flagsync._bulk_load import flag_problem
 from flagsync._metrics_window import read_window
 from flagsync.llm.policy import fetch_settings
+from flagsync.llm.tracker import parse_call_id
 from flagsync.model import Flag
 from flagsync.publisher import Publisher
 from flagsync.store import StoreKeys
@@ -137,6 +138,49 @@ class TestServedByWorkers:
             return now is not None and now.fallbacks == () and now.version != before.version
 
         assert wait_until(fallbacks_gone, 5.0)
+
+
+class TestVersionInStore:
+    """A served config's version is its flag's store version plus its config's hash."""
+
+    def test_version_follows_this_flag_only(
+        self, publisher: Publisher, make_client: ClientFactory
+    ) -> None:
+        """Writes of another flag leave it; a write of this flag (even of another variant)
+        bumps its number; after a restart (a whole load) it is the same."""
+        publisher.apply(FLAGS_FILE)
+        worker = make_client(publisher.url)
+        assert worker.wait_ready(5.0)
+        stored = publisher.get("chat-llm")
+        assert stored is not None
+        first = worker.llm_config("chat-llm", FREE, None)
+        assert first is not None
+        assert first.version is not None
+        number, digest = first.version.split(".")
+        assert number == str(stored.version)
+        other = {"variants": {"a": 1, "b": 2}, "off": "a", "default": "a"}
+        revision = publisher.put("unrelated", other)
+        assert wait_until(lambda: worker.revision == revision, 5.0)
+        same = worker.llm_config("chat-llm", FREE, None)
+        assert same is not None
+        assert same.version == first.version
+        edited = load_flags(FLAGS_FILE).to_builtins()["flags"]["chat-llm"]
+        edited["variants"]["candidate"]["params"]["temperature"] = 0.9  # not `current`
+        revision = publisher.put("chat-llm", edited)
+        assert wait_until(lambda: worker.revision == revision, 5.0)
+        bumped = worker.llm_config("chat-llm", FREE, None)
+        assert bumped is not None
+        assert bumped.version == f"{stored.version + 1}.{digest}"
+        fresh = make_client(publisher.url)  # a whole load, not a change message
+        assert fresh.wait_ready(5.0)
+        loaded = fresh.llm_config("chat-llm", FREE, None)
+        assert loaded is not None
+        assert loaded.version == bumped.version
+        call_id = fresh.llm_call(loaded).id
+        assert call_id is not None
+        parsed = parse_call_id(call_id)
+        assert parsed is not None
+        assert parsed.version == bumped.version
 
 
 class TestFastLoadPath:
