@@ -62,9 +62,10 @@ def run_write_script(
     log_maxlen: int,
     actor: str,
     reason: str,
+    llm_section: bytes | None = None,
 ) -> WriteApplied | WriteConflict:
     """Run the write script once (unsigned), or sign and run it until the state it signed
-    is the one it lands on (bounded)."""
+    is the one it lands on (bounded). `llm_section`: see `store.script_arguments`."""
     blobs = encode_blobs(writes)
     payload = encode_payload(writes, blobs, actor=actor, reason=reason)
     for _ in range(_SIGNED_RETRIES):
@@ -93,8 +94,10 @@ def run_write_script(
             reason=reason,
             expected_state="" if plan is None else plan.expected_state,
             signature="" if plan is None else plan.signature,
+            llm_section=llm_section,
         )
-        result = parse_write_reply(script(keys=keys.script_keys(), args=args))
+        script_keys = keys.script_keys(llm=llm_section is not None)
+        result = parse_write_reply(script(keys=script_keys, args=args))
         if isinstance(result, WriteMoved):
             continue  # another write landed between our read and ours: sign again
         if isinstance(result, WriteApplied) and plan is not None and result.digest != plan.digest:

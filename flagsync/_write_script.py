@@ -123,8 +123,8 @@ end
 # logs and publishes. ARGV (built by `write_arguments`): channel, seen revision, epoch
 # candidate, log maxlen, actor, reason, payload, expected state ('' or
 # '<revision>:<digest>', signed writes), signature record ('' = unsigned), change count,
-# then per change: kind, key, expected version ('' = any), op, blob. Reply: see
-# `parse_write_reply`.
+# then per change: kind, key, expected version ('' = any), op, blob; optionally one more
+# value with KEYS[10] (see below). Reply: see `parse_write_reply`.
 WRITE_SCRIPT: Final = (
     DIGEST_LUA
     + """
@@ -186,6 +186,10 @@ for i = 0, count - 1 do
     table.insert(versions, kind .. ':' .. key .. '=' .. version)
   end
 end
+-- Optional, after the changes: the namespace's `llm:` section (KEYS[10]), stored with the
+-- flags that were checked against it (a guard or touch of 'llm:settings' is among them).
+local llm_section = ARGV[11 + count * 5]
+if llm_section and KEYS[10] then redis.call('SET', KEYS[10], llm_section) end
 if reseed then seed_digest() end
 local digest = state_digest()
 redis.call('SET', KEYS[8], digest)

@@ -28,6 +28,7 @@ from flagsync._reseed import dropped_by_reseed
 from flagsync._signed_write import run_write_script
 from flagsync._signing import signer_from
 from flagsync._validation import check_references, parse_flag, parse_flagset
+from flagsync._write_script import GUARD_OP, TOUCH_OP
 from flagsync.diff import DefinitionChange, plan_changes
 from flagsync.errors import (
     ConflictError,
@@ -39,7 +40,7 @@ from flagsync.errors import (
 )
 from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck
 from flagsync.loader import FlagSource, load_flags
-from flagsync.model import Flag, FlagSet
+from flagsync.model import Flag, FlagSet, LLMSettings
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
     NO_DATA_OPS,
@@ -200,27 +201,37 @@ class Publisher(IntentWrites):
         `PartialReseedError` lists them, unless `complete` says the content is all.
         """
         document = load_flags(source)
-        llm = self._llm_settings(document)
         changes, writes, result, store_empty = self._plan(document, prune)
         if store_empty and not complete:
             self._refuse_partial_reseed(result)
-        if document.llm is not None:
-            with store_errors(self.url):
-                llm.store_settings(self._redis, self.keys.llm, document.llm)
-        if not changes:
+        llm_writes, llm_section = self._llm_writes(result, document.llm)
+        if not changes and llm_section is None:
             return self._unchanged("apply", None)
-        return self._write(writes, reason, op_name="apply")
+        return self._write(writes + llm_writes, reason, op_name="apply", llm_section=llm_section)
 
-    def _llm_settings(self, document: FlagSet) -> Any:
-        """`flagsync.llm.policy`, after checking `document`'s llm flags against the stored
-        allow-list (its own `llm:` section was checked when it was loaded)."""
+    def _llm_writes(
+        self, flags: Mapping[str, Flag], section: LLMSettings | None
+    ) -> tuple[list[ScriptWrite], bytes | None]:
+        """Tie a write to the namespace's `llm:` section (see `flagsync.llm.policy`).
+
+        `flags`' llm flags are checked against `section` (a file's) or else the stored
+        one, and the write carries a guard on the stored section's version — or, when
+        `section` differs from it, a bump of that version and the section's bytes to
+        store (returned), so the script writes both or neither."""
+        if section is None and not any(flag.kind for flag in flags.values()):
+            return [], None
         from flagsync.llm import policy  # noqa: PLC0415 - only llm users pay for it
 
-        if document.llm is None and any(flag.kind for flag in document.flags.values()):
-            with store_errors(self.url):
-                stored = policy.read_settings(self._redis, self.keys.llm)
-            policy.check_against_stored(document.flags, stored)
-        return policy
+        with store_errors(self.url):
+            stored, blob, version = policy.read_versioned(
+                self._redis, self.keys.llm, self.keys.versions
+            )
+        kind, key = policy.SETTINGS_FIELD
+        policy.check_against_stored(flags, stored if section is None else section)
+        encoded = None if section is None else policy.encode_settings(section)
+        if encoded is None or encoded == blob:
+            return [ScriptWrite(kind, key, version, GUARD_OP)], None
+        return [ScriptWrite(kind, key, version, TOUCH_OP)], encoded
 
     def dropped_by_reseed(self, keys: Collection[str]) -> dict[str, list[str]]:
         """Flags live workers serve from before a wipe that a namespace of only `keys`
@@ -275,8 +286,7 @@ class Publisher(IntentWrites):
             self._refuse_partial_reseed({key})
         segments = state["segments"].keys()
         parsed = parse_flag(key, definition, segments)  # any shape: refused with its path
-        if parsed.kind is not None:
-            self._llm_settings(FlagSet(flags={key: parsed}))
+        llm_writes, _ = self._llm_writes({key: parsed}, None)
         stored = msgspec.to_builtins(parsed)
         flags = dict(state["flags"])
         flags[key] = stored
@@ -288,7 +298,7 @@ class Publisher(IntentWrites):
             return self._unchanged(op, key)
         guards = reference_writes([stored], versions, skip=[("flag", key)])
         write = ScriptWrite("flag", key, current, op, stored)
-        return self._write([write, *guards], reason, op_name=op)
+        return self._write([write, *guards, *llm_writes], reason, op_name=op)
 
     def delete(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Delete a flag (refused while another flag requires it). Returns the revision."""
@@ -393,9 +403,9 @@ class Publisher(IntentWrites):
 
     def _plan(
         self, document: FlagSet, prune: bool
-    ) -> tuple[list[DefinitionChange], list[ScriptWrite], Collection[str], bool]:
+    ) -> tuple[list[DefinitionChange], list[ScriptWrite], Mapping[str, Flag], bool]:
         """The changes and writes that make the store hold `document` (merged with what
-        it holds, unless `prune`), the flag keys it will then hold, and whether it holds
+        it holds, unless `prune`), the flags it will then hold, and whether it holds
         no flag now (wiped, or never written: see `dropped_by_reseed`)."""
         state, versions = self._read_all()
         wanted = document.to_builtins()
@@ -403,7 +413,7 @@ class Publisher(IntentWrites):
             section: ({} if prune else dict(state[section])) | wanted.get(section, {})
             for section in ("flags", "segments")
         }
-        parse_flagset(merged)  # the resulting state must be valid as a whole
+        resulting = parse_flagset(merged)  # the resulting state must be valid as a whole
         plan = plan_changes(state, merged, versions)
         writes = [
             ScriptWrite(change.kind, change.key, change.version, "apply", after)
@@ -419,7 +429,7 @@ class Publisher(IntentWrites):
         )
         writes += delete_guards(((w.kind, w.key) for w in writes if w.op == "delete"), versions)
         changes = [change for change, _ in plan]
-        return changes, writes, merged["flags"].keys(), not state["flags"]
+        return changes, writes, resulting.flags, not state["flags"]
 
     def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""
@@ -427,7 +437,14 @@ class Publisher(IntentWrites):
         self.last_write = WriteResult(op, key, revision, changed=False)
         return revision
 
-    def _write(self, writes: list[ScriptWrite], reason: str, *, op_name: str) -> int:
+    def _write(
+        self,
+        writes: list[ScriptWrite],
+        reason: str,
+        *,
+        op_name: str,
+        llm_section: bytes | None = None,
+    ) -> int:
         with store_errors(self.url):
             result = run_write_script(
                 self._script,
@@ -439,6 +456,7 @@ class Publisher(IntentWrites):
                 log_maxlen=self.log_maxlen,
                 actor=self.actor,
                 reason=reason,
+                llm_section=llm_section,
             )
         if isinstance(result, WriteConflict):
             raise ConflictError(result.kind, result.key, result.expected, result.actual)

@@ -197,9 +197,9 @@ class StoreKeys:
         """A key pattern matching every key of the namespace (for ACLs)."""
         return f"{self.prefix}:*"
 
-    def script_keys(self) -> list[str]:
-        """KEYS of the write script, in its order."""
-        return [
+    def script_keys(self, *, llm: bool = False) -> list[str]:
+        """KEYS of the write script, in its order (`llm`: with the optional `llm:` key)."""
+        keys = [
             self.flags,
             self.segments,
             self.versions,
@@ -210,6 +210,7 @@ class StoreKeys:
             self.digest,
             self.signature,
         ]
+        return [*keys, self.llm] if llm else keys
 
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
@@ -414,9 +415,12 @@ def script_arguments(
     reason: str,
     expected_state: str = "",
     signature: str = "",
+    llm_section: bytes | None = None,
 ) -> list[Any]:
     """The ARGV of one `WRITE_SCRIPT` run; a signed write passes the state it read
-    (`<revision>:<digest>`) and the signature record of the state it will produce."""
+    (`<revision>:<digest>`) and the signature record of the state it will produce.
+    `llm_section`: the namespace's `llm:` section to store with the changes (KEYS then
+    `keys.script_keys(llm=True)`)."""
     args: list[Any] = [
         keys.channel,
         seen_revision,
@@ -432,6 +436,8 @@ def script_arguments(
     for write, blob in zip(writes, blobs, strict=True):
         expected = "" if write.expected < 0 else write.expected  # -1: any version
         args.extend([write.kind, write.key, expected, write.op, blob])
+    if llm_section is not None:
+        args.append(llm_section)
     return args
 
 

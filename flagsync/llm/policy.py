@@ -1,9 +1,12 @@
 """The namespace's `llm:` section (the models each provider may serve, prices) in the store.
 
 `Publisher.apply` stores a file's `llm:` section beside the flags (`{fs:<ns>}:llm`,
-msgpack); every later write — `apply` of a file without the section, `put`, the
-dashboard's — is checked against the stored allow-list, so a model nobody approved is
-refused before anything is written, whoever writes.
+msgpack) in the same atomic write script run as the flags, and bumps its version (the
+`llm:settings` field of the versions hash). Every later write of an llm flag — `apply`
+of a file without the section, `put`, the dashboard's — is checked against the stored
+allow-list and carries a guard on that version, so the script refuses it
+(`ConflictError`) if the section changed in between: a model nobody approved is
+refused before anything is written, whoever writes, whatever races.
 """
 
 from __future__ import annotations
@@ -17,7 +20,17 @@ from flagsync.errors import InvalidFlagError
 from flagsync.llm.validate import check_models
 from flagsync.model import Flag, LLMSettings
 
-__all__ = ["check_against_stored", "fetch_settings", "read_settings", "store_settings"]
+__all__ = [
+    "SETTINGS_FIELD",
+    "check_against_stored",
+    "encode_settings",
+    "fetch_settings",
+    "read_settings",
+    "read_versioned",
+]
+
+SETTINGS_FIELD: Final = ("llm", "settings")
+"""(kind, key) of the section's version in the versions hash (`llm:settings`)."""
 
 _decoder: Final = msgspec.msgpack.Decoder(LLMSettings)
 _encoder: Final = msgspec.msgpack.Encoder()
@@ -25,18 +38,33 @@ _encoder: Final = msgspec.msgpack.Encoder()
 
 def read_settings(redis: Any, key: str) -> LLMSettings | None:
     """The stored `llm:` section, or None (none stored, or unreadable: then no allow-list)."""
-    blob = redis.get(key)
+    return _decoded(redis.get(key))
+
+
+def read_versioned(
+    redis: Any, llm_key: str, versions_key: str
+) -> tuple[LLMSettings | None, bytes | None, int]:
+    """The stored section, its bytes and its version, read together (MULTI): a write
+    guarded on that version was checked against exactly that section."""
+    pipe = redis.pipeline(transaction=True)
+    pipe.get(llm_key)
+    pipe.hget(versions_key, ":".join(SETTINGS_FIELD))
+    blob, version = pipe.execute()
+    return _decoded(blob), blob, int(version or 0)
+
+
+def encode_settings(settings: LLMSettings) -> bytes:
+    """The stored form of a file's `llm:` section."""
+    return _encoder.encode(settings)
+
+
+def _decoded(blob: bytes | None) -> LLMSettings | None:
     if blob is None:
         return None
     try:
         return _decoder.decode(blob)
     except msgspec.DecodeError:
         return None
-
-
-def store_settings(redis: Any, key: str, settings: LLMSettings) -> None:
-    """Store a file's `llm:` section (replacing the previous one)."""
-    redis.set(key, _encoder.encode(settings))
 
 
 def check_against_stored(flags: Mapping[str, Flag], settings: LLMSettings | None) -> None:

@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 import redis
 
-from flagsync import InvalidFlagError, load_flags
+from flagsync import ConflictError, InvalidFlagError, load_flags
 from flagsync._bulk_load import flag_problem
 from flagsync._metrics_window import read_window
-from flagsync.llm.policy import fetch_settings
+from flagsync._signed_write import run_write_script
+from flagsync.llm.policy import encode_settings, fetch_settings
 from flagsync.llm.tracker import parse_call_id
-from flagsync.model import Flag
+from flagsync.model import Flag, LLMSettings
 from flagsync.publisher import Publisher
-from flagsync.store import StoreKeys
-from tests.integration.conftest import ClientFactory
+from flagsync.store import WRITE_SCRIPT, ScriptWrite, StoreKeys, WriteConflict
+from tests.integration.conftest import ClientFactory, PublisherFactory
 from tests.integration.support import wait_until
 from tests.llm.support import FLAGS_FILE, PRIMARY
 from tests.rollout.support import reporter_of, run_cli
@@ -88,6 +89,83 @@ class TestModelsAllowList:
         publisher.apply(FLAGS_FILE)
         with pytest.raises(InvalidFlagError):
             publisher.apply({"flags": {"chat": chat_flag(model="o1")}})
+
+
+class TestSectionWrittenAtomically:
+    """The `llm:` section and the flags checked against it are one write-script run."""
+
+    def test_refused_write_stores_no_section(self, publisher: Publisher, raw: redis.Redis) -> None:
+        """A write the script refuses (a stale flag version) stores neither the flag nor
+        the section that came with it."""
+        keys = publisher.keys
+        blob = encode_settings(LLMSettings(models={"openai": ["gpt-4o"]}))
+        write = ScriptWrite("flag", "chat", 5, "apply", chat_flag())  # the store is at v0
+        result = run_write_script(
+            publisher.client.register_script(WRITE_SCRIPT),
+            publisher.client,
+            keys,
+            [write],
+            signer=None,
+            seen_revision=0,
+            log_maxlen=100,
+            actor="test",
+            reason="",
+            llm_section=blob,
+        )
+        assert isinstance(result, WriteConflict)
+        assert raw.get(keys.llm) is None
+        assert raw.hget(keys.flags, "chat") is None
+
+    def test_a_changed_section_alone_is_a_revision(self, publisher: Publisher) -> None:
+        """Re-applying the same flags with another allow-list writes it (one revision)."""
+        publisher.apply(FLAGS_FILE)
+        revision = publisher.revision()[1]
+        doc = load_flags(FLAGS_FILE).to_builtins()
+        assert publisher.apply(doc) == revision  # the same section: nothing to write
+        doc["llm"]["models"]["openai"].append("gpt-4.1-mini")
+        assert publisher.apply(doc) == revision + 1
+        settings = fetch_settings(publisher.url, publisher.keys.namespace)
+        assert settings is not None
+        assert "gpt-4.1-mini" in settings.models["openai"]
+
+    def test_new_section_checks_flags_already_stored(self, publisher: Publisher) -> None:
+        """A section that no longer allows a stored flag's model is refused, nothing written."""
+        publisher.apply(FLAGS_FILE)
+        revision = publisher.revision()[1]
+        narrower = {"flags": {}, "llm": {"models": {"openai": ["gpt-4o"]}}}
+        with pytest.raises(InvalidFlagError) as caught:
+            publisher.apply(narrower)
+        assert "flags.chat-llm.variants.candidate.model" in str(caught.value)
+        assert publisher.revision()[1] == revision
+
+    def test_put_raced_by_a_new_section_is_refused(
+        self, publisher: Publisher, make_publisher: PublisherFactory
+    ) -> None:
+        """A `put` checked against one allow-list is refused when another publisher
+        narrows the list between that check and the write: the two cannot diverge."""
+        publisher.apply(FLAGS_FILE)
+        other = make_publisher(publisher.url)
+        narrower = load_flags(FLAGS_FILE).to_builtins()
+        del narrower["flags"]["chat-llm"]["variants"]["candidate"]
+        narrower["flags"]["chat-llm"]["rules"] = []
+        narrower["llm"]["models"]["openai"] = ["gpt-4o"]
+
+        class Raced(Publisher):
+            def _llm_writes(self, flags: Any, section: Any) -> Any:
+                checked = super()._llm_writes(flags, section)
+                other.apply(narrower)  # lands between the check and the write
+                return checked
+
+        racing = Raced(publisher.url, publisher.keys.namespace)
+        try:
+            revision = publisher.revision()[1]
+            with pytest.raises(ConflictError) as caught:
+                racing.put("chat", chat_flag(model="gpt-4.1"))
+            assert (caught.value.kind, caught.value.key) == ("llm", "settings")
+            assert publisher.get("chat") is None
+            assert publisher.revision()[1] == revision + 1  # the other apply only
+        finally:
+            racing.close()
 
 
 class TestServedByWorkers:
