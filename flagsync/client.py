@@ -12,8 +12,11 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, overload
 
+import msgspec
+
 from flagsync._hot_path import add_evaluation_methods
 from flagsync.compile import SERVE_DEFAULT, CompiledFlag, TableEntry
+from flagsync.errors import FlagsyncError
 from flagsync.evaluation import ErrorCode, EvaluationDetail, Reason
 from flagsync.loader import FlagSource, load_flags
 from flagsync.metrics import EXPOSURES, METRIC_NAME
@@ -25,7 +28,7 @@ if TYPE_CHECKING:
     from flagsync.llm.config import LLMConfig
     from flagsync.llm.serve import DefaultConfig
     from flagsync.llm.tracker import LLMCall
-    from flagsync.metrics import MetricsTables
+    from flagsync.metrics import MetricsTables, MetricStat
     from flagsync.model import ModelPrice
 
 __all__ = ["FlagClient"]
@@ -326,9 +329,10 @@ class FlagClient:
         return True if self._sync is None else await self._sync.wait_ready_async(timeout)
 
     def status(self) -> ClientStatus:
-        """Sync state, revision, staleness and counters (`SyncState.OFFLINE` offline)."""
+        """Sync state, revision, staleness and counters (`SyncState.OFFLINE` offline),
+        with the exposures counted since start (`connect(..., exposures=True)`)."""
         if self._sync is None:
-            return ClientStatus(
+            status = ClientStatus(
                 state=SyncState.OFFLINE,
                 connected=False,
                 namespace=None,
@@ -337,7 +341,26 @@ class FlagClient:
                 flags=len(self._snapshot),
                 seconds_since_sync=None,
             )
-        return self._sync.status()
+        else:
+            status = self._sync.status()
+        if self._counts_exposures and self._metrics is not None:
+            exposures = self._metrics.exposure_totals()
+            status = msgspec.structs.replace(status, exposures=exposures)
+        return status
+
+    def take_metrics(self) -> dict[tuple[str, str, str], MetricStat]:
+        """The exposures and tracked outcomes recorded since the last take, as
+        (flag, variant, metric) -> `MetricStat`, for a client no reporter flushes (an
+        offline `MeteredFlagClient`: simulations, tests, in-process guards). A connected
+        client's reporter takes them itself: this raises `FlagsyncError` there rather
+        than steal its samples. Exposure totals stay in `status().exposures`."""
+        sync = self._sync
+        if sync is not None and sync.reporter is not None:
+            raise FlagsyncError(
+                "this client's metrics reporter flushes its metrics to the store: read them"
+                " there (flagsync.guards / the metrics stream), not with take_metrics()"
+            )
+        return {} if self._metrics is None else self._metrics.drain()
 
     def is_healthy(self, max_stale_s: float | None = None) -> bool:
         """For readiness probes: synced, and confirmed within `max_stale_s` (default: grace).
@@ -349,11 +372,32 @@ class FlagClient:
     def add_listener(self, listener: Callable[[int, frozenset[str]], None]) -> None:
         """Call `listener(revision, changed_keys)` after every snapshot swap (change or resync).
 
-        It runs on the subscriber (thread or task): keep it short and non-blocking.
-        Offline clients never swap, so it is never called there.
+        It runs on the subscriber (thread or task): keep it short and non-blocking; an
+        exception in it is logged, not raised. Offline clients never swap, so it is never
+        called there.
         """
         if self._sync is not None:
             self._sync.add_listener(listener)
+
+    def remove_listener(self, listener: Callable[[int, frozenset[str]], None]) -> bool:
+        """Stop calling a listener added with `add_listener` (True if it was registered)."""
+        return False if self._sync is None else self._sync.remove_listener(listener)
+
+    def add_state_listener(self, listener: Callable[[SyncState, SyncState], None]) -> None:
+        """Call `listener(previous, current)` on every `SyncState` transition (CONNECTING →
+        READY, READY → STALE, STALE → READY, ... → CLOSED).
+
+        It runs on a small watcher thread of the sync, started with the first state
+        listener: STALE is reported when the grace period ends, READY within 50 ms of a
+        recovery. Keep it short; an exception in it is logged, not raised. Offline
+        clients have no transitions, so it is never called there.
+        """
+        if self._sync is not None:
+            self._sync.add_state_listener(listener)
+
+    def remove_state_listener(self, listener: Callable[[SyncState, SyncState], None]) -> bool:
+        """Stop calling a listener added with `add_state_listener` (True if it was)."""
+        return False if self._sync is None else self._sync.remove_state_listener(listener)
 
     def close(self) -> None:
         """Stop syncing (within about a second); the last snapshot keeps being served."""

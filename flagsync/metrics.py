@@ -130,6 +130,8 @@ class MetricsTables:
         self._retired: list[CompiledFlag] = []
         self._outcomes: dict[tuple[CompiledFlag, int, str], MetricStat] = {}
         self._lock = threading.Lock()
+        self._exposed: dict[str, dict[str, int]] = {}
+        """Exposures drained so far, per flag and variant (see `exposure_totals`)."""
 
     def count_exposure(self, flag: CompiledFlag, index: int) -> None:
         """One evaluation of `flag` served outcome `index`."""
@@ -153,22 +155,41 @@ class MetricsTables:
         with self._lock:
             outcomes, self._outcomes = self._outcomes, {}
             retired, self._retired = self._retired, []
-        series: dict[tuple[str, str, str], MetricStat] = {}
-        for flag in (*self.flags(), *retired):
-            counts = flag.counts
-            for index in range(len(counts)):
-                count = counts[index]
-                if count:
-                    counts[index] -= count  # subtract what was read: racing increments stay
-                    variant = flag.outcomes[index].variant or "default"
-                    stat = series.setdefault((flag.key, variant, EXPOSURES), MetricStat())
-                    stat.count += count
-                    stat.total += count
-                    stat.squares += count
+            series: dict[tuple[str, str, str], MetricStat] = {}
+            for flag in (*self.flags(), *retired):
+                counts = flag.counts
+                for index in range(len(counts)):
+                    count = counts[index]
+                    if count:
+                        counts[index] -= count  # subtract what was read: racing increments stay
+                        variant = flag.outcomes[index].variant or "default"
+                        stat = series.setdefault((flag.key, variant, EXPOSURES), MetricStat())
+                        stat.count += count
+                        stat.total += count
+                        stat.squares += count
+                        totals = self._exposed.setdefault(flag.key, {})
+                        totals[variant] = totals.get(variant, 0) + count
         for (flag, index, metric), stat in outcomes.items():
             variant = flag.outcomes[index].variant or "default"
             series.setdefault((flag.key, variant, metric), MetricStat()).merge(stat)
         return series
+
+    def exposure_totals(self) -> dict[str, dict[str, int]]:
+        """Exposures per flag and variant since these tables were made: those drained
+        (flushed) plus those still counted on the flags (read, not taken)."""
+        with self._lock:
+            totals = {key: dict(variants) for key, variants in self._exposed.items()}
+            # A flag carried over into a new snapshot is both live and retired: once.
+            flags = {id(flag): flag for flag in (*self.flags(), *self._retired)}
+            for flag in flags.values():
+                counts = flag.counts
+                for index in range(len(counts)):
+                    count = counts[index]
+                    if count:
+                        variant = flag.outcomes[index].variant or "default"
+                        here = totals.setdefault(flag.key, {})
+                        here[variant] = here.get(variant, 0) + count
+        return totals
 
 
 class PendingSeries:

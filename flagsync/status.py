@@ -58,6 +58,10 @@ class ClientStatus(msgspec.Struct, frozen=True):
     `PARSE_ERROR`; every other flag is served (see "Quarantine" in the README)."""
     quarantined_segments: dict[str, str] = msgspec.field(default_factory=dict)
     """Segments set aside the same way (flags targeting a missing one are quarantined)."""
+    exposures: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
+    """Evaluations per flag and variant since the client started (`connect(...,
+    exposures=True)`; empty otherwise). Flags that serve one variant to everyone are not
+    counted (see `MeteredFlagClient`); under threads the counts are approximate."""
     presence_error: str | None = None
     """Why this worker's presence record could not be written (a read-only replica, an
     unreachable `presence_url`): it follows the store but `--wait` cannot count it."""

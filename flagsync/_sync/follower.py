@@ -407,6 +407,7 @@ class Follower:
             quarantined=dict(snapshot.quarantine.flags),
             quarantined_segments=dict(snapshot.quarantine.segments),
             presence_error=None,  # the presence writer's to report (see SyncHandle.status)
+            exposures={},  # the client's to report (see FlagClient.status)
             **self.counts,
         )
 

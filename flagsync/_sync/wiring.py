@@ -27,6 +27,7 @@ from flagsync._sync.follower import Follower, Listener
 from flagsync._sync.lkg import read_lkg, write_lkg
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.presence import Presence
+from flagsync._sync.state_watch import StateListener, StateWatch
 from flagsync._sync.thread_driver import ThreadDriver
 from flagsync.metrics import MetricsTables
 from flagsync.reporter import MetricsReporter
@@ -117,6 +118,9 @@ class SyncHandle:
         self._running = running
         self.reporter = reporter
         """The metrics reporter flushing the client's tables (None with metrics off)."""
+        self._states = StateWatch(
+            follower.state, self._until_stale, name=f"flagsync-state-{follower.keys.namespace}"
+        )
 
     @property
     def ready(self) -> threading.Event:
@@ -158,9 +162,35 @@ class SyncHandle:
         """Call `listener(revision, changed_keys)` after every snapshot swap."""
         self._follower.listeners.append(listener)
 
+    def remove_listener(self, listener: Listener) -> bool:
+        """Stop calling `listener` (True if it was registered)."""
+        try:
+            self._follower.listeners.remove(listener)
+        except ValueError:
+            return False
+        return True
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        """Call `listener(previous, current)` on every `SyncState` transition."""
+        self._states.add(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> bool:
+        """Stop calling `listener` (True if it was registered)."""
+        return self._states.remove(listener)
+
+    def _until_stale(self) -> float | None:
+        since = self._follower.seconds_since_sync()
+        return None if since is None else self._follower.options.stale_after_s - since
+
+    def finish(self) -> None:
+        """The driver has stopped: tell state listeners (CLOSED) and end their watcher."""
+        self._follower.closed = True
+        self._states.stop()
+
     def close(self) -> None:
         """Stop syncing and flushing metrics."""
         self._stop()
+        self.finish()
         if self.reporter is not None:
             self.reporter.close()
 
@@ -216,11 +246,13 @@ async def run_async_sync(
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(follow, name=f"flagsync-subscriber-{settings.namespace}")
+            handle = SyncHandle(follower, presence, stop, lambda: task.alive)
             try:
-                yield SyncHandle(follower, presence, stop, lambda: task.alive)
+                yield handle
             finally:
                 task.request_stop()
                 group.cancel_scope.cancel()
+                handle.finish()
     finally:
         if reporter is not None:  # one last flush, in a thread: it does blocking I/O
             with anyio.CancelScope(shield=True):

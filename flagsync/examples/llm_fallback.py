@@ -108,11 +108,9 @@ def run(requests: int, seed: int = 7) -> list[dict[str, Any]]:
 
 
 def _summary(name: str, client: MeteredFlagClient, served: dict[str, int]) -> dict[str, Any]:
-    tables = client._metrics  # the client's own tables: what its reporter would flush
-    assert tables is not None
-    window: dict[tuple[str, str], MetricStat] = {
+    window: dict[tuple[str, str], MetricStat] = {  # what a reporter would have flushed
         (variant, metric): stat
-        for (key, variant, metric), stat in tables.drain().items()
+        for (key, variant, metric), stat in client.take_metrics().items()
         if key == "chat-llm"
     }
     variants = {}
