@@ -1,10 +1,12 @@
 """OpenFeature provider events from a `FlagClient`'s sync state, emitted by one thread.
 
-The client offers `status()` (polled) and `add_listener` (called after each snapshot
-swap, on the subscriber). Both feed one daemon thread, which alone emits, so the order
-is fixed: a state event first (READY / STALE / ERROR), then the CONFIGURATION_CHANGED
-events of the swaps it has not reported yet — only while READY: changes applied during
-STALE or ERROR are reported right after the READY that ends it. A handler sees
+The client pushes two things: state transitions (`add_state_listener`: READY, STALE,
+CLOSED, ...) and snapshot swaps (`add_listener`). Both only wake one daemon thread,
+which reads `status()` and alone emits, so the order is fixed; it polls nothing — the
+only time it wakes by itself is the ERROR deadline while STALE. The order: a state
+event first (READY / STALE / ERROR), then the CONFIGURATION_CHANGED events of the swaps
+it has not reported yet — only while READY: changes applied during STALE or ERROR are
+reported right after the READY that ends it. A handler sees
 READY → (STALE → (ERROR) → READY)* with changes in between; ERROR never comes without
 a STALE before it.
 
@@ -51,12 +53,10 @@ class ProviderEvents:
         provider: AbstractProvider,
         client: FlagClient,
         error_after_s: float,
-        poll_interval_s: float,
     ) -> None:
         self.provider = provider
         self.client = client
         self.error_after_s = error_after_s
-        self.poll_interval_s = poll_interval_s
         self.emitted: str | None = None
         """The last state event emitted (or reported by `initialize`); None before."""
         self._pending: deque[tuple[int, frozenset[str]]] = deque()
@@ -72,6 +72,7 @@ class ProviderEvents:
         """Listen to the client's swaps and start the watcher thread (idempotent)."""
         if not self._listening:
             self.client.add_listener(self._on_swap)
+            self.client.add_state_listener(self._on_state)
             self._listening = True
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -88,11 +89,17 @@ class ProviderEvents:
             if ready:
                 self._synced = True
                 self._pending.clear()  # what READY delivers is not a change
+        self._wake.set()  # a transition before our listener was added: look once now
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop the watcher thread and wait for it; later swaps are ignored."""
+        """Stop the watcher thread and wait for it; the client (which may outlive the
+        provider) stops calling our listeners."""
         self._stop.set()
         self._wake.set()
+        if self._listening:
+            self.client.remove_listener(self._on_swap)
+            self.client.remove_state_listener(self._on_state)
+            self._listening = False
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
@@ -107,16 +114,31 @@ class ProviderEvents:
             self._pending.append((revision, changed))
         self._wake.set()
 
+    def _on_state(self, previous: SyncState, current: SyncState) -> None:
+        """State listener (runs on the sync's state watcher): wake the watcher."""
+        self._wake.set()
+
     def _run(self) -> None:
+        timeout_s: float | None = None
         while not self._stop.is_set():
-            self._wake.wait(self.poll_interval_s)
+            self._wake.wait(timeout_s)
             self._wake.clear()
             if self._stop.is_set():
                 return
             try:
-                self.step(self.client.status())
+                status = self.client.status()
+                self.step(status)
+                timeout_s = self.until_error(status)
             except Exception:  # noqa: BLE001 - the watcher must outlive a failing handler
                 _log.exception("openfeature_event_failed")
+                timeout_s = 1.0
+
+    def until_error(self, status: ClientStatus) -> float | None:
+        """Seconds until STALE turns ERROR (None: nothing due without a push)."""
+        since = status.seconds_since_sync
+        if status.state is not SyncState.STALE or since is None or self.emitted == ERROR:
+            return None
+        return max(0.001, self.error_after_s - since)
 
     def target(self, status: ClientStatus) -> str | None:
         """The state event `status` calls for (None: keep the current one)."""

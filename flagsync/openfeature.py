@@ -10,7 +10,8 @@
 
 Evaluation is flagsync's (`FlagClient.detail`): the provider only translates types,
 reasons and error codes, and never raises. Provider events come from the client's sync
-state, watched by one daemon thread (see `ProviderEvents`): READY on the first sync,
+state, pushed by the client's state and change listeners to one daemon thread (see
+`ProviderEvents`): READY on the first sync,
 CONFIGURATION_CHANGED per applied change, STALE when the client reports STALE, ERROR
 once the store has not confirmed for `error_after_s`, READY again on recovery.
 """
@@ -143,7 +144,6 @@ class FlagsyncProvider(AbstractProvider):
         *,
         ready_timeout_s: float = 5.0,
         error_after_s: float = 5.0,
-        poll_interval_s: float = 0.1,
         track_flags: Mapping[str, Sequence[str]] | None = None,
         owns_client: bool = False,
     ) -> None:
@@ -156,7 +156,6 @@ class FlagsyncProvider(AbstractProvider):
         for name, value, least in (
             ("ready_timeout_s", ready_timeout_s, 0.0),
             ("error_after_s", error_after_s, 1e-3),
-            ("poll_interval_s", poll_interval_s, 1e-3),
         ):
             if not value >= least:  # NaN included
                 raise ProviderOptionError(f"{name} must be at least {least} s, got {value!r}")
@@ -170,7 +169,7 @@ class FlagsyncProvider(AbstractProvider):
         self._metadata_cache: dict[
             tuple[int, str | None, bool], Mapping[str, bool | int | float | str]
         ] = {}
-        self._events = ProviderEvents(self, client, error_after_s, poll_interval_s)
+        self._events = ProviderEvents(self, client, error_after_s)
 
     @classmethod
     def connect(

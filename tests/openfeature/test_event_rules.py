@@ -41,7 +41,7 @@ def watched() -> tuple[ProviderEvents, Emitted]:
         emitted.append((event.value.removeprefix("PROVIDER_"), details))
 
     provider.attach(record)
-    return ProviderEvents(provider, provider.client, 5.0, 0.1), emitted
+    return ProviderEvents(provider, provider.client, 5.0), emitted
 
 
 def names(emitted: Emitted) -> list[str]:
@@ -127,3 +127,25 @@ class TestOrder:
         events.initialized(ready=False)
         events.step(status(SyncState.OFFLINE, since=None))
         assert names(emitted) == ["READY"]
+
+
+class TestWakeUps:
+    """The watcher sleeps until pushed, except for the ERROR deadline while STALE."""
+
+    def test_no_deadline_unless_stale(self, watched: tuple[ProviderEvents, Emitted]) -> None:
+        """READY, CONNECTING and CLOSED clients wake the watcher only by a push."""
+        events, _ = watched
+        events.initialized(ready=True)
+        for state in (SyncState.READY, SyncState.CONNECTING, SyncState.CLOSED):
+            assert events.until_error(status(state)) is None
+
+    def test_stale_wakes_at_the_error_deadline(
+        self, watched: tuple[ProviderEvents, Emitted]
+    ) -> None:
+        """STALE for 1.5 s of a 5 s deadline: wake in 3.5 s; none once ERROR was emitted."""
+        events, _ = watched
+        events.initialized(ready=True)
+        assert events.until_error(status(SyncState.STALE, since=1.5)) == pytest.approx(3.5)
+        events.step(status(SyncState.STALE, since=6.0))
+        assert events.emitted == "ERROR"
+        assert events.until_error(status(SyncState.STALE, since=6.5)) is None

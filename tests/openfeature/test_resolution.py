@@ -93,7 +93,7 @@ class TestMappings:
 
     @pytest.mark.parametrize(
         ("option", "value"),
-        [("ready_timeout_s", -1.0), ("error_after_s", 0.0), ("poll_interval_s", float("nan"))],
+        [("ready_timeout_s", -1.0), ("error_after_s", 0.0), ("error_after_s", float("nan"))],
     )
     def test_options_out_of_range_are_refused(self, option: str, value: float) -> None:
         """A negative, zero or NaN interval is refused with a message naming the option."""
