@@ -117,6 +117,17 @@ class FlagsyncCollector(Collector):
             if status is not None:
                 counter.add_metric(values, float(getattr(status, name)))
             yield counter
+        exposures = CounterMetricFamily(
+            f"{p}_exposures",
+            "Evaluations per flag and served variant since the client started"
+            " (connect(..., exposures=True); flags serving one variant to all are not counted).",
+            labels=[*names, "flag", "variant"],
+        )
+        if status is not None:
+            for flag, variants in sorted(status.exposures.items()):
+                for variant, count in sorted(variants.items()):
+                    exposures.add_metric([*values, flag, variant], float(count))
+        yield exposures
 
 
 def register(

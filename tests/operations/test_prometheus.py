@@ -85,6 +85,29 @@ class TestExposition:
         for name in COUNTERS:
             assert samples[f"flagsync_{name}_total", labels] == float(getattr(status, name))
 
+    def test_exposures_per_flag_and_variant(
+        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+    ) -> None:
+        """A metered worker's exposures appear as `flagsync_exposures_total{flag, variant}`,
+        the totals of `status().exposures`."""
+        publisher.apply(base_document())
+        client = make_client(server.url, exposures=True, metrics_interval_s=60)
+        assert client.wait_ready(5.0)
+        registry = CollectorRegistry()
+        register(client, registry)
+        key = next(k for k in client.snapshot if client.snapshot.flags[k].select is not None)
+        for user in range(30):
+            client.variation(key, {"key": f"user-{user}", "plan": "paid"}, None)
+        samples, types = scrape(registry)
+        assert types["flagsync_exposures"] == "counter"
+        served = {
+            dict(labels)["variant"]: value
+            for (name, labels), value in samples.items()
+            if name == "flagsync_exposures_total" and dict(labels)["flag"] == key
+        }
+        assert sum(served.values()) == 30.0
+        assert served == {v: float(n) for v, n in client.status().exposures[key].items()}
+
     def test_frozen_server_shows_stale_and_growing_lag(
         self,
         dedicated_server: ServerProcess,
