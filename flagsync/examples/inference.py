@@ -74,13 +74,17 @@ class Worker:
         return self.backend.call_provider(option.provider, option.model)
 
     def route_llm(self, context: dict[str, Any]) -> None:
-        """Send `chat-llm`'s config for `context` (if the flag exists) through the router;
-        the router records `fallback` (0/1) against the variant that served the config."""
+        """Send `chat-llm`'s config for `context` (if the flag exists) through the router,
+        tracked with `llm_call`: the router records `fallback` (0/1) and the tracker
+        latency, tokens and errors against the variant that served the config."""
         config = self.client.llm_config(LLM_FLAG, context, None, {"product": "Acme"})
         if config is None:
             return
         try:
-            self.router.call(config, self._send)
+            with self.client.llm_call(config) as call:
+                routed = self.router.call(config, self._send)
+                call.served_by(routed.option)
+                call.usage(*routed.value)
         except AllOptionsFailedError:
             log.warning("llm_unserved", flag=LLM_FLAG, variant=config.variant)
 
