@@ -132,6 +132,9 @@ class MetricsTables:
         self._lock = threading.Lock()
         self._exposed: dict[str, dict[str, int]] = {}
         """Exposures drained so far, per flag and variant (see `exposure_totals`)."""
+        self._totals_lock = threading.Lock()
+        """Held while exposures move from the flags to `_exposed` (taken before `_lock`,
+        never after), so totals never miss or double them; `record` never waits on it."""
 
     def count_exposure(self, flag: CompiledFlag, index: int) -> None:
         """One evaluation of `flag` served outcome `index`."""
@@ -152,9 +155,10 @@ class MetricsTables:
 
     def drain(self) -> dict[tuple[str, str, str], MetricStat]:
         """Swap out the counts and sum them as (flag, variant, metric) series."""
-        with self._lock:
-            outcomes, self._outcomes = self._outcomes, {}
-            retired, self._retired = self._retired, []
+        with self._totals_lock:
+            with self._lock:
+                outcomes, self._outcomes = self._outcomes, {}
+                retired, self._retired = self._retired, []
             series: dict[tuple[str, str, str], MetricStat] = {}
             for flag in (*self.flags(), *retired):
                 counts = flag.counts
@@ -177,10 +181,12 @@ class MetricsTables:
     def exposure_totals(self) -> dict[str, dict[str, int]]:
         """Exposures per flag and variant since these tables were made: those drained
         (flushed) plus those still counted on the flags (read, not taken)."""
-        with self._lock:
+        with self._totals_lock:
             totals = {key: dict(variants) for key, variants in self._exposed.items()}
+            with self._lock:
+                retired = list(self._retired)
             # A flag carried over into a new snapshot is both live and retired: once.
-            flags = {id(flag): flag for flag in (*self.flags(), *self._retired)}
+            flags = {id(flag): flag for flag in (*self.flags(), *retired)}
             for flag in flags.values():
                 counts = flag.counts
                 for index in range(len(counts)):

@@ -9,9 +9,11 @@ import time
 
 import structlog
 
-from flagsync import FlagClient
+from flagsync import FlagClient, load_flags
+from flagsync.client import MeteredFlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
+from flagsync.snapshot import Snapshot
 from flagsync.status import SyncState
 from tests.integration.conftest import ClientFactory, PublisherFactory
 from tests.integration.support import RevisionRecorder, base_document, counter_flag, wait_until
@@ -179,3 +181,35 @@ def split_flag(client: FlagClient) -> str:
         if flag is not None and flag.select is not None:
             return key
     raise AssertionError("the base document has no context-dependent flag")
+
+
+class TestExposureTotalsAcrossSwaps:
+    """Totals count each evaluation once, whatever snapshots were swapped in between."""
+
+    def test_carried_over_flag_is_counted_once(self) -> None:
+        """A flag compiled in one snapshot and carried into the next (another flag
+        changed) is both live and retired: its exposures are counted once, before and
+        after `take_metrics` drains them."""
+        client = MeteredFlagClient(Snapshot.build(load_flags(base_document())))
+        key = split_flag(client)
+        for user in range(10):
+            client.variation(key, {"key": f"user-{user}", "plan": "paid"}, None)
+        other = next(k for k in client.snapshot if k != key and k not in linked(client, key))
+        updated, _ = client.snapshot.apply(
+            flags={other: client.snapshot.definitions.flags[other]}, revision=2
+        )
+        client._install(updated)
+        assert updated.flag(key) is client.snapshot.flag(key)  # carried over, not recompiled
+        assert sum(client.status().exposures[key].values()) == 10
+        drained = client.take_metrics()
+        assert sum(stat.count for (flag, _, _), stat in drained.items() if flag == key) == 10
+        for user in range(5):
+            client.variation(key, {"key": f"user-{user}", "plan": "paid"}, None)
+        assert sum(client.status().exposures[key].values()) == 15
+
+
+def linked(client: FlagClient, key: str) -> set[str]:
+    """`key`'s prerequisites and the flags requiring it (changing one may recompile `key`)."""
+    flags = client.snapshot.definitions.flags
+    requiring = {other for other, flag in flags.items() if key in flag.requires}
+    return requiring | set(flags[key].requires)
