@@ -8,7 +8,6 @@ diff, so a stale screen can never overwrite a colleague's change.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ import msgspec
 
 from flagsync.dashboard._config import DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
-from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
+from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError
 from flagsync.fleet import HistoryEntry, PropagationReport
 from flagsync.model import Flag
 from flagsync.publisher import Publisher, StoredFlag
@@ -365,59 +364,45 @@ class Backend:
         )
 
     def rollout_action(self, action: str, key: str, reason: str) -> dict[str, Any]:
-        """Pause, resume or abort a flag's guarded rollout.
-
-        `pause`/`resume` call the controller's methods of those names; where the
-        controller has none yet, `NotImplementedError` says so. `abort` stops the
-        rollout and ramps its variant back to 0 % in the plan's rule.
-        """
+        """Pause, resume or abort a flag's guarded rollout through the controller's own
+        commands (recorded in the change log with the operator and `reason`); an abort
+        answers its ramp's propagation report."""
         from flagsync.controller import RolloutController  # noqa: PLC0415
 
+        if action not in ("pause", "resume", "abort"):
+            raise FlagNotFoundError("action", action)
         if self.publisher.client.hget(self.keys.plans, key) is None:
             raise FlagNotFoundError("rollout plan", key)
         controller = RolloutController(self.publisher, key, owner=f"dashboard-{self.actor}")
-        method = getattr(controller, action, None)
         with self._write_lock:
-            if method is not None:
-                takes_reason = "reason" in inspect.signature(method).parameters
-                result = method(reason=reason) if takes_reason else method()
-                return {"action": action, "key": key, "result": msgspec.to_builtins(result)}
-            if action != "abort":
-                raise NotImplementedError(
-                    f"rollout {action}: this flagsync's RolloutController has no {action}() "
-                    "yet (it is being added with controller fencing); abort works"
-                )
-            return self._abort(controller, key, reason)
-
-    def _abort(self, controller: Any, key: str, reason: str) -> dict[str, Any]:
-        """Stop the rollout first (so a running controller cannot ramp again), then
-        serve the variant to nobody in the plan's rule."""
-        from flagsync.controller import RolloutState  # noqa: PLC0415
-
-        plan = controller.plan()
-        now_ms = int(time.time() * 1000)
-        # No public stop() on the controller yet: its own state writer is used.
-        controller._save_state(RolloutState(status="stopped", updated_ms=now_ms))
-        revision = self.publisher.ramp(
-            key, plan.variant, 0, plan.rule, reason=f"rollout aborted: {reason}".strip()
-        )
-        changed = self.publisher.last_write is None or self.publisher.last_write.changed
-        return {
-            "action": "abort",
+            if action == "pause":
+                result: Any = controller.pause(reason)
+            elif action == "resume":
+                result = controller.resume(reason)
+            else:
+                result = controller.abort(reason)
+        answer: dict[str, Any] = {
+            "action": action,
             "key": key,
-            "revision": revision,
-            "changed": changed,
-            "propagation": msgspec.to_builtins(self.propagation(revision)) if changed else None,
+            "actor": self.actor,
+            "reason": reason,
+            "result": msgspec.to_builtins(result),
         }
+        if action == "abort":
+            answer["revision"], answer["changed"] = result.revision, result.changed
+            answer["propagation"] = (
+                msgspec.to_builtins(self.propagation(result.revision)) if result.changed else None
+            )
+        return answer
 
     def _rollback(self, key: str, expected_version: int, to_version: int, reason: str) -> int:
-        current = self.flag(key).version
-        if current != expected_version:
-            raise ConflictError("flag", key, expected_version, current)
-        if not isinstance(to_version, int) or to_version < 1:
-            raise InvalidFlagError.single("to_version", "a version number >= 1")
+        """The publisher's rollback, refused by the write script itself when the flag
+        is no longer at `expected_version` (no read-then-write window)."""
         return self.publisher.rollback(
-            key, to_version=to_version, reason=reason or f"rollback to v{to_version}"
+            key,
+            to_version=to_version,
+            reason=reason or f"rollback to v{to_version}",
+            expected_version=expected_version,
         )
 
     def _stale(self, key: str, expected: int) -> StaleWriteError:
