@@ -71,8 +71,10 @@ def pause(args: argparse.Namespace) -> int:
     emit(
         args,
         msgspec.to_builtins(outcome),
-        lambda: f"{args.key}: rollout paused by {outcome.actor}; resume with: "
-        f"flagsync rollout resume {args.key}",
+        lambda: (
+            f"{args.key}: rollout paused by {outcome.actor}; resume with: "
+            f"flagsync rollout resume {args.key}"
+        ),
     )
     return EXIT_OK
 
