@@ -8,6 +8,7 @@ diff, so a stale screen can never overwrite a colleague's change.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
-from flagsync.dashboard._config import DashboardConfig
+from flagsync.dashboard._config import SIGNING_KEY_ENV, DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
 from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError
 from flagsync.fleet import HistoryEntry, PropagationReport
@@ -134,8 +135,16 @@ class Backend:
 
     def __init__(self, config: DashboardConfig) -> None:
         self.config = config
-        self.publisher = Publisher(config.url, config.namespace, actor=config.operator)
+        self.publisher = Publisher(
+            config.url,
+            config.namespace,
+            actor=config.operator,
+            signing_key=config.signing_key,  # else $FLAGSYNC_SIGNING_KEY, as the CLI
+        )
+        self.signs = bool(config.signing_key or os.environ.get(SIGNING_KEY_ENV))
+        """True when this dashboard's writes are signed (it was given the operator's key)."""
         self.keys = self.publisher.keys
+        self._signed_store: tuple[tuple[str | None, int], bool] | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._cache = _Cache()
@@ -152,8 +161,28 @@ class Backend:
     # -- reading ---------------------------------------------------------------
 
     def revision(self) -> tuple[str | None, int]:
-        """The store's (epoch, revision)."""
-        return self.publisher.revision()
+        """The store's (epoch, revision); whether the store is signed is re-read whenever
+        they move (one GET per change, none per poll)."""
+        epoch, revision = self.publisher.revision()
+        if self._signed_store is None or self._signed_store[0] != (epoch, revision):
+            signed = bool(self.publisher.client.exists(self.keys.signature))
+            self._signed_store = ((epoch, revision), signed)
+        return epoch, revision
+
+    def read_only(self) -> str | None:
+        """Why this dashboard refuses writes, or None: `--read-only`, or a store in signed
+        mode (its state carries a signature) while the dashboard has no signing key, so
+        anything it wrote would be refused by every verifying worker."""
+        if self.config.read_only:
+            return self.config.read_only
+        if self._signed_store is None:
+            self.revision()
+        if self._signed_store is not None and self._signed_store[1] and not self.signs:
+            return (
+                "the store is in signed mode and this dashboard has no signing key "
+                "(start it with --signing-key PATH or FLAGSYNC_SIGNING_KEY to write)"
+            )
+        return None
 
     def view(self) -> StoreView:
         """Every flag as of the current revision: re-read only when the revision moved,

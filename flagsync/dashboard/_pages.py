@@ -66,7 +66,7 @@ class Pages:
             namespace=self.config.namespace,
             store_url=self.store_url,
             actor=self.backend.actor,
-            read_only=self.config.read_only,
+            read_only=self.backend.read_only(),
             logged_in=self.guard.secret is not None,
             page=name,
             **context,
@@ -105,16 +105,18 @@ class Pages:
             return None
         return self.env.get_template("_flag_rows.html").render(
             keys=sorted(changed), view=view, shares=self.backend.request_shares(),
-            csrf=self.guard.csrf, read_only=self.config.read_only,
+            csrf=self.guard.csrf, read_only=self.backend.read_only(),
         )  # fmt: skip
 
     def _flags_table(self, view: StoreView, shares: dict[str, dict[str, float]]) -> str:
         """The flags table, rendered once per revision and request-share reading (1,000
         flags take ~100 ms to render; every open page asks for it after a change)."""
+        read_only = self.backend.read_only()
         key = (
             id(view),
             view.epoch,
             view.revision,
+            read_only,
             tuple((k, tuple(v.items())) for k, v in shares.items()),
         )
         with self._table_lock:
@@ -122,7 +124,7 @@ class Pages:
                 return self._table[1]
             html = self.env.get_template("_flags.html").render(
                 csrf=self.guard.csrf, view=view, shares=shares,
-                namespace=self.config.namespace, read_only=self.config.read_only,
+                namespace=self.config.namespace, read_only=read_only,
             )  # fmt: skip
             self._table = (key, html)
             return html

@@ -79,7 +79,7 @@ def create_app(config: DashboardConfig, backend: Backend | None = None) -> Starl
                     )  # fmt: skip
                 return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
             if write:
-                refused = await _write_refusal(request, access.needs_csrf, guard, config, api)
+                refused = await _write_refusal(request, access.needs_csrf, guard, store, api)
                 if refused is not None:
                     return refused
             try:
@@ -140,11 +140,14 @@ class Api:
 
     async def flags(self, request: Request) -> Response:
         view = await run_in_threadpool(self.store.view)
+        read_only = await run_in_threadpool(self.store.read_only)
         return _json(
             {
                 "namespace": self.config.namespace,
                 "epoch": view.epoch,
                 "revision": view.revision,
+                "read_only": read_only,
+                "signs_writes": self.store.signs,
                 "flags": {
                     key: {
                         "version": view.versions.get(key, 0),
@@ -274,11 +277,12 @@ async def _json_body(request: Request) -> dict[str, Any]:
 
 
 async def _write_refusal(
-    request: Request, needs_csrf: bool, guard: Guard, config: DashboardConfig, api: bool
+    request: Request, needs_csrf: bool, guard: Guard, store: Backend, api: bool
 ) -> Response | None:
     """Why a write must not run (read-only, CSRF), or None."""
-    if config.read_only:
-        message = f"read-only dashboard: {config.read_only}"
+    read_only = await run_in_threadpool(store.read_only)
+    if read_only:
+        message = f"read-only dashboard: {read_only}; nothing was written"
         if api:
             return JSONResponse({"error": "read_only", "message": message}, status_code=403)
         return Response(message, status_code=403, media_type="text/plain")
