@@ -10,6 +10,7 @@ import time
 import httpx
 
 from flagsync import FlagClient
+from flagsync.controller import RolloutController, RolloutPlan
 from flagsync.dashboard.serve import DashboardServer
 from flagsync.metrics import MetricStat, encode_series, flush_commands
 from flagsync.publisher import Publisher
@@ -160,6 +161,30 @@ class TestFormWrites:
             answer.text
         )
         assert store.get(MODEL).version == 2  # type: ignore[union-attr]
+
+    def test_pause_and_resume_forms_follow_the_rollouts_status(
+        self, dashboard: DashboardServer, store: Publisher
+    ) -> None:
+        """A running rollout offers Pause and Abort; the Pause form answers the flag page
+        saying who paused it and why, with Resume instead of Pause."""
+        RolloutController(store, MODEL).set_plan(
+            RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
+                        steps=[20, 50], guards=["cost_per_request(candidate) <= 1"])
+        )  # fmt: skip
+        with httpx.Client(base_url=dashboard.url, timeout=10, follow_redirects=True) as browser:
+            before = browser.get(f"/flags/{MODEL}").text
+            answer = browser.post(
+                f"/rollouts/{MODEL}/pause", data={"csrf": csrf_of(before), "reason": "lunch"}
+            )
+        assert ">Pause</button>" in before
+        assert ">Resume</button>" not in before
+        assert answer.status_code == 200
+        assert "Guarded rollout: paused" in answer.text
+        assert "Paused: paused by dash-operator at" in answer.text
+        assert "(lunch)" in answer.text
+        assert ">Resume</button>" in answer.text
+        assert ">Pause</button>" not in answer.text
+        assert ">Abort</button>" in answer.text
 
 
 class TestLiveFragments:
