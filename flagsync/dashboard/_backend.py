@@ -30,6 +30,7 @@ _LAST_CHANGE_SCAN: Final = 2000
 """Change-log entries read to find each flag's last change for the flags table."""
 _SHARE_WINDOW_S: Final = 60.0
 _METRIC_KEYS_TTL_S: Final = 2.0
+_SHARES_TTL_S: Final = 1.0
 _INCREMENTAL_MAX: Final = 200
 """Revisions a cached view is moved forward by from the change log (more: read again)."""
 
@@ -125,9 +126,10 @@ class StoreView:
 @dataclass
 class _Cache:
     view: StoreView | None = None
-    metric_keys: set[str] = field(default_factory=set)
-    metric_keys_at: float = 0.0
+    metric_streams: dict[str, list[str]] = field(default_factory=dict)
+    metric_keys_at: float = -_METRIC_KEYS_TTL_S
     shares: dict[str, dict[str, float]] = field(default_factory=dict)
+    shares_at: float = -_SHARES_TTL_S
 
 
 class Backend:
@@ -266,17 +268,21 @@ class Backend:
         return self.publisher.workers()
 
     def metric_flags(self) -> set[str]:
-        """Flags that have a metrics stream, shared or per worker (`metrics:<flag>` or
-        `metrics:<flag>:<worker>`), re-scanned at most every 2 s."""
+        """Flags that have a metrics stream, shared or per worker."""
+        return set(self.metric_streams())
+
+    def metric_streams(self) -> dict[str, list[str]]:
+        """Every metrics stream (`metrics:<flag>` or `metrics:<flag>:<worker>`) by flag,
+        from one SCAN re-run at most every 2 s."""
         now = time.monotonic()
         if now - self._cache.metric_keys_at < _METRIC_KEYS_TTL_S:
-            return self._cache.metric_keys
+            return self._cache.metric_streams
         prefix = self.keys.metrics("")
-        found = {
-            raw.decode()[len(prefix) :].partition(":")[0]
-            for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000)
-        }
-        self._cache.metric_keys, self._cache.metric_keys_at = found, now
+        found: dict[str, list[str]] = {}
+        for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000):
+            name = raw.decode()
+            found.setdefault(name[len(prefix) :].partition(":")[0], []).append(name)
+        self._cache.metric_streams, self._cache.metric_keys_at = found, now
         return found
 
     def metric_entries(self, key: str, since_ms: int) -> list[tuple[bytes, Any]]:
@@ -297,17 +303,32 @@ class Backend:
         return entries
 
     def request_shares(self) -> dict[str, dict[str, float]]:
-        """Per flag with metrics: each variant's share of the last minute's evaluations."""
+        """Per flag with metrics: each variant's share of the last minute's evaluations,
+        from one pipelined read of every metrics stream, re-read at most once a second
+        (every open flags page asks for it after each change)."""
         from flagsync.metrics import EXPOSURES, merge_window  # noqa: PLC0415
 
-        shares: dict[str, dict[str, float]] = {}
+        now = time.monotonic()
+        if now - self._cache.shares_at < _SHARES_TTL_S:
+            return self._cache.shares
+        streams = self.metric_streams()
         since = int((time.time() - _SHARE_WINDOW_S) * 1000)
-        for key in sorted(self.metric_flags()):
-            window = merge_window(fields for _, fields in self.metric_entries(key, since))
+        pipe = self.publisher.client.pipeline(transaction=False)
+        order = [(key, stream) for key in sorted(streams) for stream in sorted(streams[key])]
+        for _, stream in order:
+            pipe.xrange(stream, min=str(since), max="+")
+        entries: dict[str, list[Any]] = {}
+        for (key, _), reply in zip(order, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, list):  # workers write these keys: a non-stream is skipped
+                entries.setdefault(key, []).extend(fields for _, fields in reply)
+        shares: dict[str, dict[str, float]] = {}
+        for key, fields in entries.items():
+            window = merge_window(fields)
             counts = {v: s.count for (v, m), s in window.items() if m == EXPOSURES}
             total = sum(counts.values())
             if total:
                 shares[key] = {v: n / total for v, n in sorted(counts.items())}
+        self._cache.shares, self._cache.shares_at = shares, now
         return shares
 
     def metrics_series(self, key: str, minutes: float = 10.0, slots: int = 30) -> Any:

@@ -122,12 +122,23 @@ def create_app(config: DashboardConfig, backend: Backend | None = None) -> Starl
         Route("/api/workers", guarded(api.workers)),
         Route("/api/history", guarded(api.history)),
         Route("/api/events", guarded(api.events)),
-        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", _VersionedStatic(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.backend = store
     app.state.poller = poller
     return app
+
+
+class _VersionedStatic(StaticFiles):
+    """The stylesheet and script, cached by browsers for a day: pages link them with their
+    content hash (`?v=`), so a new version is a new URL. Without this every page load
+    revalidated both before it could render (~25 ms on a loaded machine)."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "public, max-age=86400, immutable"
+        return response
 
 
 class Api:

@@ -105,6 +105,51 @@ class TestReadable:
         assert "current 70.0%" in flags_page
 
 
+class TestManyFlags:
+    """A namespace of many flags is paged (50 a page) and can be filtered, without JS."""
+
+    def test_pages_and_filter(self, dashboard: DashboardServer, store: Publisher) -> None:
+        """120 generated flags beside the examples: page 1 holds 50 rows and links the
+        others; page 3 holds the rest; a filter matches keys and descriptions; a page's
+        live rows fragment holds only that page's changed flags."""
+        generated = {
+            f"gen-{index:03d}": {
+                "description": "needle" if index == 77 else f"generated {index}",
+                "variants": {"on": True, "off": False},
+                "off": "off",
+                "default": "on",
+            }
+            for index in range(120)
+        }
+        store.apply({"flags": generated}, reason="many")
+        revision = store.revision()[1]
+        total = len(store.definitions().flags)
+        with api(dashboard.url) as client:
+            first = client.get("/").text
+            last = client.get("/", params={"page": 3}).text
+            needle = client.get("/", params={"q": "NEEDLE"}).text
+            by_key = client.get("/", params={"q": "gen-11"}).text
+            store.kill("gen-100", reason="on page 3")
+            store.kill("gen-010", reason="on page 1")
+            epoch = store.revision()[0]
+            rows = client.get(
+                "/", params={"page": 3, "fragment": "rows", "since": revision, "epoch": epoch}
+            ).text
+
+        def shown(page: str) -> list[str]:
+            return re.findall(r'<tr id="flag-([^"]+)"', page)
+
+        assert len(shown(first)) == 50
+        assert f"flags 1\N{EN DASH}50 of {total}" in first
+        assert '<a href="/?page=2" rel="next">Next →</a>' in first
+        assert len(shown(last)) == total - 100
+        assert '<strong aria-current="page">3</strong>' in last
+        assert shown(needle) == ["gen-077"]
+        assert "matching “NEEDLE”" in html.unescape(needle)
+        assert shown(by_key) == [f"gen-11{digit}" for digit in range(10)]
+        assert shown(rows) == ["gen-100"]
+
+
 class TestEscaping:
     """Flag text is data, never markup."""
 

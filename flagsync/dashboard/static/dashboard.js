@@ -49,8 +49,9 @@
       const from = since;
       since = null;
       if (table && from !== null) {
-        // The flags page asks for the changed rows only (1,000 rows are ~700 KB).
-        url = "/?fragment=rows&since=" + from + "&epoch=" + encodeURIComponent(shownEpoch);
+        // The flags page asks for the changed rows of its page only.
+        url = url.replace("fragment=1", "fragment=rows") + "&since=" + from +
+          "&epoch=" + encodeURIComponent(shownEpoch);
       }
       const answer = await fetch(url, { credentials: "same-origin" });
       if (answer.ok) {
