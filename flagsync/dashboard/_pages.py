@@ -107,6 +107,7 @@ class Pages:
         html = template.render(
             csrf=self.guard.csrf,
             live=self.poller.state,
+            live_sequence=self.poller.sequence,
             namespace=self.config.namespace,
             store_url=self.store_url,
             actor=self.backend.actor,

@@ -224,17 +224,22 @@ class Api:
             }
         )  # fmt: skip
 
+    def _state(self, sequence: int) -> str:
+        """An event's payload: the live state and its sequence number (a page rendered at
+        the same sequence already shows it)."""
+        return json.dumps({**self.poller.state.to_json(), "sequence": sequence})
+
     async def events(self, request: Request) -> Response:
         async def stream() -> AsyncIterator[dict[str, Any]]:
             seen = self.poller.sequence
-            yield {"event": "state", "data": json.dumps(self.poller.state.to_json()), "retry": 1000}
+            yield {"event": "state", "data": self._state(seen), "retry": 1000}
             while True:
                 now = await self.poller.wait_change(seen, _EVENT_KEEPALIVE_S)
                 if now == seen:
                     yield {"comment": "keepalive"}
                     continue
                 seen = now
-                yield {"event": "state", "data": json.dumps(self.poller.state.to_json())}
+                yield {"event": "state", "data": self._state(now)}
 
         return EventSourceResponse(stream(), headers={"Cache-Control": "no-store"})
 

@@ -83,7 +83,10 @@
     }
     const workers = JSON.stringify((state.workers || []).map((w) => [w.id, w.revision, w.state]));
     const moved = String(state.revision) !== shownRevision || (state.epoch || "") !== shownEpoch;
-    const fleetMoved = body.dataset.page === "workers" && workers !== shownWorkers;
+    // The first event of a freshly loaded page usually repeats what it shows (the same
+    // feed sequence): nothing to fetch again.
+    const fresh = shownWorkers === null && String(state.sequence) === body.dataset.sequence;
+    const fleetMoved = body.dataset.page === "workers" && !fresh && workers !== shownWorkers;
     shownWorkers = workers;
     if (state.ok && (moved || fleetMoved)) {
       if (since === null && (state.epoch || "") === shownEpoch) since = shownRevision;
