@@ -219,7 +219,7 @@ COMMANDS = (
     ),
     Command(
         "rollout abort",
-        "stop a rollout for good and ramp its variant to 0% in the plan's rule",
+        "stop a rollout for good and ramp its variant to 0 percent in the plan's rule",
         abort,
         (_KEY,),
         writes=True,
