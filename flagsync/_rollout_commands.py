@@ -314,9 +314,6 @@ class RolloutCommands:
             self.publisher.log_maxlen,
         )
 
-    def _save_state(self, state: RolloutState) -> None:
-        self._redis.set(self._state_key, state_codec[0].encode(state))
-
 
 def _status_text(state: RolloutState) -> str:
     return state.status.replace("_", " ")

@@ -230,6 +230,7 @@ class TestFormWrites:
         assert ">Resume</button>" in answer.text
         assert ">Pause</button>" not in answer.text
         assert ">Abort</button>" in answer.text
+        assert "<td>rollout pause</td><td>lunch</td>" in answer.text  # in the history
 
 
 class TestLiveFragments:
