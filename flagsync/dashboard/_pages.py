@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlencode
 
+import msgspec
 from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -242,12 +243,13 @@ class Pages:
         return await self.flag(request, outcome=outcome)
 
     async def rollout_action(self, request: Request) -> Response:
-        """A form post: pause, resume or abort the flag's guarded rollout."""
+        """A form post: pause, resume or abort the flag's guarded rollout; answers the flag
+        page saying what was done (an abort's ramp with its propagation report)."""
         key, action = request.path_params["key"], request.path_params["action"]
         form = await read_form(request)
         reason = str(form.get("reason", ""))[:2000]
-        await run_in_threadpool(self.backend.rollout_action, action, key, reason)
-        return RedirectResponse(f"/flags/{key}", status_code=303)
+        answer = await run_in_threadpool(self.backend.rollout_action, action, key, reason)
+        return await self.flag(request, outcome=_rollout_outcome(answer))
 
     async def conflict(self, request: Request, error: StaleWriteError) -> Response:
         """The 409 view: nothing written; what the flag is now and what changed."""
@@ -285,3 +287,30 @@ class Pages:
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
+
+
+def _rollout_outcome(answer: dict[str, Any]) -> WriteOutcome:
+    """A rollout command's answer as the flag page's outcome banner shows a write."""
+    from flagsync.dashboard._backend import Propagation, WriteOutcome  # noqa: PLC0415
+
+    action, key = answer["action"], answer["key"]
+    done = {"pause": "paused", "resume": "resumed", "abort": "aborted"}[action]
+    message = f"rollout of {key} {done} by {answer['actor']}"
+    propagation = answer.get("propagation")
+    if action == "abort":
+        message += (
+            f"; its variant ramped to 0% at revision {answer['revision']}"
+            if answer["changed"]
+            else "; its variant already served nobody"
+        )
+    return WriteOutcome(
+        op=f"rollout {action}",
+        key=key,
+        changed=bool(answer.get("changed")),
+        revision=answer.get("revision") or 0,
+        version=None,
+        actor=answer["actor"],
+        reason=answer["reason"],
+        propagation=None if propagation is None else msgspec.convert(propagation, Propagation),
+        message=message,
+    )

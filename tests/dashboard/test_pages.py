@@ -231,6 +231,32 @@ class TestFormWrites:
         assert ">Pause</button>" not in answer.text
         assert ">Abort</button>" in answer.text
         assert "<td>rollout pause</td><td>lunch</td>" in answer.text  # in the history
+        assert "rollout of llm-model-version paused by dash-operator" in answer.text
+
+    def test_abort_form_answers_the_ramps_propagation_report(
+        self, dashboard: DashboardServer, store: Publisher, workers: list[FlagClient]
+    ) -> None:
+        """Abort from the page ramps the candidate to 0 % and answers how far that write
+        spread ("reached 3/3 workers"), with no Pause or Resume left to press."""
+        controller = RolloutController(store, MODEL)
+        controller.set_plan(
+            RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
+                        steps=[20, 50], guards=["cost_per_request(candidate) <= 1"])
+        )  # fmt: skip
+        with httpx.Client(base_url=dashboard.url, timeout=10) as browser:
+            csrf = csrf_of(browser.get(f"/flags/{MODEL}").text)
+            answer = browser.post(
+                f"/rollouts/{MODEL}/abort", data={"csrf": csrf, "reason": "too expensive"}
+            )
+        assert answer.status_code == 200
+        text = html.unescape(answer.text)
+        assert "rollout of llm-model-version aborted by dash-operator; its variant ramped" in text
+        assert re.search(r"reached 3/3 workers in \d+\.\d ms", answer.text)
+        assert "Guarded rollout: aborted" in answer.text
+        assert ">Pause</button>" not in answer.text
+        assert ">Resume</button>" not in answer.text
+        rule = store.get(MODEL).flag.rules[1]  # type: ignore[union-attr]
+        assert rule.serve.rollout["candidate"] == 0  # type: ignore[union-attr]
 
 
 class TestLiveFragments:
