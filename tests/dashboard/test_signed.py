@@ -102,6 +102,32 @@ class TestWithoutTheKey:
         assert "Read-only" not in page
         assert kill.status_code == 200, kill.text
 
+    def test_a_store_switched_to_signed_mode_turns_the_dashboard_read_only(
+        self,
+        *,
+        server: ServerProcess,
+        namespace: str,
+        make_dashboard: DashboardFactory,
+        store: Publisher,
+        key_pair: tuple[Path, str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A running dashboard follows the store: once a signing publisher adopts the
+        unsigned state, the next pages and writes are read-only without a restart."""
+        monkeypatch.delenv("FLAGSYNC_SIGNING_KEY", raising=False)
+        running = make_dashboard(actor="viewer")
+        with api(running.url) as client:
+            assert client.get("/api/flags").json()["read_only"] is None
+            with Publisher(
+                server.url, namespace, "signer", signing_key=key_pair[0], adopt_unsigned=True
+            ) as signer:
+                signer.kill(MODEL, reason="signed from now on")
+
+            assert wait_until(lambda: client.get("/api/flags").json()["read_only"], 5)
+            enable = client.post(f"/api/flags/{MODEL}/enable", json={"expected_version": 2})
+            assert enable.status_code == 403
+            assert BANNER in client.get("/").text
+
 
 class TestWithTheKey:
     """Given the operator's key, the dashboard signs what it writes."""
