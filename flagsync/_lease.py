@@ -61,6 +61,11 @@ class Lease:
         self.ttl_ms = ttl_ms
         self.token = 0
 
+    @property
+    def field(self) -> str:
+        """The lease version's field in the versions hash (`lease:<flag>`)."""
+        return self._field
+
     def acquire(self) -> bool:
         """Take or renew the lease; True (and `token` set) when this owner holds it."""
         reply = self._redis.eval(

@@ -83,7 +83,7 @@ class RolloutState(msgspec.Struct):
     """Where a rollout stands (stored beside the plan)."""
 
     status: str = "running"
-    """`running`, `paused`, `completed`, `rolled_back` or `stopped`."""
+    """`running`, `paused`, `completed`, `rolled_back`, `stopped` or `aborted`."""
     step: int = -1
     step_started_ms: int = 0
     updated_ms: int = 0
@@ -95,13 +95,17 @@ class RolloutState(msgspec.Struct):
     paused_ms: int = 0
     """When that change was written (server clock, ms)."""
     paused_change: str = ""
-    """What the change was (its op and reason)."""
+    """What the change was (its op and reason), or the reason of a `pause`."""
+    paused_on_request: bool = False
+    """True when an operator paused the rollout (`pause`), not a change to the flag."""
 
     @property
     def pause_summary(self) -> str:
-        """`changed by alice at 2026-11-30 12:00:00 UTC (ramp: ...)` for a paused plan."""
+        """`changed by alice at 2026-11-30 12:00:00 UTC (ramp: ...)` for a plan a change
+        paused, `paused by alice at ... (reason)` for one an operator paused."""
         when = datetime.fromtimestamp(self.paused_ms / 1000, tz=UTC)
-        text = f"changed by {self.paused_by} at {when:%Y-%m-%d %H:%M:%S} UTC"
+        verb = "paused" if self.paused_on_request else "changed"
+        text = f"{verb} by {self.paused_by} at {when:%Y-%m-%d %H:%M:%S} UTC"
         return f"{text} ({self.paused_change})" if self.paused_change else text
 
 
@@ -110,8 +114,9 @@ class Decision(msgspec.Struct, frozen=True):
 
     time_ms: int
     decision: str
-    """`start`, `hold`, `advance`, `complete`, `rollback`, `stopped`, `paused`, `resume`,
-    `not_leader` or `fenced` (a write refused because the lease moved)."""
+    """`start`, `hold`, `advance`, `complete`, `rollback`, `stopped`, `paused` (by a
+    change), `pause`, `resume`, `abort` (an operator's commands), `not_leader` or `fenced`
+    (a write refused because the lease moved)."""
     step: int
     percent: float
     note: str

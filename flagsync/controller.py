@@ -23,38 +23,37 @@ Humans win. A change to the flag not made by a controller (its version moved pas
 the controller last wrote, and the change log says who) pauses the plan: `rollout status`
 shows `paused: changed by <actor> at <time>`, and nothing is written until someone runs
 `flagsync rollout resume KEY`. A controller never undoes a human's ramp, kill or enable.
+An operator can also pause, resume or abort a rollout (`flagsync rollout pause|resume|abort`,
+the dashboard): those commands live in `flagsync._rollout_commands`, with the plan and
+state this class reads; they fence off every controller in the same script.
 `run_all` drives every flag that has a plan (what `flagsync controller` runs), and
 `RolloutController.status()` is what `flagsync rollout status` shows.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import structlog
 
-from flagsync._lease import LEASE_KIND, Lease
-from flagsync._metrics_window import MetricsWindow, read_window
+from flagsync._lease import LEASE_KIND
+from flagsync._metrics_window import MetricsWindow
+from flagsync._rollout_commands import RolloutCommands, RolloutOutcome
 from flagsync._rollout_model import (
     Decision,
     RolloutPlan,
     RolloutState,
     RolloutStatus,
     paused_note,
-    plan_codec,
     state_codec,
     step_of,
     weight_of,
 )
-from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
+from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError
 from flagsync.guards import GuardResult, evaluate_guard, parse_guard
 from flagsync.publisher import Publisher, StoredFlag
 from flagsync.store import StoreClient
@@ -62,6 +61,7 @@ from flagsync.store import StoreClient
 __all__ = [
     "Decision",
     "RolloutController",
+    "RolloutOutcome",
     "RolloutPlan",
     "RolloutState",
     "RolloutStatus",
@@ -72,19 +72,21 @@ __all__ = [
 _log = structlog.get_logger("flagsync.controller")
 
 
-_PLAN_SET: Final = "plan"
-"""The decision-log entry `set_plan` writes: the decisions before it belong to older plans."""
 _QUIET: Final = ("hold", "not_leader")
 """Decisions `run_all` does not report (every tick makes one)."""
-_FINAL: Final = ("complete", "rollback", "stopped", "paused")
+_FINAL: Final = ("complete", "rollback", "stopped", "paused", "abort")
 """Decisions after which `run` returns: nothing more happens without a human."""
 CONTROLLER_REASON: Final = "rollout:"
 """How every change-log reason of a controller's write begins (with the controller's
 actor, it tells the controller's own writes from a human's)."""
 
 
-class RolloutController:
-    """Drives the guarded rollout of one flag through `publisher`."""
+class RolloutController(RolloutCommands):
+    """Drives the guarded rollout of one flag through `publisher`.
+
+    The plan, state, status and the operator's commands (`set_plan`, `pause`, `resume`,
+    `abort`) come from `flagsync._rollout_commands.RolloutCommands`; this class decides.
+    """
 
     def __init__(
         self,
@@ -95,140 +97,8 @@ class RolloutController:
         lease_ttl_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.publisher = publisher
-        self.key = key
-        self.owner = owner or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.lease_ttl_ms = int(lease_ttl_s * 1000)
-        self.clock = clock
-        keys = publisher.keys
-        self._plan_key = keys.plans
-        self._state_key = keys.rollout(key)
-        self._log_key = keys.rollout_log(key)
-        self._redis: Any = StoreClient(publisher.client, publisher.url)  # errors mapped
+        super().__init__(publisher, key, owner=owner, lease_ttl_s=lease_ttl_s, clock=clock)
         self._reported_problems: list[str] = []
-        self.lease = Lease(self._redis, keys, key, self.owner, self.lease_ttl_ms)
-        """The flag's lease; its token fences every write of this controller."""
-
-    # -- plan and state ----------------------------------------------------------
-
-    def set_plan(self, plan: RolloutPlan) -> None:
-        """Store `plan` (validated) and start the rollout afresh."""
-        plan.validate(self.key)
-        stored = self.publisher.get(self.key)
-        if stored is None:
-            raise FlagNotFoundError("flag", self.key)
-        for name in (plan.variant, plan.control):
-            if name not in stored.flag.variants:
-                raise InvalidFlagError.single(f"plans.{self.key}", f"flag has no variant {name!r}")
-        rules = [rule.name or f"rules[{i}]" for i, rule in enumerate(stored.flag.rules)]
-        if plan.rule is not None and plan.rule not in rules:  # else every tick would fail
-            raise InvalidFlagError.single(
-                f"plans.{self.key}.rule", f"flag has no rule {plan.rule!r}"
-            )
-        for index, text in enumerate(plan.guards):  # a typo would hold the rollout forever
-            guard = parse_guard(text)
-            for side in (guard.left, guard.right):
-                if side.variant is not None and side.variant not in stored.flag.variants:
-                    raise InvalidFlagError.single(
-                        f"plans.{self.key}.guards[{index}]",
-                        f"flag has no variant {side.variant!r}",
-                    )
-        self.lease.fence_off()
-        self._redis.hset(self._plan_key, self.key, plan_codec[0].encode(plan))
-        self._save_state(RolloutState(flag_version=stored.version))
-        steps = ", ".join(f"{step:g}%" for step in plan.steps)
-        marker = Decision(int(self.clock() * 1000), _PLAN_SET, -1, 0.0, f"new plan: {steps}")
-        self._append_decision(marker)
-
-    def resume(self) -> RolloutState:
-        """Resume a plan paused by a human's change, from where the flag is now.
-
-        The flag's current version becomes the controller's starting point, so the human's
-        change stands; the rollout carries on from the step its weight has reached.
-        `FlagsyncError` when the rollout is not paused.
-        """
-        self.plan()  # no plan: say so
-        state = self.state()
-        if state.status != "paused":
-            raise FlagsyncError(
-                f"the rollout of {self.key!r} is {state.status}, not paused: nothing to resume"
-            )
-        stored = self.publisher.get(self.key)
-        if stored is None:
-            raise FlagNotFoundError("flag", self.key)
-        self.lease.fence_off()
-        note = f"resumed by {self.publisher.actor} after: {state.pause_summary}"
-        now_ms = int(self.clock() * 1000)
-        resumed = RolloutState(
-            step=-1, step_started_ms=now_ms, updated_ms=now_ms, flag_version=stored.version
-        )
-        self._save_state(resumed)
-        self._append_decision(
-            Decision(now_ms, "resume", -1, weight_of(stored.flag, self.plan()), note)
-        )
-        _log.info(
-            "rollout_resumed", key=self.key, actor=self.publisher.actor, version=stored.version
-        )
-        return resumed
-
-    def plan(self) -> RolloutPlan:
-        """The stored plan; `FlagsyncError` when the flag has none."""
-        blob = self._redis.hget(self._plan_key, self.key)
-        if blob is None:
-            raise FlagsyncError(f"no rollout plan for {self.key!r} (see: flagsync rollout plan)")
-        return plan_codec[1].decode(blob)
-
-    def state(self) -> RolloutState:
-        """The stored state (a fresh one if none)."""
-        blob = self._redis.get(self._state_key)
-        return RolloutState() if blob is None else state_codec[1].decode(blob)
-
-    def decisions(self, limit: int = 20) -> list[dict[str, Any]]:
-        """The current plan's newest decisions, newest first (none from a replaced plan)."""
-        made: list[dict[str, Any]] = []
-        for _, fields in self._redis.xrevrange(self._log_key, count=limit + 1):
-            decision = json.loads(fields[b"decision"])
-            if decision.get("decision") == _PLAN_SET:
-                break
-            made.append(decision)
-        return made[:limit]
-
-    def status(self, decisions: int = 10) -> RolloutStatus:
-        """The plan, its state, the weight the flag really serves, the guards on the samples
-        of the current step, and the current plan's recent decisions."""
-        plan, state = self.plan(), self.state()
-        stored = self.publisher.get(self.key)
-        if stored is None:
-            raise FlagNotFoundError("flag", self.key)
-        percent = weight_of(stored.flag, plan)
-        now_ms = int(self.clock() * 1000)
-        since = max(state.step_started_ms, now_ms - int(plan.window_s * 1000))
-        window = self.read_window(since)
-        return RolloutStatus(
-            key=self.key,
-            plan=plan,
-            state=state,
-            percent=percent,
-            step=step_of(plan, percent),
-            enabled=stored.flag.enabled,
-            samples_since_ms=since,
-            now_ms=now_ms,
-            guards=[
-                evaluate_guard(parse_guard(g), window.stats, plan.min_samples) for g in plan.guards
-            ],
-            decisions=self.decisions(decisions),
-            metrics_problems=window.problems,
-        )
-
-    def window(self, since_ms: int) -> dict[tuple[str, str], Any]:
-        """Metrics of the flag flushed since `since_ms`, summed per (variant, metric)."""
-        return self.read_window(since_ms).stats
-
-    def read_window(self, since_ms: int) -> MetricsWindow:
-        """The window with what each worker's stream gave and what could not be read."""
-        return read_window(
-            self.publisher.client, self.publisher.url, self.publisher.keys, self.key, since_ms
-        )
 
     # -- acting ----------------------------------------------------------------
 
@@ -242,6 +112,15 @@ class RolloutController:
             return Decision(now_ms, "stopped", state.step, math.nan, f"rollout is {state.status}")
         if not self.lease.acquire():
             return Decision(now_ms, "not_leader", state.step, math.nan, "another controller acts")
+        # Read again under the token just taken: a pause or abort written before now is
+        # seen here, and one written after it bumped the lease version, so every write
+        # this tick makes on the state read above is refused.
+        state = self.state()
+        if state.status != "running":
+            note = paused_note(self.key, state) if state.status == "paused" else ""
+            return Decision(
+                now_ms, "stopped", state.step, math.nan, note or f"rollout is {state.status}"
+            )
         stored = self.publisher.get(self.key)
         if stored is None:
             raise FlagNotFoundError("flag", self.key)
@@ -501,17 +380,6 @@ class RolloutController:
         entry = None if decision is None else msgspec.json.encode(decision)
         return self.lease.save(self._state_key, state_codec[0].encode(state), self._log_key, entry)
 
-    def _save_state(self, state: RolloutState) -> None:
-        self._redis.set(self._state_key, state_codec[0].encode(state))
-
-    def _append_decision(self, decision: Decision) -> None:
-        self._redis.xadd(
-            self._log_key,
-            {"decision": msgspec.json.encode(decision)},
-            maxlen=1000,
-            approximate=True,
-        )
-
 
 def planned_flags(publisher: Publisher) -> list[str]:
     """The keys of the flags that have a rollout plan."""
@@ -554,6 +422,8 @@ def run_all(
                     if key in reported_stop:
                         continue
                     reported_stop.add(key)
+                else:  # running again (resumed): its next stop is news
+                    reported_stop.discard(key)
                 if decision.decision not in _QUIET and on_decision is not None:
                     on_decision(key, decision)
             if should_stop is not None and should_stop():

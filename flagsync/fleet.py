@@ -150,12 +150,13 @@ class Fleet:
                     batch = batch[1:]  # the boundary entry was in the previous batch
                 if not batch:
                     break
+                wanted = None if key is None else key.encode()
                 for _entry_id, fields in batch:
-                    entry = _history_entry(fields)
-                    if key is None or entry.key == key:
-                        entries.append(entry)
-                        if len(entries) >= limit:
-                            break
+                    if wanted is not None and fields.get(b"key") != wanted:
+                        continue  # not decoded: one flag's history scans the whole log
+                    entries.append(_history_entry(fields))
+                    if len(entries) >= limit:
+                        break
                 last_id = batch[-1][0].decode()
         return entries
 

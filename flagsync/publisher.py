@@ -328,9 +328,14 @@ class Publisher(IntentWrites):
         to_version: int | None = None,
         steps: int | None = None,
         reason: str = "",
+        expected_version: int | None = None,
     ) -> int:
         """Restore the definition a flag had at `to_version` (or `steps` changes ago) as a
-        new revision; the change log keeps both. Returns the revision."""
+        new revision; the change log keeps both. Returns the revision.
+
+        With `expected_version`, a flag at another version is refused with
+        `ConflictError` (nothing written); the check is the write script's, so a change
+        that lands between this call's read and its write is refused too."""
         if (to_version is None) == (steps is None):
             raise TypeError("rollback() takes exactly one of to_version= or steps=")
         with store_errors(self.url):
@@ -338,6 +343,8 @@ class Publisher(IntentWrites):
         current = int(raw_version or 0)
         if current == 0:
             raise FlagNotFoundError("flag", key)
+        if expected_version is not None and expected_version != current:
+            raise ConflictError("flag", key, expected_version, current)
         target = to_version if to_version is not None else current - (steps or 0)
         if not 1 <= target <= current:
             raise InvalidFlagError.single(f"flags.{key}", _no_version(target, current, steps))

@@ -20,6 +20,7 @@ def dashboard(args: argparse.Namespace) -> int:
     from contextlib import ExitStack  # noqa: PLC0415
 
     from flagsync.dashboard._config import (  # noqa: PLC0415
+        SIGNING_KEY_ENV,
         DashboardConfig,
         DashboardConfigError,
         check_config,
@@ -37,6 +38,7 @@ def dashboard(args: argparse.Namespace) -> int:
         token=token_from_environment(args.token),
         actor=args.actor,
         read_only="started with --read-only" if args.read_only else None,
+        signing_key=args.signing_key or os.environ.get(SIGNING_KEY_ENV) or None,
     )
     try:
         check_config(config)  # refuse before starting anything
@@ -80,6 +82,12 @@ COMMANDS = (
             ),
             arg("--actor", help="the operator's name in the change log (default: the OS user)"),
             arg("--read-only", action="store_true", help="refuse every write"),
+            arg(
+                "--signing-key",
+                default=None,
+                help="the operator's Ed25519 key file: sign every write (signed mode); "
+                "default $FLAGSYNC_SIGNING_KEY. Without one a signed store is read-only",
+            ),
         ),
         epilog="Without --url or REDIS_URL it starts an embedded server, like `flagsync demo`.",
     ),

@@ -165,6 +165,8 @@ def history(entries: Sequence[HistoryEntry]) -> str:
             f"r{entry.revision:<5} {_when(entry.time_us)}  {entry.actor:<12} "
             f"{entry.op:<11} {entry.kind} {entry.key} v{entry.version}{reason}"
         )
+        if entry.kind == "rollout":  # a pause/resume/abort: no definition changed
+            continue
         if entry.before is None and entry.after is not None:
             lines.append("    created")
         elif entry.after is None:

@@ -1,4 +1,5 @@
-"""Guarded rollouts: `rollout plan|run|status|resume` for one flag, `controller` for all.
+"""Guarded rollouts: `rollout plan|run|status|pause|resume|abort` for one flag,
+`controller` for all.
 
 The decisions are made in `flagsync.controller` (the loop included); these handlers only
 read the options, print the decisions and map the outcome to an exit code.
@@ -61,16 +62,48 @@ def status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def resume(args: argparse.Namespace) -> int:
-    """Resume a rollout a human's change paused, from where the flag is now."""
+def pause(args: argparse.Namespace) -> int:
+    """Hold a running rollout at its step (a running controller honours it at once)."""
     from flagsync.controller import RolloutController  # noqa: PLC0415
 
     with publisher(args) as store:
-        state = RolloutController(store, args.key).resume()
+        outcome = RolloutController(store, args.key).pause(args.reason or "")
+    emit(
+        args,
+        msgspec.to_builtins(outcome),
+        lambda: (
+            f"{args.key}: rollout paused by {outcome.actor}; resume with: "
+            f"flagsync rollout resume {args.key}"
+        ),
+    )
+    return EXIT_OK
+
+
+def resume(args: argparse.Namespace) -> int:
+    """Resume a paused rollout (by `pause` or a human's change), from the flag as it is."""
+    from flagsync.controller import RolloutController  # noqa: PLC0415
+
+    with publisher(args) as store:
+        state = RolloutController(store, args.key).resume(args.reason or "")
     emit(
         args,
         {"key": args.key, "state": state},
         lambda: f"{args.key}: rollout resumed from the flag as it is now",
+    )
+    return EXIT_OK
+
+
+def abort(args: argparse.Namespace) -> int:
+    """Stop a rollout for good and serve its variant to nobody in the plan's rule."""
+    from flagsync.controller import RolloutController  # noqa: PLC0415
+
+    with publisher(args) as store:
+        outcome = RolloutController(store, args.key).abort(args.reason or "")
+    ramp = f"ramped to 0% at revision {outcome.revision}" if outcome.changed else "already at 0%"
+    emit(
+        args,
+        msgspec.to_builtins(outcome),
+        lambda: f"{args.key}: rollout aborted by {outcome.actor}; variant {ramp}",
     )
     return EXIT_OK
 
@@ -149,7 +182,7 @@ _PLAN_ARGS: tuple[Any, ...] = (
 )
 
 COMMANDS = (
-    Group("rollout", "guarded rollouts: plan, run, status, resume"),
+    Group("rollout", "guarded rollouts: plan, run, status, pause, resume, abort"),
     Command(
         "rollout plan",
         "set a flag's rollout plan (steps, hold, window, guards)",
@@ -171,9 +204,23 @@ COMMANDS = (
         (_KEY,),
     ),
     Command(
+        "rollout pause",
+        "hold a running rollout at its step; recorded in the change log",
+        pause,
+        (_KEY,),
+        writes=True,
+    ),
+    Command(
         "rollout resume",
-        "resume a rollout paused by a change made by hand (the change stands)",
+        "resume a paused rollout from the flag as it is (a change made by hand stands)",
         resume,
+        (_KEY,),
+        writes=True,
+    ),
+    Command(
+        "rollout abort",
+        "stop a rollout for good and ramp its variant to 0 percent in the plan's rule",
+        abort,
         (_KEY,),
         writes=True,
     ),

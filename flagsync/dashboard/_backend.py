@@ -8,7 +8,7 @@ diff, so a stale screen can never overwrite a colleague's change.
 
 from __future__ import annotations
 
-import inspect
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,9 +17,9 @@ from typing import Any, Final
 
 import msgspec
 
-from flagsync.dashboard._config import DashboardConfig
+from flagsync.dashboard._config import SIGNING_KEY_ENV, DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
-from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
+from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError
 from flagsync.fleet import HistoryEntry, PropagationReport
 from flagsync.model import Flag
 from flagsync.publisher import Publisher, StoredFlag
@@ -30,6 +30,7 @@ _LAST_CHANGE_SCAN: Final = 2000
 """Change-log entries read to find each flag's last change for the flags table."""
 _SHARE_WINDOW_S: Final = 60.0
 _METRIC_KEYS_TTL_S: Final = 2.0
+_SHARES_TTL_S: Final = 1.0
 _INCREMENTAL_MAX: Final = 200
 """Revisions a cached view is moved forward by from the change log (more: read again)."""
 
@@ -125,9 +126,10 @@ class StoreView:
 @dataclass
 class _Cache:
     view: StoreView | None = None
-    metric_keys: set[str] = field(default_factory=set)
-    metric_keys_at: float = 0.0
+    metric_streams: dict[str, list[str]] = field(default_factory=dict)
+    metric_keys_at: float = -_METRIC_KEYS_TTL_S
     shares: dict[str, dict[str, float]] = field(default_factory=dict)
+    shares_at: float = -_SHARES_TTL_S
 
 
 class Backend:
@@ -135,8 +137,16 @@ class Backend:
 
     def __init__(self, config: DashboardConfig) -> None:
         self.config = config
-        self.publisher = Publisher(config.url, config.namespace, actor=config.operator)
+        self.publisher = Publisher(
+            config.url,
+            config.namespace,
+            actor=config.operator,
+            signing_key=config.signing_key,  # else $FLAGSYNC_SIGNING_KEY, as the CLI
+        )
+        self.signs = bool(config.signing_key or os.environ.get(SIGNING_KEY_ENV))
+        """True when this dashboard's writes are signed (it was given the operator's key)."""
         self.keys = self.publisher.keys
+        self._signed_store: tuple[tuple[str | None, int], bool] | None = None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._cache = _Cache()
@@ -153,8 +163,28 @@ class Backend:
     # -- reading ---------------------------------------------------------------
 
     def revision(self) -> tuple[str | None, int]:
-        """The store's (epoch, revision)."""
-        return self.publisher.revision()
+        """The store's (epoch, revision); whether the store is signed is re-read whenever
+        they move (one GET per change, none per poll)."""
+        epoch, revision = self.publisher.revision()
+        if self._signed_store is None or self._signed_store[0] != (epoch, revision):
+            signed = bool(self.publisher.client.exists(self.keys.signature))
+            self._signed_store = ((epoch, revision), signed)
+        return epoch, revision
+
+    def read_only(self) -> str | None:
+        """Why this dashboard refuses writes, or None: `--read-only`, or a store in signed
+        mode (its state carries a signature) while the dashboard has no signing key, so
+        anything it wrote would be refused by every verifying worker."""
+        if self.config.read_only:
+            return self.config.read_only
+        if self._signed_store is None:
+            self.revision()
+        if self._signed_store is not None and self._signed_store[1] and not self.signs:
+            return (
+                "the store is in signed mode and this dashboard has no signing key "
+                "(start it with --signing-key PATH or FLAGSYNC_SIGNING_KEY to write)"
+            )
+        return None
 
     def view(self) -> StoreView:
         """Every flag as of the current revision: re-read only when the revision moved,
@@ -238,17 +268,21 @@ class Backend:
         return self.publisher.workers()
 
     def metric_flags(self) -> set[str]:
-        """Flags that have a metrics stream, shared or per worker (`metrics:<flag>` or
-        `metrics:<flag>:<worker>`), re-scanned at most every 2 s."""
+        """Flags that have a metrics stream, shared or per worker."""
+        return set(self.metric_streams())
+
+    def metric_streams(self) -> dict[str, list[str]]:
+        """Every metrics stream (`metrics:<flag>` or `metrics:<flag>:<worker>`) by flag,
+        from one SCAN re-run at most every 2 s."""
         now = time.monotonic()
         if now - self._cache.metric_keys_at < _METRIC_KEYS_TTL_S:
-            return self._cache.metric_keys
+            return self._cache.metric_streams
         prefix = self.keys.metrics("")
-        found = {
-            raw.decode()[len(prefix) :].partition(":")[0]
-            for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000)
-        }
-        self._cache.metric_keys, self._cache.metric_keys_at = found, now
+        found: dict[str, list[str]] = {}
+        for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000):
+            name = raw.decode()
+            found.setdefault(name[len(prefix) :].partition(":")[0], []).append(name)
+        self._cache.metric_streams, self._cache.metric_keys_at = found, now
         return found
 
     def metric_entries(self, key: str, since_ms: int) -> list[tuple[bytes, Any]]:
@@ -269,17 +303,32 @@ class Backend:
         return entries
 
     def request_shares(self) -> dict[str, dict[str, float]]:
-        """Per flag with metrics: each variant's share of the last minute's evaluations."""
+        """Per flag with metrics: each variant's share of the last minute's evaluations,
+        from one pipelined read of every metrics stream, re-read at most once a second
+        (every open flags page asks for it after each change)."""
         from flagsync.metrics import EXPOSURES, merge_window  # noqa: PLC0415
 
-        shares: dict[str, dict[str, float]] = {}
+        now = time.monotonic()
+        if now - self._cache.shares_at < _SHARES_TTL_S:
+            return self._cache.shares
+        streams = self.metric_streams()
         since = int((time.time() - _SHARE_WINDOW_S) * 1000)
-        for key in sorted(self.metric_flags()):
-            window = merge_window(fields for _, fields in self.metric_entries(key, since))
+        pipe = self.publisher.client.pipeline(transaction=False)
+        order = [(key, stream) for key in sorted(streams) for stream in sorted(streams[key])]
+        for _, stream in order:
+            pipe.xrange(stream, min=str(since), max="+")
+        entries: dict[str, list[Any]] = {}
+        for (key, _), reply in zip(order, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, list):  # workers write these keys: a non-stream is skipped
+                entries.setdefault(key, []).extend(fields for _, fields in reply)
+        shares: dict[str, dict[str, float]] = {}
+        for key, fields in entries.items():
+            window = merge_window(fields)
             counts = {v: s.count for (v, m), s in window.items() if m == EXPOSURES}
             total = sum(counts.values())
             if total:
                 shares[key] = {v: n / total for v, n in sorted(counts.items())}
+        self._cache.shares, self._cache.shares_at = shares, now
         return shares
 
     def metrics_series(self, key: str, minutes: float = 10.0, slots: int = 30) -> Any:
@@ -365,59 +414,45 @@ class Backend:
         )
 
     def rollout_action(self, action: str, key: str, reason: str) -> dict[str, Any]:
-        """Pause, resume or abort a flag's guarded rollout.
-
-        `pause`/`resume` call the controller's methods of those names; where the
-        controller has none yet, `NotImplementedError` says so. `abort` stops the
-        rollout and ramps its variant back to 0 % in the plan's rule.
-        """
+        """Pause, resume or abort a flag's guarded rollout through the controller's own
+        commands (recorded in the change log with the operator and `reason`); an abort
+        answers its ramp's propagation report."""
         from flagsync.controller import RolloutController  # noqa: PLC0415
 
+        if action not in ("pause", "resume", "abort"):
+            raise FlagNotFoundError("action", action)
         if self.publisher.client.hget(self.keys.plans, key) is None:
             raise FlagNotFoundError("rollout plan", key)
         controller = RolloutController(self.publisher, key, owner=f"dashboard-{self.actor}")
-        method = getattr(controller, action, None)
         with self._write_lock:
-            if method is not None:
-                takes_reason = "reason" in inspect.signature(method).parameters
-                result = method(reason=reason) if takes_reason else method()
-                return {"action": action, "key": key, "result": msgspec.to_builtins(result)}
-            if action != "abort":
-                raise NotImplementedError(
-                    f"rollout {action}: this flagsync's RolloutController has no {action}() "
-                    "yet (it is being added with controller fencing); abort works"
-                )
-            return self._abort(controller, key, reason)
-
-    def _abort(self, controller: Any, key: str, reason: str) -> dict[str, Any]:
-        """Stop the rollout first (so a running controller cannot ramp again), then
-        serve the variant to nobody in the plan's rule."""
-        from flagsync.controller import RolloutState  # noqa: PLC0415
-
-        plan = controller.plan()
-        now_ms = int(time.time() * 1000)
-        # No public stop() on the controller yet: its own state writer is used.
-        controller._save_state(RolloutState(status="stopped", updated_ms=now_ms))
-        revision = self.publisher.ramp(
-            key, plan.variant, 0, plan.rule, reason=f"rollout aborted: {reason}".strip()
-        )
-        changed = self.publisher.last_write is None or self.publisher.last_write.changed
-        return {
-            "action": "abort",
+            if action == "pause":
+                result: Any = controller.pause(reason)
+            elif action == "resume":
+                result = controller.resume(reason)
+            else:
+                result = controller.abort(reason)
+        answer: dict[str, Any] = {
+            "action": action,
             "key": key,
-            "revision": revision,
-            "changed": changed,
-            "propagation": msgspec.to_builtins(self.propagation(revision)) if changed else None,
+            "actor": self.actor,
+            "reason": reason,
+            "result": msgspec.to_builtins(result),
         }
+        if action == "abort":
+            answer["revision"], answer["changed"] = result.revision, result.changed
+            answer["propagation"] = (
+                msgspec.to_builtins(self.propagation(result.revision)) if result.changed else None
+            )
+        return answer
 
     def _rollback(self, key: str, expected_version: int, to_version: int, reason: str) -> int:
-        current = self.flag(key).version
-        if current != expected_version:
-            raise ConflictError("flag", key, expected_version, current)
-        if not isinstance(to_version, int) or to_version < 1:
-            raise InvalidFlagError.single("to_version", "a version number >= 1")
+        """The publisher's rollback, refused by the write script itself when the flag
+        is no longer at `expected_version` (no read-then-write window)."""
         return self.publisher.rollback(
-            key, to_version=to_version, reason=reason or f"rollback to v{to_version}"
+            key,
+            to_version=to_version,
+            reason=reason or f"rollback to v{to_version}",
+            expected_version=expected_version,
         )
 
     def _stale(self, key: str, expected: int) -> StaleWriteError:

@@ -15,6 +15,7 @@ from flagsync.errors import FlagsyncError
 
 __all__ = [
     "DEFAULT_PORT",
+    "SIGNING_KEY_ENV",
     "TOKEN_ENV",
     "DashboardConfig",
     "DashboardConfigError",
@@ -25,6 +26,8 @@ __all__ = [
 
 DEFAULT_PORT: Final = 8600
 TOKEN_ENV: Final = "FLAGSYNC_DASHBOARD_TOKEN"  # noqa: S105 - the variable's name, not a secret
+SIGNING_KEY_ENV: Final = "FLAGSYNC_SIGNING_KEY"
+"""Where the publisher (and so the CLI and the dashboard) finds the signing key's path."""
 MIN_TOKEN_CHARS: Final = 8
 
 
@@ -47,7 +50,8 @@ class DashboardConfig:
     wait_s: float = 2.0
     """How long a write waits for the live workers to apply it before answering."""
     signing_key: str | None = None
-    """Hook for signed mode (issue #11): the operator's key; not used by this version."""
+    """The operator's Ed25519 signing key file (signed mode); None: `$FLAGSYNC_SIGNING_KEY`,
+    else unsigned writes (and read-only against a signed store)."""
     read_only: str | None = None
     """Why writes are refused (e.g. signed mode without a key), or None: writes allowed."""
 

@@ -6,6 +6,7 @@ actors) is operator input and is never trusted as HTML.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +79,14 @@ def _chart_markup(chart: Any, slots: int) -> Markup:
     return Markup(line_chart(chart, slots))  # noqa: S704 - built from escaped parts only
 
 
+def _asset_version() -> str:
+    """A hash of the static files, for their URLs (`?v=`): cached, yet never stale."""
+    digest = hashlib.sha256()
+    for path in sorted(TEMPLATES.with_name("static").iterdir()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def environment() -> jinja2.Environment:
     """The template environment (autoescaped, undefined names are errors)."""
     env = jinja2.Environment(
@@ -88,6 +97,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.globals.update(
+        asset_version=_asset_version(),
         serve_text=serve_text,
         rule_text=rule_text,
         rollouts=rollouts,

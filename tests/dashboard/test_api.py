@@ -13,6 +13,7 @@ import pytest
 from flagsync import FlagClient
 from flagsync.controller import RolloutController, RolloutPlan
 from flagsync.dashboard.serve import DashboardServer
+from flagsync.errors import ConflictError
 from flagsync.publisher import Publisher
 from tests.dashboard.conftest import DashboardFactory
 from tests.dashboard.support import api, sse_events
@@ -141,6 +142,51 @@ class TestWrites:
         assert stored.flag.rules[1].serve.rollout == {"candidate": 20, "current": 80}  # type: ignore[union-attr]
         assert store.history(MODEL, limit=1)[0].op == "rollback"
 
+    def test_rollback_of_a_flag_that_moved_is_409_with_the_diff(
+        self, dashboard: DashboardServer, store: Publisher
+    ) -> None:
+        """A rollback from a screen showing v1 after a colleague's ramp writes nothing and
+        answers the current definition and what changed."""
+        store.ramp(MODEL, "candidate", 50, "paid-ramp", reason="colleague")
+        store.ramp(MODEL, "candidate", 60, "paid-ramp", reason="colleague again")
+        response = post(
+            dashboard.url,
+            f"/api/flags/{MODEL}/rollback",
+            {"to_version": 2, "expected_version": 1, "reason": "stale screen"},
+        )
+        assert response.status_code == 409, response.text
+        body = response.json()
+        assert (body["expected_version"], body["version"]) == (1, 3)
+        assert "rules[1].serve.rollout.candidate: 20 -> 60" in [d["text"] for d in body["diff"]]
+        assert store.get(MODEL).version == 3  # type: ignore[union-attr]
+
+    def test_rollback_is_refused_by_the_write_itself_when_the_flag_moves_meanwhile(
+        self, server: Any, namespace: str, store: Publisher
+    ) -> None:
+        """A change landing between rollback's version check and its write is refused by
+        the write script (not overwritten): the check is not read-then-write."""
+        store.ramp(MODEL, "candidate", 50, "paid-ramp", reason="v2")
+        colleague = Publisher(server.url, namespace, actor="colleague")
+
+        class Raced(Publisher):
+            """A colleague ramps the flag just after the state the write is based on was
+            read (the last read before the write script runs)."""
+
+            def _read_all(self) -> Any:
+                state = super()._read_all()
+                if colleague.get(MODEL).version == 2:  # type: ignore[union-attr]
+                    colleague.ramp(MODEL, "candidate", 70, "paid-ramp", reason="meanwhile")
+                return state
+
+        with colleague, Raced(server.url, namespace, actor="dash") as raced:
+            with pytest.raises(ConflictError):
+                raced.rollback(MODEL, to_version=1, expected_version=2, reason="back")
+            stored = store.get(MODEL)
+            assert stored is not None
+            assert stored.version == 3
+            assert stored.flag.rules[1].serve.rollout["candidate"] == 70  # type: ignore[union-attr]
+            assert store.history(MODEL, limit=1)[0].actor == "colleague"
+
     def test_enable_of_an_enabled_flag_changes_nothing(
         self, dashboard: DashboardServer, store: Publisher
     ) -> None:
@@ -186,7 +232,7 @@ class TestRollouts:
     def test_abort_stops_the_rollout_and_serves_the_variant_to_nobody(
         self, dashboard: DashboardServer, store: Publisher
     ) -> None:
-        """Abort marks the rollout stopped and ramps the candidate to 0 % in its rule."""
+        """Abort marks the rollout aborted and ramps the candidate to 0 % in its rule."""
         controller = RolloutController(store, MODEL)
         controller.set_plan(
             RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
@@ -195,27 +241,42 @@ class TestRollouts:
         controller.tick()  # start: 5 %
         response = post(dashboard.url, f"/api/rollouts/{MODEL}/abort", {"reason": "cost"})
         assert response.status_code == 200, response.text
-        assert controller.state().status == "stopped"
+        assert response.json()["changed"] is True
+        assert controller.state().status == "aborted"
         assert controller.tick().decision == "stopped"
         rule = store.get(MODEL).flag.rules[1]  # type: ignore[union-attr]
         assert rule.serve.rollout["candidate"] == 0  # type: ignore[union-attr]
         assert store.history(MODEL, limit=1)[0].reason == "rollout aborted: cost"
 
-    def test_pause_without_controller_support_is_501_saying_what_is_missing(
+    def test_pause_and_resume_go_through_the_controller_and_into_the_change_log(
         self, dashboard: DashboardServer, store: Publisher
     ) -> None:
-        """Pause answers 501 naming the missing controller method when there is none
-        (the controller branch adds it), else it runs."""
-        RolloutController(store, MODEL).set_plan(
-            RolloutPlan(variant="candidate", control="current", steps=[5],
-                        guards=["cost_per_request(candidate) <= 1"])
+        """Pause holds the rollout (a tick writes nothing), resume lets it run again; both
+        are in the change log with the dashboard's operator and the reason."""
+        controller = RolloutController(store, MODEL)
+        controller.set_plan(
+            RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
+                        steps=[20, 50], guards=["cost_per_request(candidate) <= 1"])
         )  # fmt: skip
-        response = post(dashboard.url, f"/api/rollouts/{MODEL}/pause", {"reason": "look"})
-        if hasattr(RolloutController, "pause"):
-            assert response.status_code == 200
-        else:
-            assert response.status_code == 501
-            assert "no pause()" in response.json()["message"]
+
+        paused = post(dashboard.url, f"/api/rollouts/{MODEL}/pause", {"reason": "look"})
+        again = post(dashboard.url, f"/api/rollouts/{MODEL}/pause", {"reason": "twice"})
+        held = controller.tick()
+        resumed = post(dashboard.url, f"/api/rollouts/{MODEL}/resume", {"reason": "fine"})
+
+        assert paused.status_code == 200, paused.text
+        assert paused.json()["result"]["state"]["status"] == "paused"
+        assert again.status_code == 400
+        assert "not running: nothing to pause" in again.json()["message"]
+        assert held.decision == "stopped"
+        assert resumed.status_code == 200, resumed.text
+        assert controller.state().status == "running"
+        logged = [
+            (entry.op, entry.actor, entry.reason)
+            for entry in store.history(MODEL, limit=2)
+            if entry.kind == "rollout"
+        ]
+        assert logged == [("resume", "dash-operator", "fine"), ("pause", "dash-operator", "look")]
 
     def test_rollout_of_a_flag_without_plan_is_404(self, dashboard: DashboardServer) -> None:
         """No plan, no rollout to act on."""

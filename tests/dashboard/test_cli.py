@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
 from flagsync.cli import build_parser
-from flagsync.server import free_port
+from flagsync.server import ServerProcess, free_port
 from tests.dashboard.support import wait_until
 
 
@@ -31,6 +32,29 @@ class TestOptions:
         assert parser.parse_args(["demo", "--dashboard"]).dashboard == 8600
         assert parser.parse_args(["demo", "--dashboard", "8700"]).dashboard == 8700
         assert parser.parse_args(["demo"]).dashboard is None
+
+
+class TestSigningKey:
+    """`--signing-key` (or `FLAGSYNC_SIGNING_KEY`) is loaded before anything listens."""
+
+    def test_an_unreadable_key_stops_the_dashboard_naming_the_file(
+        self, server: ServerProcess, tmp_path: Path
+    ) -> None:
+        """A key file that is not an Ed25519 private key: exit non-zero, the file named,
+        nothing listening on the port."""
+        bogus = tmp_path / "operator.key"
+        bogus.write_text("not a key")
+        port = free_port()
+        env = {key: value for key, value in os.environ.items() if key != "FLAGSYNC_SIGNING_KEY"}
+        finished = subprocess.run(
+            [sys.executable, "-m", "flagsync.cli", "dashboard", "--url", server.url,
+             "--port", str(port), "--signing-key", str(bogus)],
+            capture_output=True, text=True, timeout=60, env=env, check=False,
+        )  # fmt: skip
+        assert finished.returncode != 0
+        assert "operator.key" in finished.stderr
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
 
 
 @pytest.mark.slow

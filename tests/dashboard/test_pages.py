@@ -10,6 +10,7 @@ import time
 import httpx
 
 from flagsync import FlagClient
+from flagsync.controller import RolloutController, RolloutPlan
 from flagsync.dashboard.serve import DashboardServer
 from flagsync.metrics import MetricStat, encode_series, flush_commands
 from flagsync.publisher import Publisher
@@ -104,6 +105,51 @@ class TestReadable:
         assert "current 70.0%" in flags_page
 
 
+class TestManyFlags:
+    """A namespace of many flags is paged (50 a page) and can be filtered, without JS."""
+
+    def test_pages_and_filter(self, dashboard: DashboardServer, store: Publisher) -> None:
+        """120 generated flags beside the examples: page 1 holds 50 rows and links the
+        others; page 3 holds the rest; a filter matches keys and descriptions; a page's
+        live rows fragment holds only that page's changed flags."""
+        generated = {
+            f"gen-{index:03d}": {
+                "description": "needle" if index == 77 else f"generated {index}",
+                "variants": {"on": True, "off": False},
+                "off": "off",
+                "default": "on",
+            }
+            for index in range(120)
+        }
+        store.apply({"flags": generated}, reason="many")
+        revision = store.revision()[1]
+        total = len(store.definitions().flags)
+        with api(dashboard.url) as client:
+            first = client.get("/").text
+            last = client.get("/", params={"page": 3}).text
+            needle = client.get("/", params={"q": "NEEDLE"}).text
+            by_key = client.get("/", params={"q": "gen-11"}).text
+            store.kill("gen-100", reason="on page 3")
+            store.kill("gen-010", reason="on page 1")
+            epoch = store.revision()[0]
+            rows = client.get(
+                "/", params={"page": 3, "fragment": "rows", "since": revision, "epoch": epoch}
+            ).text
+
+        def shown(page: str) -> list[str]:
+            return re.findall(r'<tr id="flag-([^"]+)"', page)
+
+        assert len(shown(first)) == 50
+        assert f"flags 1\N{EN DASH}50 of {total}" in first
+        assert '<a href="/?page=2" rel="next">Next →</a>' in first
+        assert len(shown(last)) == total - 100
+        assert '<strong aria-current="page">3</strong>' in last
+        assert shown(needle) == ["gen-077"]
+        assert "matching “NEEDLE”" in html.unescape(needle)
+        assert shown(by_key) == [f"gen-11{digit}" for digit in range(10)]
+        assert shown(rows) == ["gen-100"]
+
+
 class TestEscaping:
     """Flag text is data, never markup."""
 
@@ -160,6 +206,57 @@ class TestFormWrites:
             answer.text
         )
         assert store.get(MODEL).version == 2  # type: ignore[union-attr]
+
+    def test_pause_and_resume_forms_follow_the_rollouts_status(
+        self, dashboard: DashboardServer, store: Publisher
+    ) -> None:
+        """A running rollout offers Pause and Abort; the Pause form answers the flag page
+        saying who paused it and why, with Resume instead of Pause."""
+        RolloutController(store, MODEL).set_plan(
+            RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
+                        steps=[20, 50], guards=["cost_per_request(candidate) <= 1"])
+        )  # fmt: skip
+        with httpx.Client(base_url=dashboard.url, timeout=10, follow_redirects=True) as browser:
+            before = browser.get(f"/flags/{MODEL}").text
+            answer = browser.post(
+                f"/rollouts/{MODEL}/pause", data={"csrf": csrf_of(before), "reason": "lunch"}
+            )
+        assert ">Pause</button>" in before
+        assert ">Resume</button>" not in before
+        assert answer.status_code == 200
+        assert "Guarded rollout: paused" in answer.text
+        assert "Paused: paused by dash-operator at" in answer.text
+        assert "(lunch)" in answer.text
+        assert ">Resume</button>" in answer.text
+        assert ">Pause</button>" not in answer.text
+        assert ">Abort</button>" in answer.text
+        assert "<td>rollout pause</td><td>lunch</td>" in answer.text  # in the history
+        assert "rollout of llm-model-version paused by dash-operator" in answer.text
+
+    def test_abort_form_answers_the_ramps_propagation_report(
+        self, dashboard: DashboardServer, store: Publisher, workers: list[FlagClient]
+    ) -> None:
+        """Abort from the page ramps the candidate to 0 % and answers how far that write
+        spread ("reached 3/3 workers"), with no Pause or Resume left to press."""
+        controller = RolloutController(store, MODEL)
+        controller.set_plan(
+            RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
+                        steps=[20, 50], guards=["cost_per_request(candidate) <= 1"])
+        )  # fmt: skip
+        with httpx.Client(base_url=dashboard.url, timeout=10) as browser:
+            csrf = csrf_of(browser.get(f"/flags/{MODEL}").text)
+            answer = browser.post(
+                f"/rollouts/{MODEL}/abort", data={"csrf": csrf, "reason": "too expensive"}
+            )
+        assert answer.status_code == 200
+        text = html.unescape(answer.text)
+        assert "rollout of llm-model-version aborted by dash-operator; its variant ramped" in text
+        assert re.search(r"reached 3/3 workers in \d+\.\d ms", answer.text)
+        assert "Guarded rollout: aborted" in answer.text
+        assert ">Pause</button>" not in answer.text
+        assert ">Resume</button>" not in answer.text
+        rule = store.get(MODEL).flag.rules[1]  # type: ignore[union-attr]
+        assert rule.serve.rollout["candidate"] == 0  # type: ignore[union-attr]
 
 
 class TestLiveFragments:

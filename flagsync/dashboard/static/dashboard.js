@@ -49,8 +49,9 @@
       const from = since;
       since = null;
       if (table && from !== null) {
-        // The flags page asks for the changed rows only (1,000 rows are ~700 KB).
-        url = "/?fragment=rows&since=" + from + "&epoch=" + encodeURIComponent(shownEpoch);
+        // The flags page asks for the changed rows of its page only.
+        url = url.replace("fragment=1", "fragment=rows") + "&since=" + from +
+          "&epoch=" + encodeURIComponent(shownEpoch);
       }
       const answer = await fetch(url, { credentials: "same-origin" });
       if (answer.ok) {
@@ -82,7 +83,10 @@
     }
     const workers = JSON.stringify((state.workers || []).map((w) => [w.id, w.revision, w.state]));
     const moved = String(state.revision) !== shownRevision || (state.epoch || "") !== shownEpoch;
-    const fleetMoved = body.dataset.page === "workers" && workers !== shownWorkers;
+    // The first event of a freshly loaded page usually repeats what it shows (the same
+    // feed sequence): nothing to fetch again.
+    const fresh = shownWorkers === null && String(state.sequence) === body.dataset.sequence;
+    const fleetMoved = body.dataset.page === "workers" && !fresh && workers !== shownWorkers;
     shownWorkers = workers;
     if (state.ok && (moved || fleetMoved)) {
       if (since === null && (state.epoch || "") === shownEpoch) since = shownRevision;
