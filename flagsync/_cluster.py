@@ -203,27 +203,42 @@ class _ParsedTransaction:
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         strategy = self._pipe._execution_strategy  # no public view of the queued commands
-        queued = [(c.args[0], dict(c.options)) for c in strategy.command_queue]
+        queued = [(c.args, dict(c.options)) for c in strategy.command_queue]
         try:
-            results: list[Any] = self._pipe.execute(raise_on_error)
-        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError):
+            results = self._execute(queued, raise_on_error, first=True)
+        except redis.exceptions.MovedError:
+            # Nothing ran (MULTI was refused or EXEC aborted): the slot has a new owner, so
+            # run it once more there, as redis-py follows MOVED for everything else.
             self._refresh_slots()
-            raise
-        except redis.ResponseError as error:
-            if str(error).startswith(("MOVED", "CLUSTERDOWN")):
-                self._refresh_slots()
-            raise
-        raw = self._pipe.cluster_response_callbacks
+            results = self._execute(queued, raise_on_error, first=False)
         callbacks = _node_callbacks()
+        raw = self._pipe.cluster_response_callbacks
         parsed = []
-        for (command, options), result in zip(queued, results, strict=True):
-            name = _text(command).upper()
+        for (args, options), result in zip(queued, results, strict=True):
+            name = _text(args[0]).upper()
             if name in callbacks and name not in raw and not isinstance(result, Exception):
                 options.pop("keys", None)
                 parsed.append(callbacks[name](result, **options))
             else:
                 parsed.append(result)
         return parsed
+
+    def _execute(
+        self, queued: list[tuple[Any, dict[str, Any]]], raise_on_error: bool, *, first: bool
+    ) -> list[Any]:
+        if not first:
+            for args, options in queued:
+                self._pipe.execute_command(*args, **options)
+        try:
+            results: list[Any] = self._pipe.execute(raise_on_error)
+        except redis.exceptions.MovedError:
+            if not first:
+                self._refresh_slots()
+            raise
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError):
+            self._refresh_slots()  # the next call goes where the slot is now
+            raise
+        return results
 
     def _refresh_slots(self) -> None:
         with contextlib.suppress(redis.RedisError):  # none reachable: the next call retries

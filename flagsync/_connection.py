@@ -270,6 +270,12 @@ def connection_options(
     }
 
 
+# A cluster slot that has moved or has no owner right now (failover, resharding).
+_CLUSTER_MOVING: Final = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
 # Server replies that mean "not now" rather than "no": a replica, a loading or busy server.
 _UNAVAILABLE_REPLIES: Final = ("READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 
@@ -302,6 +308,11 @@ def store_error(url: str, error: redis.RedisError, doing: str = "") -> StoreErro
         | redis.exceptions.AuthorizationError,
     ) or text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")):
         return PermissionDeniedError(f"{prefix}{where}: {text}")
+    if isinstance(error, _CLUSTER_MOVING):
+        return StoreUnavailableError(
+            f"{prefix}{where} cannot serve this now (a cluster slot is moving or has no "
+            f"owner yet): {type(error).__name__}: {text}"
+        )
     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
         hint = connection_hint(url, error)
         return StoreUnavailableError(f"{prefix}cannot reach {where}: {text}{hint}")

@@ -102,9 +102,31 @@ class ClusterDeployment:
         failed = any({"fail", "fail?"} & each for each in flags)
         return "cluster_state:ok" in info and masters == slaves == 3 and not failed
 
+    def shard_online(self, key: str) -> bool:
+        """True when every running node's CLUSTER SHARDS lists every node of `key`'s shard
+        as online. (Redis 7.0 reports a replica "loading" until gossip carries a replication
+        offset > 0: for the shard of an empty primary, until its first replication ping.)"""
+        slot = key_slot(key.encode())
+        for node in self.running():
+            with _client(node) as client:
+                shards = client.execute_command("CLUSTER", "SHARDS")
+            for shard in shards:
+                fields = dict(zip(shard[::2], shard[1::2], strict=True))
+                bounds = [int(bound) for bound in fields["slots"]]
+                ranges = zip(bounds[::2], bounds[1::2], strict=True)
+                if not any(low <= slot <= high for low, high in ranges):
+                    continue
+                for entry in fields["nodes"]:
+                    if dict(zip(entry[::2], entry[1::2], strict=True))["health"] != "online":
+                        return False
+        return True
+
     def owner(self, key: str) -> ServerProcess:
         """The running node that serves `key`'s slot as primary, as a live node reports it."""
-        slot = key_slot(key.encode())
+        return self.owner_of_slot(key_slot(key.encode()))
+
+    def owner_of_slot(self, slot: int) -> ServerProcess:
+        """The node that serves `slot` as primary, as the first live node answering says."""
         for node in self.running():
             try:
                 shards = _answers(node, ["CLUSTER", "SLOTS"])
@@ -114,6 +136,30 @@ class ClusterDeployment:
                 if first <= slot <= last:
                     return self.by_port(int(primary[1]))
         raise RuntimeError(f"no running node answers for slot {slot}")
+
+    def migrate_slot(self, slot: int, target: ServerProcess) -> None:
+        """Move `slot` and its keys from its owner to the primary `target`, as an operator
+        resharding does (IMPORTING/MIGRATING, MIGRATE, then SETSLOT NODE everywhere)."""
+        source = self.owner_of_slot(slot)
+        source_id, target_id = self.ids[source.port], self.ids[target.port]
+        _answers(target, ["CLUSTER", "SETSLOT", slot, "IMPORTING", source_id])
+        _answers(source, ["CLUSTER", "SETSLOT", slot, "MIGRATING", target_id])
+        for _ in range(1000):  # bounded: 100 keys a round
+            keys = _answers(source, ["CLUSTER", "GETKEYSINSLOT", slot, 100])
+            if not keys:
+                break
+            _answers(source, ["MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys])
+        others = [node for node in self.primaries() if node not in (target, source)]
+        for node in [target, source, *others]:
+            _answers(node, ["CLUSTER", "SETSLOT", slot, "NODE", target_id])
+
+    def _is_primary(self, node: ServerProcess) -> bool:
+        with _client(node) as client:
+            return bool(client.info("replication").get("role") == "master")
+
+    def primaries(self) -> list[ServerProcess]:
+        """The running primaries."""
+        return [node for node in self.running() if self._is_primary(node)]
 
     def replica_of(self, primary: ServerProcess) -> ServerProcess:
         """The running replica of `primary`."""
