@@ -23,7 +23,7 @@ not supported yet and is refused by name.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
@@ -54,6 +54,7 @@ __all__ = [
     "parse_cluster_url",
     "readonly_on_connect",
     "readonly_on_connect_async",
+    "scan_keys",
     "strip_replica_mark",
     "subscribe_method",
     "write_script_for",
@@ -269,6 +270,19 @@ def cluster_client_async(target: ClusterTarget, options: Mapping[str, Any]) -> A
         startup_nodes=[AsyncClusterNode(host, port) for host, port in target.seeds],
         **_cluster_options(target, options),
     )
+
+
+def scan_keys(client: Any, pattern: str, count: int) -> Iterator[bytes]:
+    """SCAN for `pattern` (which starts with a namespace's hash tag). On a `RedisCluster`,
+    only the node owning that slot is scanned (redis-py would walk every primary, whose
+    other namespaces' keys can only cost time); its slot map was refreshed by the last
+    redirect, so after a write it names the owner."""
+    if isinstance(client, RedisCluster):
+        owner = client.get_node_from_key(pattern)  # type: ignore[no-untyped-call]
+        found: Iterator[bytes] = client.scan_iter(match=pattern, count=count, target_nodes=owner)
+        return found
+    plain: Iterator[bytes] = client.scan_iter(match=pattern, count=count)
+    return plain
 
 
 # -- workers: the node of one slot, asked of the seeds --------------------------------

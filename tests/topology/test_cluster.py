@@ -180,8 +180,9 @@ class TestClusterFailover:
                 raw = make_raw(promoted.url)
                 assert all(following(raw, client) for client in clients)
 
-                written = time.monotonic()
+                started = time.monotonic()
                 revision = retried(lambda: publisher.put(KEY, flag_value("after")))
+                written = time.monotonic()
                 assert wait_until(
                     lambda: all(client.revision >= revision for client in clients), 3, 0.002
                 ), [client.status() for client in clients]
@@ -201,6 +202,7 @@ class TestClusterFailover:
             case="all workers READY on the promoted replica, seconds after it was named owner",
             promote_s=round(promote_s, 3),
             write_reached_all_ms=round(reach_s * 1000, 1),
+            first_write_ms=round((written - started) * 1000, 1),
             workers=WORKERS,
         )
 
@@ -217,21 +219,34 @@ class TestClusterAsyncDriver:
     async def test_async_workers_re_home_on_the_promoted_replica(
         self, cluster: ClusterDeployment, namespace: str
     ) -> None:
-        """Two async workers on the cluster URL follow the owner with SSUBSCRIBE, are
-        READY on the promoted replica within a few seconds of the kill and apply a write
-        made after it."""
+        """Two async workers, one following the owner and one its replica
+        (`read_from=replica`, presence written through the async `RedisCluster`), shard
+        subscribe there and are counted as live; both are READY on the promoted replica
+        within a few seconds of the owner's kill and apply a write made after it."""
         channel = StoreKeys(namespace).channel
         with Publisher(cluster.url, namespace, "operator") as publisher:
             publisher.put(KEY, flag_value("before"))
             await anyio.to_thread.run_sync(replicated, cluster, namespace)
+            online = await anyio.to_thread.run_sync(
+                wait_until, lambda: cluster.shard_online(channel), 10, 0.05
+            )
+            assert online
             async with (
                 FlagClient.connect_async(cluster.url, namespace, **FAST) as first,
-                FlagClient.connect_async(cluster.url, namespace, **FAST) as second,
+                FlagClient.connect_async(
+                    f"{cluster.url}?read_from=replica", namespace, **FAST
+                ) as second,
             ):
                 clients = (first, second)
                 for client in clients:
                     assert await client.wait_ready_async(5), client.status()
-                assert shard_subscribers(cluster.owner(channel), channel) == 2
+                owner = cluster.owner(channel)
+                assert shard_subscribers(owner, channel) == 1
+                assert shard_subscribers(cluster.replica_of(owner), channel) == 1
+                with anyio.move_on_after(5):
+                    while len(publisher.workers()) < 2:
+                        await anyio.sleep(0.05)
+                assert len(publisher.workers()) == 2, [c.status() for c in clients]
                 revision = publisher.put(KEY, flag_value("nudged"))
                 with anyio.move_on_after(3):
                     while not all(c.revision >= revision for c in clients):
@@ -296,7 +311,7 @@ class TestSlotMoves:
         reads are 5 s apart, so nothing else could have told them within the 2 s), and a
         write made there reaches them all."""
         channel = StoreKeys(namespace).channel
-        slow = {"check_interval_s": 5.0, "heartbeat_interval_s": 5.0}
+        slow: dict[str, Any] = {"check_interval_s": 5.0, "heartbeat_interval_s": 5.0}
         with Publisher(cluster.url, namespace, "operator") as publisher:
             publisher.apply(model_document())
             publisher.put(KEY, flag_value("before"))
