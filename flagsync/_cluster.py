@@ -51,6 +51,7 @@ __all__ = [
     "is_replica_node_url",
     "node_for_slot",
     "node_for_slot_async",
+    "node_from_shards",
     "parse_cluster_url",
     "readonly_on_connect",
     "readonly_on_connect_async",
@@ -242,7 +243,8 @@ class _ParsedTransaction:
         return results
 
     def _refresh_slots(self) -> None:
-        with contextlib.suppress(redis.RedisError):  # none reachable: the next call retries
+        # None reachable: the next call tries again.
+        with contextlib.suppress(redis.RedisError, redis.exceptions.RedisClusterException):
             self._client.nodes_manager.initialize()
 
 
@@ -327,8 +329,10 @@ def _shard_of(reply: Sequence[Any], slot: int) -> list[_Node] | None:
     return None
 
 
-def _choose(target: ClusterTarget, nodes: list[_Node] | None, slot: int) -> str:
-    """The URL to follow among a shard's nodes; `SlotMovedError` if none is usable now."""
+def node_from_shards(target: ClusterTarget, reply: Sequence[Any], slot: int) -> str:
+    """The URL to follow for `slot`, from one CLUSTER SHARDS reply: its owner, or an
+    online replica of it for `read_from=replica`; `SlotMovedError` if none is usable now."""
+    nodes = _shard_of(reply, slot)
     if nodes is None:
         raise SlotMovedError(f"no shard serves slot {slot} (the cluster is not assembled)")
     primaries = [node for node in nodes if node.role == "master" and node.health == "online"]
@@ -355,7 +359,7 @@ def node_for_slot(target: ClusterTarget, options: Mapping[str, Any], key: str) -
         except redis.RedisError as error:
             last = error
             continue
-        return _choose(target, _shard_of(reply, slot), slot)
+        return node_from_shards(target, reply, slot)
     raise SlotMovedError(f"no seed node answered CLUSTER SHARDS: {last}") from last
 
 
@@ -375,7 +379,7 @@ async def node_for_slot_async(target: ClusterTarget, options: Mapping[str, Any],
             continue
         finally:
             await seed.aclose()
-        return _choose(target, _shard_of(reply, slot), slot)
+        return node_from_shards(target, reply, slot)
     raise SlotMovedError(f"no seed node answered CLUSTER SHARDS: {last}") from last
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from flagsync._cluster import (
@@ -184,7 +185,9 @@ def connect(
     if is_sentinel_url(url):
         return sentinel_client(parse_sentinel_url(url, redact_url(url)), settings)
     if is_cluster_url(url):
-        return cluster_client(parse_cluster_url(url, redact_url(url)), settings)  # type: ignore[return-value]
+        # RedisCluster learns the slot map now: no seed answering is a StoreUnavailableError.
+        with store_errors(url):
+            return cluster_client(parse_cluster_url(url, redact_url(url)), settings)  # type: ignore[return-value]
     client: redis.Redis = redis.Redis.from_url(url, **settings)
     return client
 
@@ -290,11 +293,13 @@ def store_errors(url: str, doing: str = "") -> Iterator[None]:
     """
     try:
         yield
-    except redis.RedisError as error:
+    except (redis.RedisError, RedisClusterException) as error:
         raise store_error(url, error, doing) from None
 
 
-def store_error(url: str, error: redis.RedisError, doing: str = "") -> StoreError:
+def store_error(
+    url: str, error: redis.RedisError | RedisClusterException, doing: str = ""
+) -> StoreError:
     """The flagsync error for one redis-py error (see `store_errors`)."""
     where = redact_url(url)
     prefix = f"{doing}: " if doing else ""
@@ -308,6 +313,8 @@ def store_error(url: str, error: redis.RedisError, doing: str = "") -> StoreErro
         | redis.exceptions.AuthorizationError,
     ) or text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")):
         return PermissionDeniedError(f"{prefix}{where}: {text}")
+    if isinstance(error, RedisClusterException):  # no seed answered, a slot not covered
+        return StoreUnavailableError(f"{prefix}cannot reach {where}: {text}")
     if isinstance(error, _CLUSTER_MOVING):
         return StoreUnavailableError(
             f"{prefix}{where} cannot serve this now (a cluster slot is moving or has no "

@@ -9,7 +9,9 @@ import pytest
 from flagsync._cluster import (
     ClusterTarget,
     ClusterURLError,
+    SlotMovedError,
     is_replica_node_url,
+    node_from_shards,
     parse_cluster_url,
     strip_replica_mark,
     subscribe_method,
@@ -17,7 +19,9 @@ from flagsync._cluster import (
 )
 from flagsync._connection import check_url, redact_url
 from flagsync._write_script import SHARDED_WRITE_SCRIPT, WRITE_SCRIPT
-from flagsync.errors import StoreURLError
+from flagsync.errors import StoreUnavailableError, StoreURLError
+from flagsync.publisher import Publisher
+from flagsync.server import free_port
 
 
 class TestClusterURL:
@@ -94,3 +98,60 @@ class TestClusterChoices:
         assert subscribe_method("redis+cluster://127.0.0.1:7000") == "ssubscribe"
         assert subscribe_method("redis://127.0.0.1:6379") == "subscribe"
         assert subscribe_method("redis+sentinel://127.0.0.1:26379/s") == "subscribe"
+
+
+def shard(first: int, last: int, *nodes: tuple[int, str, str]) -> list[object]:
+    """One CLUSTER SHARDS entry as RESP2 gives it: flat name/value lists, bytes names."""
+    entries = [
+        [b"id", b"x", b"port", port, b"ip", b"127.0.0.1", b"role", role.encode(),
+         b"health", health.encode()]
+        for port, role, health in nodes
+    ]  # fmt: skip
+    return [b"slots", [first, last], b"nodes", entries]
+
+
+REPLY = [
+    shard(0, 8191, (7000, "master", "online"), (7003, "replica", "online")),
+    shard(8192, 16383, (7001, "master", "fail"), (7004, "replica", "online")),
+]
+
+
+class TestSlotNode:
+    """Which node a worker follows, from one CLUSTER SHARDS reply."""
+
+    def test_the_owner_by_default_and_its_online_replica_with_read_from_replica(self) -> None:
+        """Slot 100 lives in the first shard: its master, or its replica (marked for
+        READONLY) when the URL asks for replicas."""
+        primary = ClusterTarget(seeds=(("127.0.0.1", 1),))
+        replica = ClusterTarget(seeds=(("127.0.0.1", 1),), read_from="replica")
+        assert node_from_shards(primary, REPLY, 100) == "redis://127.0.0.1:7000"
+        assert node_from_shards(replica, REPLY, 100) == "redis://127.0.0.1:7003#cluster-replica"
+
+    def test_a_replica_not_online_means_following_the_owner(self) -> None:
+        """A replica the cluster lists as loading (Redis 7.0: no offset yet) is skipped."""
+        reply = [shard(0, 16383, (7000, "master", "online"), (7003, "replica", "loading"))]
+        target = ClusterTarget(seeds=(("127.0.0.1", 1),), read_from="replica")
+        assert node_from_shards(target, reply, 5) == "redis://127.0.0.1:7000"
+
+    def test_a_failed_owner_or_an_uncovered_slot_is_a_reason_to_ask_again(self) -> None:
+        """A shard whose master is failed (its replica not promoted yet), or a slot no
+        shard serves, raises `SlotMovedError`: the driver backs off and asks again."""
+        target = ClusterTarget(seeds=(("127.0.0.1", 1),), read_from="replica")
+        with pytest.raises(SlotMovedError, match="no reachable owner"):
+            node_from_shards(target, REPLY, 9000)
+        with pytest.raises(SlotMovedError, match="no shard serves slot 5"):
+            node_from_shards(target, REPLY[1:], 5)
+
+
+class TestUnreachableCluster:
+    """No seed answering is an unavailable store, said with the URL redacted."""
+
+    def test_a_publisher_on_dead_seeds_raises_store_unavailable(self) -> None:
+        """`Publisher` on a cluster URL whose only seed refuses connections raises
+        `StoreUnavailableError` naming the URL (password hidden), not redis-py's own
+        `RedisClusterException`."""
+        url = f"redis+cluster://u:topsecret@127.0.0.1:{free_port()}"
+        with pytest.raises(StoreUnavailableError) as caught:
+            Publisher(url, "ns", "operator")
+        assert "cannot reach redis+cluster://u:***@127.0.0.1" in str(caught.value)
+        assert "topsecret" not in str(caught.value)
