@@ -267,6 +267,35 @@ class TestClusterAsyncDriver:
                         await anyio.sleep(0.005)
                 assert [c.variation(KEY, {}, None) for c in clients] == ["after", "after"]
 
+    @pytest.mark.anyio
+    async def test_async_workers_re_home_after_a_slot_migration(
+        self, cluster: ClusterDeployment, namespace: str
+    ) -> None:
+        """The slot migrated to another primary: the async driver reads the pushed
+        `sunsubscribe` too, re-homes within 2 s (its reads are 5 s apart) and applies a
+        write made on the new owner."""
+        channel = StoreKeys(namespace).channel
+        slow: dict[str, Any] = {"check_interval_s": 5.0, "heartbeat_interval_s": 5.0}
+        with Publisher(cluster.url, namespace, "operator") as publisher:
+            publisher.put(KEY, flag_value("before"))
+            async with FlagClient.connect_async(cluster.url, namespace, **slow) as client:
+                assert await client.wait_ready_async(5), client.status()
+                old = cluster.owner(channel)
+                target = next(node for node in cluster.primaries() if node is not old)
+                await anyio.to_thread.run_sync(
+                    cluster.migrate_slot, key_slot(channel.encode()), target
+                )
+                with anyio.move_on_after(2):
+                    while shard_subscribers(target, channel) < 1 or not all_ready([client]):
+                        await anyio.sleep(0.01)
+                assert shard_subscribers(target, channel) == 1, client.status()
+                assert shard_subscribers(old, channel) == 0
+                revision = publisher.put(KEY, flag_value("after"))
+                with anyio.move_on_after(3):
+                    while client.revision < revision:
+                        await anyio.sleep(0.005)
+                assert client.variation(KEY, {}, None) == "after"
+
 
 class TestSlotMoves:
     """The slot moves while its old node stays up: workers must notice and re-home."""
