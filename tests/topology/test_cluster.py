@@ -112,12 +112,13 @@ class TestClusterWorkers:
     ) -> None:
         """Each worker's two connections are on the slot's owner, subscribed with
         SSUBSCRIBE (no classic subscriber anywhere), and every change written through the
-        same URL (SPUBLISH from the write script) reaches them all; `kill --wait` through
-        the CLI reports reached N/N."""
+        same URL (SPUBLISH from the write script) reaches them all; metrics are flushed to
+        the owner; `kill --wait` through the CLI reports reached N/N."""
         channel = StoreKeys(namespace).channel
         with Publisher(cluster.url, namespace, "operator") as publisher:
             publisher.apply(model_document())
-            clients = [make_client(cluster.url, **FAST) for _ in range(4)]
+            reporting = make_client(cluster.url, metrics_interval_s=0.05, **FAST)
+            clients = [reporting, *(make_client(cluster.url, **FAST) for _ in range(3))]
             assert all(client.wait_ready(5) for client in clients), [c.status() for c in clients]
             owner = cluster.owner(channel)
             raw = make_raw(owner.url)
@@ -131,6 +132,10 @@ class TestClusterWorkers:
                 assert reached(clients, revision), [c.status() for c in clients]
                 assert {c.variation(KEY, {}, None) for c in clients} == {value}
             assert wait_until(lambda: len(publisher.workers()) == len(clients), 5)
+            for user in range(20):
+                reporting.track(KEY, {"key": f"user-{user}"}, "latency_ms", 5.0)
+            metrics = StoreKeys(namespace).metrics_pattern  # flushed through RedisCluster
+            assert wait_until(lambda: any(raw.scan_iter(match=metrics)), 5)
             killer = run_kill_wait(cluster.url, namespace, 5.0)
             out, err = killer.communicate(timeout=30)
         assert killer.returncode == 0, (out, err)
