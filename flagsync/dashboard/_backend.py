@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from flagsync._cluster import scan_keys
 from flagsync.dashboard._config import DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
 from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
@@ -246,7 +247,7 @@ class Backend:
         prefix = self.keys.metrics("")
         found = {
             raw.decode()[len(prefix) :].partition(":")[0]
-            for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000)
+            for raw in scan_keys(self.publisher.client, self.keys.metrics_pattern, 1000)
         }
         self._cache.metric_keys, self._cache.metric_keys_at = found, now
         return found
