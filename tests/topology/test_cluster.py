@@ -12,6 +12,7 @@ until every worker is connected and READY on it.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
@@ -22,6 +23,7 @@ import redis
 from redis.crc import key_slot
 
 from flagsync import FlagClient
+from flagsync.acl import acl_setuser_commands
 from flagsync.errors import StoreUnavailableError
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
@@ -404,3 +406,53 @@ class TestClusterReadFromReplica:
             revision = publisher.put(KEY, flag_value("after"))
             assert wait_until(lambda: all(c.revision >= revision for c in clients), 3, 0.002)
         assert all(client.variation(KEY, {}, None) == "after" for client in clients)
+
+
+class TestClusterAcl:
+    """`flagsync acl`'s users, created on every node, are enough on a cluster."""
+
+    def test_least_privilege_users_work_on_every_node_without_a_denial(
+        self,
+        cluster: ClusterDeployment,
+        make_client: ClientFactory,
+        make_raw: RawFactory,
+        namespace: str,
+    ) -> None:
+        """With exactly the `ACL SETUSER` lines `flagsync acl` prints, run on each node, an
+        operator writes (SPUBLISH inside the script) and two workers — one on the owner,
+        one on its replica — follow, report presence and flush metrics; no node logs an
+        ACL denial."""
+        channel = StoreKeys(namespace).channel
+        worker_password, operator_password = secrets.token_hex(8), secrets.token_hex(8)
+        lines = acl_setuser_commands(
+            namespace, worker_password=worker_password, operator_password=operator_password
+        )
+        for node in cluster.nodes:
+            admin = make_raw(node.url)
+            for line in lines:
+                admin.execute_command(*line.split())  # type: ignore[no-untyped-call]
+        hosts = cluster.url.partition("://")[2]
+        operator = f"redis+cluster://flagsync-operator:{operator_password}@{hosts}"
+        worker = f"redis+cluster://flagsync-worker:{worker_password}@{hosts}"
+        with Publisher(operator, namespace, "operator") as publisher:
+            publisher.apply(model_document())
+            replicated(cluster, namespace)
+            assert wait_until(lambda: cluster.shard_online(channel), 10, 0.05)
+            clients = [
+                make_client(worker + query, metrics_interval_s=0.05, **FAST)
+                for query in ("", "?read_from=replica")
+            ]
+            assert all(client.wait_ready(5) for client in clients), [c.status() for c in clients]
+            owner = cluster.owner(channel)
+            assert following(make_raw(owner.url), clients[0])
+            assert following(make_raw(cluster.replica_of(owner).url), clients[1])
+            for client in clients:
+                client.track(KEY, {"key": "user-1"}, "latency_ms", 5.0)
+            revision = publisher.put(KEY, flag_value("after"))
+            assert reached(clients, revision)
+            assert wait_until(lambda: len(publisher.workers()) == 2, 5)
+            pattern = StoreKeys(namespace).metrics_pattern
+            raw = make_raw(owner.url)
+            assert wait_until(lambda: len(list(raw.scan_iter(match=pattern))) == 2, 5)
+        denials = {node.port: make_raw(node.url).acl_log() for node in cluster.running()}
+        assert all(not log for log in denials.values()), denials
