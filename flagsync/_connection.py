@@ -17,8 +17,22 @@ from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
+from flagsync._cluster import (
+    CLUSTER_SCHEME,
+    cluster_client,
+    cluster_client_async,
+    is_cluster_url,
+    is_replica_node_url,
+    node_for_slot,
+    node_for_slot_async,
+    parse_cluster_url,
+    readonly_on_connect,
+    readonly_on_connect_async,
+    strip_replica_mark,
+)
 from flagsync._topology import (
     SENTINEL_SCHEME,
     is_sentinel_url,
@@ -55,7 +69,7 @@ __all__ = [
     "writable_url",
 ]
 
-URL_SCHEMES: Final = ("redis", "rediss", "unix", SENTINEL_SCHEME)
+URL_SCHEMES: Final = ("redis", "rediss", "unix", SENTINEL_SCHEME, CLUSTER_SCHEME)
 _NO_URL: Final = (
     "no server URL: pass --url redis://HOST:PORT or set REDIS_URL "
     "(from Python: url='redis://HOST:PORT'); `flagsync server` starts a local one "
@@ -84,11 +98,15 @@ def check_url(url: str) -> None:
     if is_sentinel_url(url):
         parse_sentinel_url(url, shown)
         return
+    if is_cluster_url(url):
+        parse_cluster_url(url, shown)
+        return
     if scheme not in URL_SCHEMES:
         raise StoreURLError(
             f"{shown!r} is not a Redis URL ({scheme}:// is not a Redis scheme): "
-            "use redis://HOST:PORT, rediss://HOST:PORT (TLS), unix:///path or "
-            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE"
+            "use redis://HOST:PORT, rediss://HOST:PORT (TLS), unix:///path, "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE or "
+            "redis+cluster://HOST:PORT[,HOST:PORT...]"
         )
     if scheme == "unix":
         return
@@ -156,12 +174,20 @@ def connect(
     data on the new connection and refused it ("Connection not ready") every time.
 
     A `redis+sentinel://` URL gives a client of the service's current primary through
-    redis-py's `Sentinel.master_for` (see `flagsync._topology`).
+    redis-py's `Sentinel.master_for` (see `flagsync._topology`); a `redis+cluster://` URL
+    a `RedisCluster` (it routes by key; see `flagsync._cluster`).
     """
+    if is_replica_node_url(url):  # a cluster replica a worker follows: reads need READONLY
+        url = strip_replica_mark(url)
+        options = {"redis_connect_func": readonly_on_connect, **options}
     check_url(url)
     settings = {**connection_options(timeout_s, connect_timeout_s, client_name), **options}
     if is_sentinel_url(url):
         return sentinel_client(parse_sentinel_url(url, redact_url(url)), settings)
+    if is_cluster_url(url):
+        # RedisCluster learns the slot map now: no seed answering is a StoreUnavailableError.
+        with store_errors(url):
+            return cluster_client(parse_cluster_url(url, redact_url(url)), settings)  # type: ignore[return-value]
     client: redis.Redis = redis.Redis.from_url(url, **settings)
     return client
 
@@ -176,27 +202,39 @@ def connect_async(
     """`connect` for redis.asyncio (the async driver): the same options and URL schemes."""
     import redis.asyncio as aredis  # noqa: PLC0415 - only the async driver needs it
 
-    check_url(url)
     settings = connection_options(timeout_s, connect_timeout_s, client_name)
+    if is_replica_node_url(url):
+        url = strip_replica_mark(url)
+        settings["redis_connect_func"] = readonly_on_connect_async
+    check_url(url)
     if is_sentinel_url(url):
         return sentinel_client_async(parse_sentinel_url(url, redact_url(url)), settings)
+    if is_cluster_url(url):
+        return cluster_client_async(parse_cluster_url(url, redact_url(url)), settings)  # type: ignore[return-value]
     client: aredis.Redis = aredis.Redis.from_url(url, **settings)
     return client
 
 
 def writable_url(url: str, presence_url: str | None) -> str | None:
     """Where a worker following `url` writes its presence and metrics: `presence_url` if
-    given, the primary for a `read_from=replica` Sentinel URL, else None (`url` itself)."""
+    given, the primary for a `read_from=replica` Sentinel URL (the slot's owner for a
+    cluster URL), else None (`url` itself)."""
     if presence_url is not None:
         return presence_url
+    if is_cluster_url(url) and parse_cluster_url(url, redact_url(url)).read_from == "replica":
+        return url  # connect() on a cluster URL routes each key to its slot's owner
     if is_sentinel_url(url) and parse_sentinel_url(url, redact_url(url)).read_from == "replica":
         return url  # connect() on a Sentinel URL always reaches the primary
     return None
 
 
-def follow_url(url: str, timeout_s: float) -> str:
+def follow_url(url: str, timeout_s: float, key: str = "") -> str:
     """The node a worker subscribes and reads on for one session: for a `read_from=replica`
-    Sentinel URL, one replica the sentinels list as up (asked now), else `url` itself."""
+    Sentinel URL, one replica the sentinels list as up (asked now); for a cluster URL, the
+    owner of `key`'s slot or one of its replicas (asked of the seeds now); else `url`."""
+    if is_cluster_url(url):
+        settings = connection_options(timeout_s, timeout_s, None)
+        return node_for_slot(parse_cluster_url(url, redact_url(url)), settings, key)
     if not is_sentinel_url(url):
         return url
     target = parse_sentinel_url(url, redact_url(url))
@@ -206,8 +244,11 @@ def follow_url(url: str, timeout_s: float) -> str:
     return replica_url(target, settings) or url
 
 
-async def follow_url_async(url: str, timeout_s: float) -> str:
+async def follow_url_async(url: str, timeout_s: float, key: str = "") -> str:
     """The async twin of `follow_url`."""
+    if is_cluster_url(url):
+        settings = connection_options(timeout_s, timeout_s, None)
+        return await node_for_slot_async(parse_cluster_url(url, redact_url(url)), settings, key)
     if not is_sentinel_url(url):
         return url
     target = parse_sentinel_url(url, redact_url(url))
@@ -232,6 +273,12 @@ def connection_options(
     }
 
 
+# A cluster slot that has moved or has no owner right now (failover, resharding).
+_CLUSTER_MOVING: Final = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
 # Server replies that mean "not now" rather than "no": a replica, a loading or busy server.
 _UNAVAILABLE_REPLIES: Final = ("READONLY", "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 
@@ -246,11 +293,13 @@ def store_errors(url: str, doing: str = "") -> Iterator[None]:
     """
     try:
         yield
-    except redis.RedisError as error:
+    except (redis.RedisError, RedisClusterException) as error:
         raise store_error(url, error, doing) from None
 
 
-def store_error(url: str, error: redis.RedisError, doing: str = "") -> StoreError:
+def store_error(
+    url: str, error: redis.RedisError | RedisClusterException, doing: str = ""
+) -> StoreError:
     """The flagsync error for one redis-py error (see `store_errors`)."""
     where = redact_url(url)
     prefix = f"{doing}: " if doing else ""
@@ -264,6 +313,13 @@ def store_error(url: str, error: redis.RedisError, doing: str = "") -> StoreErro
         | redis.exceptions.AuthorizationError,
     ) or text.startswith(("NOPERM", "WRONGPASS", "NOAUTH")):
         return PermissionDeniedError(f"{prefix}{where}: {text}")
+    if isinstance(error, RedisClusterException):  # no seed answered, a slot not covered
+        return StoreUnavailableError(f"{prefix}cannot reach {where}: {text}")
+    if isinstance(error, _CLUSTER_MOVING):
+        return StoreUnavailableError(
+            f"{prefix}{where} cannot serve this now (a cluster slot is moving or has no "
+            f"owner yet): {type(error).__name__}: {text}"
+        )
     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
         hint = connection_hint(url, error)
         return StoreUnavailableError(f"{prefix}cannot reach {where}: {text}{hint}")

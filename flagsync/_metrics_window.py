@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import redis
 
+from flagsync._cluster import scan_keys
 from flagsync._connection import store_errors
 from flagsync.metrics import MetricStat, decode_entry
 from flagsync.store import StoreKeys
@@ -52,7 +53,7 @@ def read_window(client: Any, url: str, keys: StoreKeys, flag: str, since_ms: int
     (`StoreError`), bad data is reported in `problems`."""
     shared = keys.metrics(flag)
     with store_errors(url):
-        found = client.scan_iter(match=keys.worker_metrics_pattern(flag), count=_SCAN_COUNT)
+        found = scan_keys(client, keys.worker_metrics_pattern(flag), _SCAN_COUNT)
         streams = [shared, *sorted({_text(key) for key in found})]
         pipe = client.pipeline(transaction=False)
         for key in streams:

@@ -37,8 +37,13 @@ __all__ = ["WORKER_ID_PATTERN", "acl_rules", "acl_setuser_commands", "check_work
 # ACL denial of it would only fill the ACL log), so it needs no grant.
 _CONNECTION = "+ping +hello +auth +client|setname +client|id"
 _WORKER_COMMANDS = (
-    "+subscribe +unsubscribe +get +mget +hget +hgetall +hlen +xrange +set +del +xadd +pexpire"
+    "+subscribe +unsubscribe +ssubscribe +sunsubscribe "
+    "+get +mget +hget +hgetall +hlen +xrange +set +del +xadd +pexpire"
 )
+# On a Redis Cluster (`redis+cluster://`): shard pub/sub, READONLY on a replica, and the
+# topology reads of a worker finding its slot's node (CLUSTER SHARDS) and of redis-py's
+# `RedisCluster` (CLUSTER SLOTS, COMMAND). Harmless without a cluster.
+_CLUSTER = "+readonly +cluster|shards +cluster|slots +command"
 WORKER_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 """Worker ids a per-worker ACL accepts: no `:` (key separator) and no glob character."""
 
@@ -53,13 +58,13 @@ def acl_rules(namespace: str = "default", worker_id: str | None = None) -> dict[
         check_worker_id(worker_id)
         writes = f"%W~{keys.worker(worker_id)} %W~{keys.metrics_pattern}:{worker_id}"
     worker = (
-        f"resetkeys resetchannels -@all {_CONNECTION} {_WORKER_COMMANDS} "
+        f"resetkeys resetchannels -@all {_CONNECTION} {_CLUSTER} {_WORKER_COMMANDS} "
         f"%R~{keys.pattern} {writes} &{keys.channel}"
     )
     operator = (
-        f"resetkeys resetchannels -@all {_CONNECTION} "
+        f"resetkeys resetchannels -@all {_CONNECTION} {_CLUSTER} "
         "+@read +@write -@dangerous +eval +evalsha +script|load +script|exists "
-        "+publish +subscribe +unsubscribe +multi +exec +discard +time +scan "
+        "+publish +spublish +subscribe +unsubscribe +multi +exec +discard +time +scan "
         f"~{keys.pattern} &{keys.channel}"
     )
     return {"worker": worker, "operator": operator}

@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from flagsync._cluster import scan_keys
 from flagsync._codec import MalformedMessageError, WorkerInfo, decode_definition, decode_presence
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync.diff import FieldChange, definition_changes
@@ -245,7 +246,7 @@ class Fleet:
 
     def _presence_keys(self) -> list[str]:
         with store_errors(self.url):
-            found = self._redis.scan_iter(match=self.keys.worker_pattern, count=1000)
+            found = scan_keys(self._redis, self.keys.worker_pattern, 1000)  # cluster: the owner
             return sorted({key.decode("utf-8", "replace") for key in found})
 
     def _read(self, keys: list[str]) -> dict[str, WorkerInfo | UnreadablePresence | None]:

@@ -20,6 +20,7 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from flagsync._cluster import write_script_for
 from flagsync._codec import WorkerInfo
 from flagsync._connection import connect, resolve_url, store_errors
 from flagsync._intent_writes import IntentWrites, decode_stored, lease_guard
@@ -44,7 +45,6 @@ from flagsync.model import Flag, FlagSet, LLMSettings
 from flagsync.store import (
     DEFAULT_LOG_MAXLEN,
     NO_DATA_OPS,
-    WRITE_SCRIPT,
     ScriptWrite,
     StoreKeys,
     WriteConflict,
@@ -117,7 +117,7 @@ class Publisher(IntentWrites):
         self._signer = signer_from(signing_key, adopt_unsigned=adopt_unsigned)
         # redis-py types replies as unions over `decode_responses`; ours are always bytes.
         self._redis: Any = connect(self.url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
-        self._script = self._redis.register_script(WRITE_SCRIPT)
+        self._script = self._redis.register_script(write_script_for(self.url))
         self._seen_revision = 0
         self._published_us: dict[tuple[str, int], int] = {}
         self.fleet = Fleet(self.url, namespace, client=self._redis, published_us=self._published_us)

@@ -17,6 +17,7 @@ import anyio
 import redis
 import redis.asyncio as aredis
 
+from flagsync._cluster import SlotMovedError, subscribe_method
 from flagsync._connection import (
     connect_async,
     connection_hint,
@@ -108,14 +109,16 @@ class AsyncDriver:
     async def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
         options = follower.options
-        self._node = await follow_url_async(self.url, options.connect_timeout_s)
+        self._node = await follow_url_async(
+            self.url, options.connect_timeout_s, follower.keys.channel
+        )
         commands = self._connect(self._node)
         if self.presence_url is not None and self._writer is None:
             self._writer = self._connect(self.presence_url)
         subscriber = self._connect(self._node)
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
-            await pubsub.subscribe(follower.keys.channel)
+            await getattr(pubsub, subscribe_method(self.url))(follower.keys.channel)
             follower.on_connected(reconnect=reconnect)
             timers = SessionTimers(follower.options)
             token = uuid.uuid4().hex
@@ -196,10 +199,12 @@ class AsyncDriver:
     def _dispatch(self, message: dict[str, Any]) -> str:
         """See `ThreadDriver._dispatch`."""
         kind = message.get("type")
-        if kind in ("subscribe", "psubscribe"):
+        if kind in ("subscribe", "psubscribe", "ssubscribe"):
             return "resync"
-        if kind == "message":
+        if kind in ("message", "smessage"):
             return self.follower.on_message(message.get("data"))
+        if kind == "sunsubscribe":  # pushed by a cluster node the slot just left
+            raise SlotMovedError("the namespace's slot moved off the followed node")
         return "ignored"
 
     async def _resync(self, commands: aredis.Redis) -> None:

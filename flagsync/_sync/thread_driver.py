@@ -25,6 +25,7 @@ from typing import Any
 import redis
 import structlog
 
+from flagsync._cluster import SlotMovedError, subscribe_method
 from flagsync._connection import (
     connect,
     connection_hint,
@@ -161,13 +162,13 @@ class ThreadDriver:
 
     def _session(self, *, reconnect: bool) -> None:
         follower = self.follower
-        self._node = follow_url(self.url, follower.options.connect_timeout_s)
+        self._node = follow_url(self.url, follower.options.connect_timeout_s, follower.keys.channel)
         commands = self._commands = self._connect(self._node)
         if self.presence_url is not None and self._writer is None:
             self._writer = self._connect(self.presence_url)
         subscriber = self._connect(self._node)
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
-        pubsub.subscribe(follower.keys.channel)
+        getattr(pubsub, subscribe_method(self.url))(follower.keys.channel)  # SSUBSCRIBE: cluster
         follower.on_connected(reconnect=reconnect)
 
         timers = SessionTimers(follower.options)
@@ -278,12 +279,14 @@ class ThreadDriver:
         """What a pub/sub message asks for: `resync` (a subscribe confirmation), `check`,
         `applied` or `ignored`; the caller acts on it once per burst."""
         kind = message.get("type")
-        if kind in ("subscribe", "psubscribe"):
+        if kind in ("subscribe", "psubscribe", "ssubscribe"):
             # A confirmation, also after redis-py's silent reconnect: we may have missed
             # anything published meanwhile, so the store is read again.
             return "resync"
-        if kind == "message":
+        if kind in ("message", "smessage"):
             return self.follower.on_message(message.get("data"))
+        if kind == "sunsubscribe":  # pushed by a cluster node the slot just left
+            raise SlotMovedError("the namespace's slot moved off the followed node")
         return "ignored"  # pongs: liveness was noted by the caller
 
     def _resync(self, commands: redis.Redis) -> None:

@@ -17,6 +17,7 @@ from typing import Any, Final
 
 import msgspec
 
+from flagsync._cluster import scan_keys
 from flagsync.dashboard._config import SIGNING_KEY_ENV, DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
 from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError
@@ -279,7 +280,7 @@ class Backend:
             return self._cache.metric_streams
         prefix = self.keys.metrics("")
         found: dict[str, list[str]] = {}
-        for raw in self.publisher.client.scan_iter(match=self.keys.metrics_pattern, count=1000):
+        for raw in scan_keys(self.publisher.client, self.keys.metrics_pattern, 1000):
             name = raw.decode()
             found.setdefault(name[len(prefix) :].partition(":")[0], []).append(name)
         self._cache.metric_streams, self._cache.metric_keys_at = found, now
@@ -290,7 +291,7 @@ class Backend:
         worker's, oldest first; a key that is not a stream is skipped (workers write
         these keys, so nothing in them is trusted)."""
         client = self.publisher.client
-        found = client.scan_iter(match=self.keys.worker_metrics_pattern(key), count=1000)
+        found = scan_keys(client, self.keys.worker_metrics_pattern(key), 1000)
         streams = [self.keys.metrics(key), *sorted({raw.decode() for raw in found})]
         pipe = client.pipeline(transaction=False)
         for stream in streams:
