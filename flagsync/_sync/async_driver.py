@@ -24,7 +24,13 @@ from flagsync._connection import (
     redact_url,
     writable_url,
 )
-from flagsync._sync.beacon import Beacon, BeaconRefusedError, heard_beacon, is_beacon_refusal
+from flagsync._sync.beacon import (
+    Beacon,
+    BeaconRefusedError,
+    grace_s,
+    heard_beacon,
+    is_beacon_refusal,
+)
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
@@ -197,7 +203,7 @@ class AsyncDriver:
                 resubscribed |= self._dispatch(message) == "resync"
                 message = await pubsub.get_message(timeout=0)
             if resubscribed or follower.on_revision(stored) == "resync":
-                grace = 0.0 if resubscribed or urgent else follower.grace_s(stored)
+                grace = 0.0 if resubscribed or urgent else grace_s(follower, stored, timers)
                 if grace:  # see the thread driver
                     timers.checked()
                     timers.recheck_in(grace)

@@ -41,19 +41,27 @@ from typing import Any, Literal
 
 import structlog
 
-from flagsync._sync.follower import Follower
+from flagsync._sync.follower import MESSAGE_GRACE_S, Follower
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.timers import SessionTimers
 from flagsync.store import (
     Command,
     StoreKeys,
+    StoreState,
     beacon_state_commands,
     encode_heartbeat,
     parse_beacon_state,
     publish_command,
 )
 
-__all__ = ["Beacon", "BeaconRefusedError", "BeaconStep", "heard_beacon", "is_beacon_refusal"]
+__all__ = [
+    "Beacon",
+    "BeaconRefusedError",
+    "BeaconStep",
+    "grace_s",
+    "heard_beacon",
+    "is_beacon_refusal",
+]
 
 _log = structlog.get_logger("flagsync.subscriber")
 
@@ -252,3 +260,9 @@ def heard_beacon(follower: Follower, beacon: Beacon, timers: SessionTimers, data
     beacon.heard()
     if verdict == "check":
         timers.check_soon()
+
+
+def grace_s(follower: Follower, state: StoreState, timers: SessionTimers) -> float:
+    """How long a periodic check that found `state` waits for its message before a full
+    load (`Follower.grace_s`), if the wait still fits the lost-nudge bound."""
+    return follower.grace_s(state, allowed=timers.grace_fits(MESSAGE_GRACE_S))

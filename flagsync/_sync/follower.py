@@ -238,21 +238,20 @@ class Follower:
                 return "check"
             if heartbeat.revision < snapshot.revision:
                 return "heard"
-            if (
-                heartbeat.revision == snapshot.revision
-                and heartbeat.digest == self.integrity.store_digest
-                and heartbeat.entries == self.integrity.entries
-            ):
+            stated = StoreState(
+                heartbeat.revision, heartbeat.epoch, heartbeat.digest, heartbeat.entries
+            )
+            if heartbeat.revision == snapshot.revision and self.integrity.same_digest(stated):
                 self.confirm()
                 return "confirmed"
             return "check"
 
-    def grace_s(self, state: StoreState) -> float:
+    def grace_s(self, state: StoreState, *, allowed: bool = True) -> float:
         """How long to wait for the message before loading `state`, which a periodic
         check found: `MESSAGE_GRACE_S` the first time it finds the store exactly one
         revision ahead or (replica lag) behind us in our epoch, else 0 (load now)."""
         current = self.snapshot
-        if self._graced == state.place:
+        if self._graced == state.place or not allowed:
             return 0.0
         near = state.revision == current.revision + 1 or state.revision < current.revision
         if state.epoch != current.epoch or not current.epoch or self.snapshot_missing or not near:

@@ -70,11 +70,6 @@ class Integrity:
             self._check_stated(loaded, self._digest)
         return self._digest
 
-    @property
-    def entries(self) -> int:
-        """Flags + segments of what we applied."""
-        return self._entries
-
     def heartbeat_fits(self, heartbeat: Heartbeat) -> bool:
         """In signed mode, the heartbeat carries a valid signature record of the state it
         states (the one the last write stored); unsigned mode takes any heartbeat (it can

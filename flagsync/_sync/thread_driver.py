@@ -32,7 +32,13 @@ from flagsync._connection import (
     redact_url,
     writable_url,
 )
-from flagsync._sync.beacon import Beacon, BeaconRefusedError, heard_beacon, is_beacon_refusal
+from flagsync._sync.beacon import (
+    Beacon,
+    BeaconRefusedError,
+    grace_s,
+    heard_beacon,
+    is_beacon_refusal,
+)
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
@@ -319,7 +325,7 @@ class ThreadDriver:
                 # A periodic check that finds the store one revision ahead gives the
                 # message a grace; one that a heartbeat asked for does not (the heartbeat
                 # came after the message on this link: the message is lost).
-                grace = 0.0 if resubscribed or urgent else follower.grace_s(stored)
+                grace = 0.0 if resubscribed or urgent else grace_s(follower, stored, timers)
                 if grace:
                     timers.checked()
                     timers.recheck_in(grace)

@@ -150,6 +150,12 @@ class SessionTimers:
         self.urgent = False
         self.next_check = now + self.options.beacon_check_interval_s
 
+    def grace_fits(self, grace_s: float) -> bool:
+        """True when waiting `grace_s` more keeps this check within
+        `beacon_check_interval_s` of the one before: polling gives a message in flight a
+        grace, a 1 s cadence has none to spare (the lost-nudge bound)."""
+        return self._clock() - self.last_check + grace_s <= self.options.beacon_check_interval_s
+
     def recheck_in(self, delay_s: float) -> None:
         """Check again after `delay_s` (a grace for a message in flight)."""
         self.next_check = min(self.next_check, self._clock() + delay_s)
