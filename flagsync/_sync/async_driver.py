@@ -127,7 +127,7 @@ class AsyncDriver:
         try:
             await pubsub.subscribe(follower.keys.channel)
             beacon = self.beacon
-            if beacon.disabled is None:
+            if beacon.listening:
                 await pubsub.subscribe(follower.keys.heartbeat)
             follower.on_connected(reconnect=reconnect)
             timers = self._timers = SessionTimers(follower.options)

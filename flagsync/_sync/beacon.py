@@ -90,7 +90,9 @@ class Beacon:
         self._rng = rng
         self.holding = False
         self.disabled: str | None = None if options.beacon else "disabled by options"
-        """Why this process never contends (None: it may)."""
+        """Why this process never contends (None: it may). It still follows heartbeats."""
+        self.listening = True
+        """Subscribe to the heartbeat channel (False once the server refused it)."""
         self._refusals = 0
         self._next_attempt = math.inf
         self._next_beat = math.inf
@@ -242,10 +244,11 @@ class BeaconRefusedError(ConnectionError):
 def is_beacon_refusal(error: BaseException, beacon: Beacon) -> bool:
     """True (and the beacon is off for this process) when `error` is the server refusing
     the heartbeat channel's subscription."""
-    if beacon.disabled is not None or beacon.keys.heartbeat not in str(error):
+    if not beacon.listening or beacon.keys.heartbeat not in str(error):
         return False
     if not str(error).startswith("NOPERM") and "permission" not in str(error).lower():
         return False
+    beacon.listening = False
     beacon.refused(error)
     return True
 

@@ -37,8 +37,9 @@ class SyncOptions:
     """TTL of the presence record: three heartbeat intervals, so one slow write never
     drops a live worker from the fleet view."""
     beacon: bool = True
-    """Take part in the namespace's beacon (`flagsync._sync.beacon`): follow its channel
-    heartbeats and, when elected, publish them. False: today's polling cadence only."""
+    """Contend for the namespace's beacon (`flagsync._sync.beacon`) and publish its
+    heartbeats when elected. False: never publish (heartbeats of others are still
+    followed; without any, the polling cadence applies)."""
     beacon_interval_s: float = 0.4
     """How often the elected worker publishes the channel heartbeat."""
     beacon_check_interval_s: float = 1.0

@@ -180,7 +180,7 @@ class ThreadDriver:
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         pubsub.subscribe(follower.keys.channel)
         beacon = self.beacon
-        if beacon.disabled is None:
+        if beacon.listening:
             pubsub.subscribe(follower.keys.heartbeat)
         follower.on_connected(reconnect=reconnect)
 
