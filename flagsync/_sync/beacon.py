@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import structlog
 
-from flagsync._sync.follower import MESSAGE_GRACE_S, Follower
+from flagsync._sync.follower import MESSAGE_GRACE_S, POLLING_GRACE_S, Follower
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.timers import SessionTimers
 from flagsync.store import (
@@ -267,5 +267,8 @@ def heard_beacon(follower: Follower, beacon: Beacon, timers: SessionTimers, data
 
 def grace_s(follower: Follower, state: StoreState, timers: SessionTimers) -> float:
     """How long a periodic check that found `state` waits for its message before a full
-    load (`Follower.grace_s`), if the wait still fits the lost-nudge bound."""
-    return follower.grace_s(state, allowed=timers.grace_fits(MESSAGE_GRACE_S))
+    load (`Follower.grace_s`): `MESSAGE_GRACE_S` while heartbeats flow (one of them finds
+    a lost message sooner), else `POLLING_GRACE_S` if that still fits the bound."""
+    if timers.beacon_flowing():
+        return follower.grace_s(state, MESSAGE_GRACE_S)
+    return follower.grace_s(state, POLLING_GRACE_S if timers.grace_fits(POLLING_GRACE_S) else 0)

@@ -464,7 +464,7 @@ class TestLostNudge:
     """A write whose message never arrives is applied by the periodic revision check (S8)."""
 
     @pytest.mark.parametrize("writer", ["script", "by-hand"])
-    def test_write_without_publish_is_applied_within_1s(
+    def test_write_without_publish_is_applied_within_500ms(
         self,
         writer: str,
         server: ServerProcess,
@@ -472,9 +472,7 @@ class TestLostNudge:
         make_client: Clients,
         raw: redis.Redis,
     ) -> None:
-        """With default options, an unannounced write reaches the client within 1 s (the
-        DESIGN bound): a check that finds the next revision gives its message a 0.25 s
-        grace (a busy loop reads it late) before loading."""
+        """With default options, an unannounced write reaches the client within 500 ms."""
         publisher.apply(base_document())
         client, recorder = ready_client(make_client, server.url)
         namespace = publisher.keys.namespace
@@ -487,9 +485,9 @@ class TestLostNudge:
                 muted.close()
         else:
             revision = write_by_hand(raw, namespace, "model", model_flag(enabled=False))
-        assert recorder.wait_for(revision, 1.5)
+        assert recorder.wait_for(revision, 1.0)
         elapsed_s = time.monotonic() - started
-        assert elapsed_s < 1.0, f"took {elapsed_s * 1000:.0f} ms"
+        assert elapsed_s < 0.5, f"took {elapsed_s * 1000:.0f} ms"
         assert client.detail("model", ANYONE, "x").reason is Reason.DISABLED
 
 

@@ -142,7 +142,7 @@ class TestFollowerVerdicts:
         assert follower.grace_s(StoreState(8, EPOCH, "b" * 40)) == 0.0  # a gap: load
         assert follower.grace_s(StoreState(6, "other", "a" * 40)) == 0.0  # another history
         assert follower.grace_s(StoreState(4, EPOCH, "c" * 40)) == MESSAGE_GRACE_S  # lag
-        assert follower.grace_s(StoreState(7, EPOCH, "d" * 40), allowed=False) == 0.0
+        assert follower.grace_s(StoreState(7, EPOCH, "d" * 40), 0.0) == 0.0
 
 
 class TestCadence:
