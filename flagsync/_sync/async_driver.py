@@ -26,10 +26,9 @@ from flagsync._connection import (
 )
 from flagsync._sync.beacon import (
     Beacon,
-    BeaconRefusedError,
+    beacon_refusal,
     grace_s,
     heard_beacon,
-    is_beacon_refusal,
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
@@ -85,9 +84,10 @@ class AsyncDriver:
             while not self._stopping:
                 try:
                     await self._session(reconnect=reconnect)
-                except Exception as error:  # noqa: BLE001 - any failure ends the session
+                except Exception as failure:  # noqa: BLE001 - any failure ends the session
                     if self._stopping:
                         break
+                    error = beacon_refusal(failure, self.beacon)  # see the thread driver
                     if self.follower.connected:
                         attempt = 0
                     permanent = is_permanent(error)
@@ -178,16 +178,10 @@ class AsyncDriver:
             await self._beacon_step(step, commands)
 
     async def _next_message(self, pubsub: Any, timers: SessionTimers) -> dict[str, Any] | None:
-        """The next channel message within the next deadline; a refused heartbeat channel
-        (an ACL from before the beacon) ends the session once, see the thread driver."""
-        try:
-            message: dict[str, Any] | None = await pubsub.get_message(
-                timeout=timers.wait_s(self.beacon.next_due())
-            )
-        except redis.ResponseError as error:
-            if is_beacon_refusal(error, self.beacon):
-                raise BeaconRefusedError(str(error)) from error
-            raise
+        """The next channel message within the next deadline (the beacon's included)."""
+        message: dict[str, Any] | None = await pubsub.get_message(
+            timeout=timers.wait_s(self.beacon.next_due())
+        )
         return message
 
     async def _check(self, pubsub: Any, commands: aredis.Redis, timers: SessionTimers) -> None:

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+import redis
 import structlog
 
 from flagsync._sync.follower import MESSAGE_GRACE_S, POLLING_GRACE_S, Follower
@@ -58,6 +59,7 @@ __all__ = [
     "Beacon",
     "BeaconRefusedError",
     "BeaconStep",
+    "beacon_refusal",
     "grace_s",
     "heard_beacon",
     "is_beacon_refusal",
@@ -241,12 +243,25 @@ class BeaconRefusedError(ConnectionError):
     beacon): the session restarts once without it."""
 
 
+def beacon_refusal(error: Exception, beacon: Beacon) -> Exception:
+    """What ended a session: a `BeaconRefusedError` (not permanent: the next session
+    starts at once, without the heartbeat channel) when the server refused a channel
+    while this process still subscribed to the heartbeat, else `error` itself."""
+    if isinstance(error, redis.ResponseError) and is_beacon_refusal(error, beacon):
+        refusal = BeaconRefusedError(str(error))
+        refusal.__cause__ = error
+        return refusal
+    return error
+
+
 def is_beacon_refusal(error: BaseException, beacon: Beacon) -> bool:
     """True (and the beacon is off for this process) when `error` is the server refusing
     the heartbeat channel's subscription."""
-    if not beacon.listening or beacon.keys.heartbeat not in str(error):
-        return False
-    if not str(error).startswith("NOPERM") and "permission" not in str(error).lower():
+    text = str(error).lower()
+    # Servers do not name the channel ("No permissions to access a channel"): an ACL
+    # that refuses the change channel too is refused again without the heartbeat, then
+    # reported like any permission error.
+    if not beacon.listening or "permission" not in text or "channel" not in text:
         return False
     beacon.listening = False
     beacon.refused(error)

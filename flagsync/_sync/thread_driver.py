@@ -34,10 +34,9 @@ from flagsync._connection import (
 )
 from flagsync._sync.beacon import (
     Beacon,
-    BeaconRefusedError,
+    beacon_refusal,
     grace_s,
     heard_beacon,
-    is_beacon_refusal,
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
@@ -143,9 +142,10 @@ class ThreadDriver:
         while not self._stop.is_set():
             try:
                 self._session(reconnect=reconnect)
-            except Exception as error:  # noqa: BLE001 - any failure ends the session, not the loop
+            except Exception as failure:  # noqa: BLE001 - any failure ends the session, not the loop
                 if self._stop.is_set():
                     break
+                error = beacon_refusal(failure, self.beacon)
                 if self.follower.connected:
                     attempt = 0  # the session had been up: start the backoff afresh
                 permanent = is_permanent(error)
@@ -188,12 +188,7 @@ class ThreadDriver:
         beacon.session_started()
         token = uuid.uuid4().hex
         while not self._stop.is_set():
-            try:
-                message = self._next_message(pubsub, timers.wait_s(beacon.next_due()))
-            except redis.ResponseError as error:
-                if is_beacon_refusal(error, beacon):  # an ACL from before the heartbeat
-                    raise BeaconRefusedError(str(error)) from error
-                raise
+            message = self._next_message(pubsub, timers.wait_s(beacon.next_due()))
             needs: set[str] = set()
             while message is not None and not self._stop.is_set():
                 timers.heard()

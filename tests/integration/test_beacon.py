@@ -33,6 +33,7 @@ from tests.integration.support import (
     muted_publisher,
     wait_until,
 )
+from tests.logs import captured_logs, events
 
 DRIVERS: Final = ["thread", "asyncio"]
 BUDGET_PER_WORKER: Final = 1.4
@@ -346,3 +347,42 @@ class TestWaitPropagated:
                 (ack.worker.revision, ack.worker.published_us, ack.latency_ms)
                 for ack in report.reached
             ]
+
+
+class TestOlderWorkerAcl:
+    """A worker user made before the beacon (no heartbeat channel, no beacon or ack
+    keys) still follows, is counted by `--wait`, and reconnects at most once for it."""
+
+    def test_follows_and_is_counted_without_the_beacon(
+        self, driver: str, dedicated_server: ServerProcess, namespace: str
+    ) -> None:
+        keys = StoreKeys(namespace)
+        old_rule = (
+            "resetkeys resetchannels -@all +ping +hello +auth +client|setname +client|id "
+            "+subscribe +unsubscribe +get +mget +hget +hgetall +hlen +xrange +set +del "
+            f"+xadd +pexpire %R~{keys.pattern} %W~{keys.worker_pattern} "
+            f"%W~{keys.metrics_pattern} &{keys.channel}"
+        )
+        admin = redis.Redis.from_url(dedicated_server.url)
+        admin.execute_command(  # type: ignore[no-untyped-call]
+            "ACL", "SETUSER", "old-worker", "on", ">old-pw", *old_rule.split()
+        )
+        url = f"redis://old-worker:old-pw@127.0.0.1:{dedicated_server.port}"
+        try:
+            with Publisher(dedicated_server.url, namespace, "operator") as publisher:
+                publisher.put("counter", counter_flag(0))
+                with captured_logs() as logs, Workers(driver, url, namespace, 2) as clients:
+                    assert wait_until(lambda: len(publisher.workers()) == len(clients), 10)
+                    time.sleep(3.0)  # past the time a beacon would have been elected
+                    revision = publisher.put("counter", counter_flag(1))
+                    report = publisher.wait_propagated(revision, timeout=5)
+                    assert report.complete, report
+                    assert len(report.reached) == len(clients)
+                    assert all(client.variation("counter", {}, -1) == 1 for client in clients)
+                    assert all(c.status().reconnects <= 1 for c in clients), [c.status() for c in clients]
+                    assert admin.get(keys.beacon) is None  # nobody could take the lease
+                refusals = events(logs, "beacon_refused")
+                assert 1 <= len(refusals) <= 2 * len(clients), refusals
+        finally:
+            admin.execute_command("ACL", "DELUSER", "old-worker")  # type: ignore[no-untyped-call]
+            admin.close()
