@@ -34,6 +34,8 @@ _LOG_BATCH: Final = 500
 _PUBLISHED_SEARCH: Final = 2000
 _FALLBACK_POLL_S: Final = 0.5
 _ACK_BATCH: Final = 10_000
+_SERVER_TICK_S: Final = 0.1
+_TAIL_POLL_S: Final = 0.01
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):
@@ -249,9 +251,17 @@ class Fleet:
     ) -> tuple[set[str], str]:
         """The presence keys of workers that acked `revision` (or later) since `last_id`,
         waiting up to `wait_s` for the first; and the id to read on from."""
-        block_ms = max(1, int(wait_s * 1000))
+        # A blocked XREAD times out by the server's clock tick (up to 100 ms late at
+        # `hz 10`): block until a tick before the deadline, then poll without blocking.
+        block_ms = int((wait_s - _SERVER_TICK_S) * 1000)
         with store_errors(self.url):
-            reply = self._redis.xread({self.keys.acks: last_id}, count=_ACK_BATCH, block=block_ms)
+            if block_ms >= 1:
+                reply = self._redis.xread(
+                    {self.keys.acks: last_id}, count=_ACK_BATCH, block=block_ms
+                )
+            else:
+                time.sleep(min(max(wait_s, 0.0), _TAIL_POLL_S))
+                reply = self._redis.xread({self.keys.acks: last_id}, count=_ACK_BATCH)
         acked: set[str] = set()
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

@@ -74,11 +74,12 @@ class MetricsReporter:
         return self
 
     def close(self, timeout_s: float = 1.0) -> None:
-        """Stop, with one last flush attempt (bounded by the socket timeout)."""
+        """Stop, with one last flush attempt (bounded by the socket timeout); the last
+        reporter of a target waits up to `timeout_s` for the shared thread to end."""
         self.flush()  # on the shared pool while still registered
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
-            flusher.unregister(self)
+            flusher.unregister(self, timeout_s)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -186,8 +187,9 @@ class _Flusher:
             flusher._ensure_thread()
             return flusher
 
-    def unregister(self, reporter: MetricsReporter) -> None:
-        """Remove `reporter`; the last one out stops the thread and closes the pool."""
+    def unregister(self, reporter: MetricsReporter, timeout_s: float = 1.0) -> None:
+        """Remove `reporter`; the last one out stops the thread (waiting up to
+        `timeout_s` for it) and so closes the pool."""
         with _Flusher._lock, self._wake:
             self.due.pop(reporter, None)
             if self.due:
@@ -195,6 +197,9 @@ class _Flusher:
             if _Flusher._all.get((self.url, self.timeout_s)) is self:
                 del _Flusher._all[(self.url, self.timeout_s)]
             self._wake.notify()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
 
     def client(self) -> redis.Redis:
         """The shared client of this target (redis-py's pool is thread-safe)."""
