@@ -170,6 +170,8 @@ class AsyncDriver:
             await self._resync(commands)
         elif "check" in needs or timers.check_due():
             await self._check(pubsub, commands, timers)
+        if self.presence.outdated():
+            timers.changed()
         if timers.heartbeat_due():
             await self._heartbeat(commands)
             timers.heartbeat_sent()

@@ -66,6 +66,8 @@ class Presence:
         self._held_keys: tuple[Snapshot | None, tuple[str, ...]] = (None, ())
         self.error: str | None = None
         """Why the last presence write was refused (None: written, or not tried yet)."""
+        self._wrote_missing = False
+        """`follower.snapshot_missing` as the record last written said."""
         self._acked: tuple[str, int] | None = None
         """The (epoch, revision) last appended to the ack stream."""
         self.acks_refused = False
@@ -107,8 +109,15 @@ class Presence:
             self._listed = False
             return ("DEL", self.key)
         self._listed = True
+        self._wrote_missing = self.follower.snapshot_missing
         ttl_ms = int(self.follower.options.presence_ttl_s * 1000)
         return ("SET", self.key, self.record(), "PX", ttl_ms)
+
+    def outdated(self) -> bool:
+        """True when the record last written no longer says whether the store lost data
+        this worker holds (`held`): re-seed checks need that within `ack_delay_s`, not
+        at the next 5 s heartbeat."""
+        return self._listed and self._wrote_missing != self.follower.snapshot_missing
 
     def ack_command(self) -> Command | None:
         """The XADD that acks a newly applied revision on the ack stream, sent with the

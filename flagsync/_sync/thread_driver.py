@@ -204,6 +204,8 @@ class ThreadDriver:
                 self._resync(commands)
             elif "check" in needs or timers.check_due():
                 self._check(pubsub, commands, timers)
+            if self.presence.outdated():
+                timers.changed()
             if timers.heartbeat_due():
                 self._heartbeat(commands)
                 timers.heartbeat_sent()
