@@ -379,7 +379,9 @@ class TestOlderWorkerAcl:
                     assert report.complete, report
                     assert len(report.reached) == len(clients)
                     assert all(client.variation("counter", {}, -1) == 1 for client in clients)
-                    assert all(c.status().reconnects <= 1 for c in clients), [c.status() for c in clients]
+                    assert all(c.status().reconnects <= 1 for c in clients), [
+                        c.status() for c in clients
+                    ]
                     assert admin.get(keys.beacon) is None  # nobody could take the lease
                 refusals = events(logs, "beacon_refused")
                 assert 1 <= len(refusals) <= 2 * len(clients), refusals

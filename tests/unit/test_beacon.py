@@ -17,6 +17,7 @@ from flagsync._signing import SignedState, Signer, generate_key_pair
 from flagsync._sync.beacon import Beacon, grace_s, heard_beacon
 from flagsync._sync.follower import MESSAGE_GRACE_S, Follower
 from flagsync._sync.options import SyncOptions
+from flagsync._sync.presence import Presence
 from flagsync._sync.timers import LivenessError, SessionTimers
 from flagsync.store import (
     HEARTBEAT_SCHEMA,
@@ -329,3 +330,37 @@ class TestElection:
         assert timers.urgent
         assert beacon.next_due() > due
         assert grace_s(follower, StoreState(6, EPOCH, "a" * 40), timers) == MESSAGE_GRACE_S
+
+
+class TestAcks:
+    """Each applied revision is acked once, with the presence write after it."""
+
+    def test_one_ack_per_revision_after_the_record(self) -> None:
+
+        clock = Clock()
+        follower = synced_follower(clock)
+        presence = Presence(follower, "w-1")
+        assert presence.ack_command() is None  # no record written yet: nothing to point at
+        assert presence.heartbeat_command() is not None
+        ack = presence.ack_command()
+        assert ack is not None
+        assert ack[:2] == ("XADD", KEYS.acks)
+        assert ack[ack.index("rev") + 1] == 5
+        assert presence.ack_command() is None  # the same revision: once
+        presence.ack_refused(RuntimeError("NOPERM"))
+        assert follower.on_loaded(loaded(6, {"a": "z"}))
+        assert presence.heartbeat_command() is not None
+        assert presence.ack_command() is None  # refused once: never again
+
+    def test_a_lost_store_is_reported_at_once(self) -> None:
+        """Whether the store lost data this worker holds is written within `ack_delay_s`."""
+
+        clock = Clock()
+        follower = synced_follower(clock)
+        presence = Presence(follower, "w-1")
+        assert presence.heartbeat_command() is not None
+        assert not presence.outdated()
+        assert follower.on_revision(StoreState(0, None, None)) == "missing"
+        assert presence.outdated()
+        assert presence.heartbeat_command() is not None
+        assert not presence.outdated()
