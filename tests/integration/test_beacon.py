@@ -263,6 +263,38 @@ class TestForgedHeartbeats:
             publisher.close()
 
 
+class TestSignedHeartbeats:
+    """The beacon's own heartbeats carry the stored signature record: signed workers
+    take them (and so check once a second)."""
+
+    def test_signed_workers_follow_the_beacon(
+        self, driver: str, server: ServerProcess, namespace: str, tmp_path: Path
+    ) -> None:
+        url = server.url
+        pem, public = generate_key_pair()
+        key = tmp_path / "signing.pem"
+        key.write_bytes(pem)
+        with Publisher(url, namespace, "signed", signing_key=key, adopt_unsigned=True) as signer:
+            signer.put("counter", counter_flag(0))
+            with (
+                Workers(driver, url, namespace, 2, verify_keys=(public,)) as clients,
+                heartbeat_tap(url, namespace) as tap,
+            ):
+                assert next_heartbeat(tap, 10) is not None
+                time.sleep(1.0)
+                before = [client.status().state_checks for client in clients]
+                time.sleep(3.0)
+                checks = [
+                    client.status().state_checks - was
+                    for client, was in zip(clients, before, strict=True)
+                ]
+                assert all(count <= 5 for count in checks), checks  # ~3, not ~12
+                rejected = [client._sync._follower.heartbeats_rejected for client in clients]  # type: ignore[union-attr]
+                assert rejected == [0] * len(clients)
+                revision = signer.put("counter", counter_flag(1))
+                assert wait_until(lambda: all(c.revision == revision for c in clients), 2)
+
+
 class TestLeaseFailover:
     """The beacon moves to another worker when its holder dies without a word."""
 
