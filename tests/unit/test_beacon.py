@@ -364,3 +364,22 @@ class TestAcks:
         assert presence.outdated()
         assert presence.heartbeat_command() is not None
         assert not presence.outdated()
+
+
+class TestOptions:
+    """Bad timing options are refused with the field and the reason."""
+
+    @pytest.mark.parametrize(
+        ("field", "value", "reason"),
+        [
+            ("beacon_interval_s", 0, "positive"),
+            ("presence_ttl_s", -1.0, "positive"),
+            ("heartbeat_interval_s", "5", "positive"),
+            ("beacon_lease_s", True, "positive"),
+            ("beacon_check_interval_s", 2.0, "at most 1.0"),
+        ],
+    )
+    def test_refused(self, field: str, value: object, reason: str) -> None:
+        with pytest.raises(ValueError, match=field) as raised:
+            SyncOptions(**{field: value})  # type: ignore[arg-type]
+        assert reason in str(raised.value)
