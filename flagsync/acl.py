@@ -6,8 +6,10 @@ flag change. In production, disable it and give each side only what it uses:
 - **worker, one user per worker** (`flagsync acl --worker-id ID`, for a client connected
   with `worker_id=ID`): read the namespace's keys, subscribe to its change channel, and
   write only its own presence key (`{fs:<ns>}:worker:<ID>`) and its own metrics streams
-  (`{fs:<ns>}:metrics:<flag>:<ID>`). It cannot change a flag or publish, and cannot
-  touch another worker's presence or metrics.
+  (`{fs:<ns>}:metrics:<flag>:<ID>`), plus what every worker shares: the beacon lease
+  (`{fs:<ns>}:beacon`), the ack stream (`{fs:<ns>}:acks`) and publishing on the
+  heartbeat channel. It cannot change a flag or publish on the change channel, and
+  cannot touch another worker's presence or metrics.
 - **worker, shared** (no `--worker-id`): the same reads, but writes to every presence
   key and every metrics stream of the namespace. Simpler to run (one credential for a
   fleet of forking processes whose ids are random), weaker: one compromised worker can
@@ -19,7 +21,10 @@ flag change. In production, disable it and give each side only what it uses:
   commands (FLUSHALL, CONFIG, ...).
 
 `flagsync acl` prints these lines; `acl_rules()` returns them for provisioning code.
-Selectors (`%R~`, `%W~`) need Redis >= 7 or Valkey.
+Selectors (`%R~`, `%W~`, and the worker's `"(+publish ...)"`) need Redis >= 7 or Valkey.
+The worker rule holds one quoted argument (the selector that lets it publish beacon
+heartbeats on `{fs:<ns>}:heartbeat` and on no other channel): split the lines as a shell
+does (`shlex.split`), as redis-cli does when they are pasted.
 """
 
 from __future__ import annotations
@@ -57,9 +62,14 @@ def acl_rules(namespace: str = "default", worker_id: str | None = None) -> dict[
     else:
         check_worker_id(worker_id)
         writes = f"%W~{keys.worker(worker_id)} %W~{keys.metrics_pattern}:{worker_id}"
+    # The beacon (flagsync._sync.beacon): every worker may take its lease, append its
+    # acks, and publish on the heartbeat channel only: a selector grants PUBLISH there,
+    # so the change channel stays subscribe-only (a worker cannot forge a change).
+    beacon = f"%W~{keys.beacon} %W~{keys.acks} &{keys.heartbeat}"
     worker = (
         f"resetkeys resetchannels -@all {_CONNECTION} {_CLUSTER} {_WORKER_COMMANDS} "
-        f"%R~{keys.pattern} {writes} &{keys.channel}"
+        f"%R~{keys.pattern} {writes} {beacon} &{keys.channel} "
+        f'"(+publish +spublish resetchannels &{keys.heartbeat})"'
     )
     operator = (
         f"resetkeys resetchannels -@all {_CONNECTION} {_CLUSTER} "

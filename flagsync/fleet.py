@@ -33,7 +33,10 @@ __all__ = [
 _log = structlog.get_logger("flagsync.fleet")
 _LOG_BATCH: Final = 500
 _PUBLISHED_SEARCH: Final = 2000
-_POLL_S: Final = 0.002
+_FALLBACK_POLL_S: Final = 0.5
+_ACK_BATCH: Final = 10_000
+_SERVER_TICK_S: Final = 0.1
+_TAIL_POLL_S: Final = 0.01
 
 
 class HistoryEntry(msgspec.Struct, frozen=True):
@@ -184,30 +187,47 @@ class Fleet:
         Live workers are those with a heartbeat when the wait starts. Each reached
         worker carries its publish-to-apply latency when it applied exactly this
         revision from a change message.
+
+        Cost O(changed workers), not O(fleet) per poll: the presence records are read
+        once; then the wait blocks on the ack stream (`{fs:<ns>}:acks`, XREAD from just
+        before the write) and re-reads only the records of workers that acked. An ack
+        only says where to look: a worker counts once its own record says so (an ack is
+        no proof, any worker may append one). Records of workers still missing are read
+        again every `_FALLBACK_POLL_S` (workers older than the ack stream, a refused
+        ack, a record deleted or expired meanwhile).
         """
         started = time.monotonic()
         epoch, _ = self.revision()
         published_us = self._published_us.get((epoch or "", revision)) or self._find_published(
             revision
         )
+        # Stream ids are the server's ms: acks of this write come after `published_us`.
+        last_id = f"{max(published_us // 1000 - 1, 0)}-0"
         first = self._read(self._presence_keys())
-        keys = [key for key, record in first.items() if record is not None]
+        records = {key: record for key, record in first.items() if record is not None}
         deadline = started + timeout
+        next_poll = started + _FALLBACK_POLL_S
+
+        def has_it(record: WorkerInfo | UnreadablePresence | None) -> bool:
+            return isinstance(record, WorkerInfo) and _applied(record, epoch, revision)
+
         while True:
-            records = self._read(keys)
-            unconfirmed: list[UnreadablePresence] = []
-            current: list[WorkerInfo] = []
-            for key in keys:
-                record = records[key]
-                if isinstance(record, WorkerInfo):
-                    current.append(record)
-                else:  # a record deleted during the wait hides a worker: never a success
-                    unconfirmed.append(record or UnreadablePresence(key, "deleted during the wait"))
-            reached = [w for w in current if w.epoch == epoch and w.revision >= revision]
-            missing = [w for w in current if not (w.epoch == epoch and w.revision >= revision)]
-            if (not missing and not unconfirmed) or time.monotonic() >= deadline:
+            pending = [key for key, record in records.items() if not has_it(record)]
+            now = time.monotonic()
+            if not pending or now >= deadline:
                 break
-            time.sleep(_POLL_S)
+            acked, last_id = self._acks(last_id, min(deadline, next_poll) - now, epoch, revision)
+            if time.monotonic() >= next_poll:
+                recheck, next_poll = pending, time.monotonic() + _FALLBACK_POLL_S
+            else:
+                recheck = [key for key in pending if key in acked]
+            for key, record in self._read(recheck).items():
+                # a record deleted during the wait hides a worker: never a success
+                records[key] = record or UnreadablePresence(key, "deleted during the wait")
+        current = [record for record in records.values() if isinstance(record, WorkerInfo)]
+        unconfirmed = [r for r in records.values() if isinstance(r, UnreadablePresence)]
+        reached = [w for w in current if _applied(w, epoch, revision)]
+        missing = [w for w in current if not _applied(w, epoch, revision)]
         for record in unconfirmed:
             _log.warning("presence_unconfirmed", key=record.key, problem=record.problem)
         acks = [
@@ -225,8 +245,37 @@ class Fleet:
             reached=sorted(acks, key=lambda ack: ack.worker.id),
             missing=sorted(missing, key=lambda worker: worker.id),
             waited_ms=round((time.monotonic() - started) * 1000, 3),
-            unconfirmed=unconfirmed,
+            unconfirmed=sorted(unconfirmed, key=lambda record: record.key),
         )
+
+    def _acks(
+        self, last_id: str, wait_s: float, epoch: str | None, revision: int
+    ) -> tuple[set[str], str]:
+        """The presence keys of workers that acked `revision` (or later) since `last_id`,
+        waiting up to `wait_s` for the first; and the id to read on from."""
+        # A blocked XREAD times out by the server's clock tick (up to 100 ms late at
+        # `hz 10`): block until a tick before the deadline, then poll without blocking.
+        block_ms = int((wait_s - _SERVER_TICK_S) * 1000)
+        with store_errors(self.url):
+            if block_ms >= 1:
+                reply = self._redis.xread(
+                    {self.keys.acks: last_id}, count=_ACK_BATCH, block=block_ms
+                )
+            else:
+                time.sleep(min(max(wait_s, 0.0), _TAIL_POLL_S))
+                reply = self._redis.xread({self.keys.acks: last_id}, count=_ACK_BATCH)
+        acked: set[str] = set()
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                try:
+                    worker = fields[b"worker"].decode("utf-8", "replace")
+                    ok = fields[b"epoch"].decode() == epoch and int(fields[b"rev"]) >= revision
+                except (KeyError, ValueError, UnicodeDecodeError):
+                    continue  # not an ack of ours: the records decide anyway
+                if ok:
+                    acked.add(self.keys.worker(worker))
+        return acked, last_id
 
     def close(self) -> None:
         """Close the connection, if this view opened it."""
@@ -287,6 +336,10 @@ class Fleet:
                 if int(fields[b"rev"]) == revision:
                     return int(fields[b"time"])
         return 0
+
+
+def _applied(worker: WorkerInfo, epoch: str | None, revision: int) -> bool:
+    return worker.epoch == epoch and worker.revision >= revision
 
 
 def _history_entry(fields: Mapping[bytes, bytes]) -> HistoryEntry:

@@ -15,6 +15,9 @@ them all, also on Redis Cluster:
     {fs:<ns>}:log                stream  change log / audit trail (actor, time, before/after)
     {fs:<ns>}:changes            channel `fs2|<epoch>|<rev>|<server µs>|<digest>|<sig>|<payload>`
     {fs:<ns>}:worker:<id>        string  presence heartbeat of one worker (with a TTL)
+    {fs:<ns>}:acks               stream  one entry per revision a worker applied (bounded)
+    {fs:<ns>}:beacon             string  the beacon lease: the worker that publishes heartbeats
+    {fs:<ns>}:heartbeat          channel `fsb1|<epoch>|<rev>|<digest>|<entries>|<holder>|<sig>`
     {fs:<ns>}:metrics:<flag>     stream  metric windows flushed by workers
     {fs:<ns>}:plans              hash    flag key -> rollout plan (JSON)
     {fs:<ns>}:rollout:<flag>     string  rollout controller state
@@ -63,13 +66,16 @@ from flagsync._write_script import (
 from flagsync.errors import FlagsyncError
 
 __all__ = [
+    "ACKS_MAXLEN",
     "DEFAULT_LOG_MAXLEN",
     "GUARD_OP",
+    "HEARTBEAT_SCHEMA",
     "MAX_MESSAGE_BYTES",
     "MESSAGE_SCHEMA",
     "NO_DATA_OPS",
     "SEED_DIGEST_SCRIPT",
     "WRITE_SCRIPT",
+    "Heartbeat",
     "LoadedStore",
     "ScriptWrite",
     "StoreClient",
@@ -78,19 +84,26 @@ __all__ = [
     "WriteApplied",
     "WriteConflict",
     "WriteMoved",
+    "ack_command",
+    "beacon_state_commands",
     "connect",
     "connection_hint",
     "connection_options",
+    "decode_heartbeat",
     "decode_message",
     "decode_versions",
     "encode_blobs",
+    "encode_heartbeat",
     "encode_message",
     "encode_payload",
     "load_commands",
+    "parse_beacon_state",
     "parse_load",
     "parse_revision",
     "parse_state",
     "parse_write_reply",
+    "publish_command",
+    "quick_state_commands",
     "redact_url",
     "revision_command",
     "script_arguments",
@@ -110,11 +123,14 @@ class StoreKeys:
     """The key and channel names of one namespace."""
 
     __slots__ = (
+        "acks",
+        "beacon",
         "channel",
         "digest",
         "digests",
         "epoch",
         "flags",
+        "heartbeat",
         "llm",
         "log",
         "namespace",
@@ -144,6 +160,11 @@ class StoreKeys:
         self.signature = f"{self.prefix}:sig"
         self.log = f"{self.prefix}:log"
         self.channel = f"{self.prefix}:changes"
+        self.heartbeat = f"{self.prefix}:heartbeat"
+        """The beacon's channel: a channel of its own, so the worker ACL may publish there
+        and nowhere else (never on `changes`), and older workers never see it."""
+        self.beacon = f"{self.prefix}:beacon"
+        self.acks = f"{self.prefix}:acks"
         self.plans = f"{self.prefix}:plans"
         self.llm = f"{self.prefix}:llm"
         """The flag file's `llm:` section (model allow-list, prices): see flagsync.llm.policy."""
@@ -284,12 +305,20 @@ def state_commands(keys: StoreKeys) -> list[Command]:
     ]
 
 
+def quick_state_commands(keys: StoreKeys) -> list[Command]:
+    """The check while beacon heartbeats flow: one MGET of (revision, epoch, digest). The
+    entry counts come with each heartbeat, whose disagreement triggers a full check."""
+    return [("MGET", keys.revision, keys.epoch, keys.digest)]
+
+
 def parse_state(results: Sequence[Any]) -> StoreState:
-    """`state_commands`' replies."""
-    header, flags, segments = results
+    """`state_commands`' (or `quick_state_commands`') replies."""
+    header = results[0]
     revision, epoch = _parse_revision(header[:2])
     digest = None if header[2] is None else _text(header[2])
-    return StoreState(revision, epoch, digest, int(flags) + int(segments))
+    if len(results) == 1:
+        return StoreState(revision, epoch, digest)
+    return StoreState(revision, epoch, digest, int(results[1]) + int(results[2]))
 
 
 def revision_command(keys: StoreKeys) -> Command:
@@ -508,6 +537,109 @@ def decode_message(data: bytes) -> Message:
         message_digest,
         message_signature,
         hashlib.sha256(payload).hexdigest(),
+    )
+
+
+HEARTBEAT_SCHEMA: Final = b"fsb1"
+"""The beacon heartbeat, published on `StoreKeys.heartbeat` (never on the change channel:
+workers before it never subscribe there, so a mixed fleet is unaffected; a worker that
+did read one on the change channel would count it malformed and answer with a check)."""
+ACKS_MAXLEN: Final = 20_000
+"""`{fs:<ns>}:acks` is trimmed to about this many entries (two per worker at 10,000)."""
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """What the beacon read from the store: its place in history and, in signed mode, the
+    signature record the last write stored (so a heartbeat is as signed as that write)."""
+
+    epoch: str
+    revision: int
+    digest: str
+    entries: int
+    """Flags + segments the store holds (HLEN of both hashes)."""
+    holder: str
+    """The worker id of the publisher (for operators; never trusted)."""
+    signature: str = ""
+
+
+def encode_heartbeat(heartbeat: Heartbeat) -> bytes:
+    """`fsb1|<epoch>|<rev>|<digest>|<entries>|<holder>|<sig>`."""
+    holder = heartbeat.holder.replace("|", "_")
+    fields = (
+        heartbeat.epoch,
+        str(heartbeat.revision),
+        heartbeat.digest,
+        str(heartbeat.entries),
+        holder,
+        heartbeat.signature,
+    )
+    return b"|".join((HEARTBEAT_SCHEMA, *(field.encode() for field in fields)))
+
+
+def decode_heartbeat(data: Any) -> Heartbeat:
+    """Parse a heartbeat; raises `MalformedMessageError` on anything unexpected."""
+    if not isinstance(data, bytes | bytearray) or len(data) > 4096:
+        raise MalformedMessageError("heartbeat is not bytes of at most 4096")
+    parts = bytes(data).split(b"|")
+    if len(parts) != 7 or parts[0] != HEARTBEAT_SCHEMA:
+        raise MalformedMessageError(f"not an {HEARTBEAT_SCHEMA.decode()} heartbeat")
+    try:
+        epoch, revision, digest, entries, holder, signature = (
+            part.decode("ascii") for part in parts[1:]
+        )
+        heartbeat = Heartbeat(epoch, int(revision), digest, int(entries), holder, signature)
+    except ValueError as error:
+        raise MalformedMessageError(f"bad heartbeat: {error}") from error
+    if not epoch or heartbeat.revision < 1 or len(digest) != 40 or heartbeat.entries < 0:
+        raise MalformedMessageError("heartbeat has no epoch, digest or a revision below 1")
+    return heartbeat
+
+
+def beacon_state_commands(keys: StoreKeys) -> list[Command]:
+    """What the beacon reads before each heartbeat: `state_commands` and the signature."""
+    return [
+        ("MGET", keys.revision, keys.epoch, keys.digest, keys.signature),
+        ("HLEN", keys.flags),
+        ("HLEN", keys.segments),
+    ]
+
+
+def parse_beacon_state(header: Sequence[Any], entries: int, holder: str) -> Heartbeat | None:
+    """The heartbeat of `beacon_state_commands`' MGET reply and the entries its HLENs
+    counted (None: an empty store)."""
+    revision, epoch = _parse_revision(header[:2])
+    if epoch is None or header[2] is None or revision < 1:
+        return None
+    signature = "" if header[3] is None else _text(header[3])
+    return Heartbeat(epoch, revision, _text(header[2]), entries, holder, signature)
+
+
+def publish_command(channel: str, payload: bytes, *, sharded: bool = False) -> Command:
+    """How a client publishes on a namespace channel: SPUBLISH on a cluster (`sharded`),
+    so the message stays on the slot's shard instead of crossing the bus to every node."""
+    return ("SPUBLISH" if sharded else "PUBLISH", channel, payload)
+
+
+def ack_command(
+    keys: StoreKeys, worker_id: str, epoch: str, revision: int, applied_us: int
+) -> Command:
+    """A worker's ack of an applied revision, appended to the bounded ack stream that
+    `Fleet.wait_propagated` reads instead of polling every presence record."""
+    return (
+        "XADD",
+        keys.acks,
+        "MAXLEN",
+        "~",
+        ACKS_MAXLEN,
+        "*",
+        "worker",
+        worker_id,
+        "epoch",
+        epoch,
+        "rev",
+        revision,
+        "applied",
+        applied_us,
     )
 
 

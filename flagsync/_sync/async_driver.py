@@ -17,13 +17,19 @@ import anyio
 import redis
 import redis.asyncio as aredis
 
-from flagsync._cluster import SlotMovedError, subscribe_method
+from flagsync._cluster import SlotMovedError, is_cluster_url, subscribe_method
 from flagsync._connection import (
     connect_async,
     connection_hint,
     follow_url_async,
     redact_url,
     writable_url,
+)
+from flagsync._sync.beacon import (
+    Beacon,
+    beacon_refusal,
+    grace_s,
+    heard_beacon,
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
@@ -33,6 +39,7 @@ from flagsync.store import (
     load_commands,
     parse_load,
     parse_state,
+    quick_state_commands,
     state_commands,
 )
 
@@ -55,6 +62,13 @@ class AsyncDriver:
         self._writer: aredis.Redis | None = None
         self._stopping = False
         self._running = False
+        self.beacon = Beacon(
+            follower.keys,
+            follower.options,
+            lambda: presence.worker_id,
+            sharded=is_cluster_url(url),
+        )
+        self._timers: SessionTimers | None = None
 
     @property
     def alive(self) -> bool:
@@ -76,9 +90,10 @@ class AsyncDriver:
             while not self._stopping:
                 try:
                     await self._session(reconnect=reconnect)
-                except Exception as error:  # noqa: BLE001 - any failure ends the session
+                except Exception as failure:  # noqa: BLE001 - any failure ends the session
                     if self._stopping:
                         break
+                    error = beacon_refusal(failure, self.beacon)  # see the thread driver
                     if self.follower.connected:
                         attempt = 0
                     permanent = is_permanent(error)
@@ -118,12 +133,17 @@ class AsyncDriver:
         subscriber = self._connect(self._node)
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
-            await getattr(pubsub, subscribe_method(self.url))(follower.keys.channel)
+            subscribe = getattr(pubsub, subscribe_method(self.url))  # SSUBSCRIBE: cluster
+            await subscribe(follower.keys.channel)
+            beacon = self.beacon
+            if beacon.listening:
+                await subscribe(follower.keys.heartbeat)
             follower.on_connected(reconnect=reconnect)
-            timers = SessionTimers(follower.options)
+            timers = self._timers = SessionTimers(follower.options)
+            beacon.session_started()
             token = uuid.uuid4().hex
             while not self._stopping:
-                message = await pubsub.get_message(timeout=timers.wait_s())
+                message = await self._next_message(pubsub, timers)
                 needs: set[str] = set()
                 while message is not None and not self._stopping:
                     timers.heard()
@@ -134,17 +154,13 @@ class AsyncDriver:
                     message = await pubsub.get_message(timeout=0)
                 if self._stopping:
                     break
-                if "resync" in needs:  # coalesced: see the thread driver
-                    await self._resync(commands)
-                elif "check" in needs or timers.check_due():
-                    await self._check(pubsub, commands, timers)
-                if timers.heartbeat_due():
-                    await self._heartbeat(commands)
-                    timers.heartbeat_sent()
+                await self._due_work(needs, pubsub, commands, timers)
                 if timers.ping_due():
                     await pubsub.ping(token)
         finally:
             if self._stopping:
+                with anyio.move_on_after(0.3, shield=True), contextlib.suppress(Exception):
+                    await self._release_beacon(self._writer or commands)
                 # Also when cancelled (leaving `connect_async` cancels the task): a presence
                 # key left to expire would count as a live worker in `wait_propagated`.
                 writer = self._writer or commands
@@ -155,10 +171,35 @@ class AsyncDriver:
                 await subscriber.aclose()
                 await commands.aclose()
 
+    async def _due_work(
+        self, needs: set[str], pubsub: Any, commands: aredis.Redis, timers: SessionTimers
+    ) -> None:
+        """What the messages just read asked for, and whatever is due."""
+        if "resync" in needs:  # coalesced: see the thread driver
+            await self._resync(commands)
+        elif "check" in needs or timers.check_due():
+            await self._check(pubsub, commands, timers)
+        if self.presence.outdated():
+            timers.changed()
+        if timers.heartbeat_due():
+            await self._heartbeat(commands)
+            timers.heartbeat_sent()
+        step = self.beacon.step()
+        if step is not None:
+            await self._beacon_step(step, commands)
+
+    async def _next_message(self, pubsub: Any, timers: SessionTimers) -> dict[str, Any] | None:
+        """The next channel message within the next deadline (the beacon's included)."""
+        message: dict[str, Any] | None = await pubsub.get_message(
+            timeout=timers.wait_s(self.beacon.next_due())
+        )
+        return message
+
     async def _check(self, pubsub: Any, commands: aredis.Redis, timers: SessionTimers) -> None:
         """See `ThreadDriver._check`."""
         follower = self.follower
-        stored = await self._read_state(commands)
+        urgent = timers.urgent
+        stored = await self._read_state(commands, quick=timers.beacon_flowing() and not urgent)
         if follower.on_revision(stored) == "resync":
             resubscribed = False
             message = await pubsub.get_message(timeout=0)
@@ -167,6 +208,11 @@ class AsyncDriver:
                 resubscribed |= self._dispatch(message) == "resync"
                 message = await pubsub.get_message(timeout=0)
             if resubscribed or follower.on_revision(stored) == "resync":
+                grace = 0.0 if resubscribed or urgent else grace_s(follower, stored, timers)
+                if grace:  # see the thread driver
+                    timers.checked()
+                    timers.recheck_in(grace)
+                    return
                 delay = 0.0 if resubscribed else follower.reload_delay_s()
                 if delay:
                     await anyio.sleep(delay)  # rate-limited; messages read meanwhile are coalesced
@@ -179,27 +225,64 @@ class AsyncDriver:
         command = self.presence.heartbeat_command()
         if command is None:
             return
+        ack = self.presence.ack_command()
         writer = self._writer or commands
         try:
-            await writer.execute_command(*command)  # type: ignore[no-untyped-call]
+            replies = await _pipelined(writer, [command] if ack is None else [command, ack])
+            if isinstance(replies[0], Exception):
+                raise replies[0]
         except redis.RedisError as error:
             if self._writer is None and not is_refused_write(error):
                 raise
             self.presence.refused(error, redact_url(self.presence_url or self._node))
         else:
             self.presence.written()
+            if ack is not None and isinstance(replies[1], Exception):
+                self.presence.ack_refused(replies[1])
 
-    async def _read_state(self, commands: aredis.Redis) -> StoreState:
+    async def _beacon_step(self, step: str, commands: aredis.Redis) -> None:
+        """See `ThreadDriver._beacon_step`."""
+        beacon = self.beacon
+        writer = self._writer or commands
+        try:
+            if step == "contend":
+                beacon.contended(await _pipelined(writer, beacon.contend_commands(), True))
+                return
+            publish = beacon.beaten(await _pipelined(writer, beacon.beat_commands(), True))
+            if publish is not None:
+                await writer.execute_command(*publish)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as error:
+            beacon.refused(error)
+        except redis.RedisError as error:
+            if self._writer is None:
+                raise
+            beacon.lost(str(error))
+
+    async def _release_beacon(self, writer: aredis.Redis) -> None:
+        """See `ThreadDriver._release_beacon`."""
+        if not self.beacon.holding:
+            return
+        holder = (await _pipelined(writer, self.beacon.release_commands(), True))[0]
+        if holder is not None and holder.decode() == self.presence.worker_id:
+            await writer.delete(self.follower.keys.beacon)
+
+    async def _read_state(self, commands: aredis.Redis, *, quick: bool = False) -> StoreState:
         self.follower.note_check()
-        pipe = commands.pipeline(transaction=False)
-        for command in state_commands(self.follower.keys):
-            pipe.execute_command(*command)
-        return parse_state(await pipe.execute())
+        keys = self.follower.keys
+        chosen = quick_state_commands(keys) if quick else state_commands(keys)
+        return parse_state(await _pipelined(commands, chosen, True))
 
     def _dispatch(self, message: dict[str, Any]) -> str:
         """See `ThreadDriver._dispatch`."""
         kind = message.get("type")
+        channel = message.get("channel")
+        if isinstance(channel, bytes) and channel.decode() == self.follower.keys.heartbeat:
+            if kind in ("message", "smessage") and self._timers is not None:
+                heard_beacon(self.follower, self.beacon, self._timers, message.get("data"))
+            return "ignored"
         if kind in ("subscribe", "psubscribe", "ssubscribe"):
+            if self._timers is not None:
+                self._timers.subscribed()
             return "resync"
         if kind in ("message", "smessage"):
             return self.follower.on_message(message.get("data"))
@@ -216,4 +299,16 @@ class AsyncDriver:
             if loaded is not None:
                 self.follower.on_loaded(loaded)
                 self.follower.integrity.settle()  # the new state's digest, once ready
+                if self._timers is not None:
+                    self._timers.loaded()
                 return
+
+
+async def _pipelined(
+    client: aredis.Redis, commands: list[tuple[Any, ...]], raise_on_error: bool = False
+) -> list[Any]:
+    """Run `commands` in one round trip (no MULTI: a worker may not have it)."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return await pipe.execute(raise_on_error=raise_on_error)

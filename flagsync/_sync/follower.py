@@ -34,7 +34,13 @@ from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, Segment
 from flagsync.snapshot import Quarantine, Snapshot
 from flagsync.status import ClientStatus, SyncState
-from flagsync.store import LoadedStore, StoreKeys, StoreState, decode_message
+from flagsync.store import (
+    LoadedStore,
+    StoreKeys,
+    StoreState,
+    decode_heartbeat,
+    decode_message,
+)
 
 __all__ = ["Follower", "Listener"]
 
@@ -48,6 +54,22 @@ MessageVerdict = Literal["applied", "ignored", "check"]
 follow from ours): answer it with a cheap check of (epoch, revision, digest), and load
 the whole store only if that check disagrees."""
 RevisionVerdict = Literal["confirmed", "resync", "missing", "refused"]
+HeartbeatVerdict = Literal["confirmed", "heard", "check", "rejected"]
+"""`confirmed`: the beacon states our (epoch, revision, digest, entries); `heard`: it
+states an older revision (read before a change we applied; a real loss of history is
+found by the periodic check); `check`: it states anything else; `rejected`: not a
+heartbeat, or (signed mode) not validly signed: ignored, it proves nothing."""
+
+MESSAGE_GRACE_S = 0.25
+"""How long a periodic check that finds the store exactly one revision ahead (or a
+replica behind us) waits for the message before loading, while beacon heartbeats flow:
+a busy event loop reads the nudge after the check saw its revision (measured: 16-30 full
+loads per change at 2,000 workers without it). A message truly lost is still found
+sooner: the next heartbeat (<= 0.4 s after the write) states the revision, and a check
+it asks for loads at once."""
+POLLING_GRACE_S = 0.1
+"""The same grace without heartbeats, where the check that found the revision is the
+only detector: short, so a lost nudge is still served within 0.5 s (FAULTS S8)."""
 
 MIN_RELOAD_INTERVAL_S = 0.1
 """Full loads asked for by checks are at most this frequent (a flood of doubtful messages
@@ -122,6 +144,10 @@ class Follower:
         """Whether this process logged `snapshot_loaded` yet (a forked child logs its own)."""
         self._quarantine_logged: dict[tuple[str, str], str] = {}
         """What `_report_quarantine` last logged: (kind, key) -> reason."""
+        self._graced: tuple[int, str | None, str | None] | None = None
+        """The store state a check last gave a grace to (`grace_s`)."""
+        self.heartbeats_rejected = 0
+        """Heartbeats ignored: malformed, or (signed mode) not validly signed."""
 
     # -- what the drivers report -------------------------------------------------
 
@@ -201,6 +227,44 @@ class Follower:
         self._blobs = None  # the next load compares against the store afresh
         self.confirm()
         return "applied"
+
+    def on_heartbeat(self, data: Any) -> HeartbeatVerdict:
+        """Compare a beacon heartbeat with our state (see `HeartbeatVerdict`). It never
+        applies anything: at most it makes the driver check sooner."""
+        with self._lock:
+            try:
+                heartbeat = decode_heartbeat(data)
+            except MalformedMessageError:
+                self.heartbeats_rejected += 1
+                return "rejected"
+            if not self.integrity.heartbeat_fits(heartbeat):
+                self.heartbeats_rejected += 1
+                return "rejected"
+            snapshot = self.snapshot
+            if self.snapshot_missing or heartbeat.epoch != snapshot.epoch:
+                return "check"
+            if heartbeat.revision < snapshot.revision:
+                return "heard"
+            stated = StoreState(
+                heartbeat.revision, heartbeat.epoch, heartbeat.digest, heartbeat.entries
+            )
+            if heartbeat.revision == snapshot.revision and self.integrity.same_digest(stated):
+                self.confirm()
+                return "confirmed"
+            return "check"
+
+    def grace_s(self, state: StoreState, grace_s: float = MESSAGE_GRACE_S) -> float:
+        """How long to wait for the message before loading `state`, which a periodic
+        check found: `grace_s` the first time it finds the store exactly one revision
+        ahead or (replica lag) behind us in our epoch, else 0 (load now)."""
+        current = self.snapshot
+        if self._graced == state.place or grace_s <= 0:
+            return 0.0
+        near = state.revision == current.revision + 1 or state.revision < current.revision
+        if state.epoch != current.epoch or not current.epoch or self.snapshot_missing or not near:
+            return 0.0
+        self._graced = state.place
+        return grace_s
 
     def on_loaded(self, loaded: LoadedStore) -> bool:
         """Apply a whole-store read; False when it was refused (LKG kept, status says why)."""

@@ -16,7 +16,7 @@ import structlog
 from flagsync._codec import Message
 from flagsync._digest import StateDigest
 from flagsync._signing import SignatureRejected, SignedState, verifier_from
-from flagsync.store import LoadedStore, StoreKeys, StoreState
+from flagsync.store import Heartbeat, LoadedStore, StoreKeys, StoreState
 
 __all__ = ["Integrity"]
 
@@ -57,6 +57,8 @@ class Integrity:
         self._last_log = float("-inf")
         self._loaded: StateDigest | None = None
         self.last_rejection: str | None = None
+        self._heartbeat_verified: tuple[str, str, int, str] | None = None
+        """The last heartbeat whose signature verified (beats repeat it until a write)."""
 
     @property
     def digest(self) -> StateDigest | None:
@@ -67,6 +69,22 @@ class Integrity:
             self._digest = StateDigest.of_store(loaded.flags, loaded.segments)
             self._check_stated(loaded, self._digest)
         return self._digest
+
+    def heartbeat_fits(self, heartbeat: Heartbeat) -> bool:
+        """In signed mode, the heartbeat carries a valid signature record of the state it
+        states (the one the last write stored); unsigned mode takes any heartbeat (it can
+        only make checks come sooner, never later than `beacon_check_interval_s`)."""
+        if self._verifier is None:
+            return True
+        place = (heartbeat.signature, heartbeat.epoch, heartbeat.revision, heartbeat.digest)
+        if place == self._heartbeat_verified:
+            return True
+        try:
+            self._verify(*place)
+        except SignatureRejected:
+            return False
+        self._heartbeat_verified = place
+        return True
 
     def settle(self) -> None:
         """Compute a pending digest now (the driver calls it after a load, once ready)."""

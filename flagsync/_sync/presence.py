@@ -43,7 +43,7 @@ import structlog
 from flagsync._codec import WorkerInfo, encode_presence
 from flagsync._sync.follower import Follower
 from flagsync.snapshot import Snapshot
-from flagsync.store import StoreKeys
+from flagsync.store import StoreKeys, ack_command
 
 __all__ = ["Presence", "is_refused_write"]
 
@@ -66,6 +66,13 @@ class Presence:
         self._held_keys: tuple[Snapshot | None, tuple[str, ...]] = (None, ())
         self.error: str | None = None
         """Why the last presence write was refused (None: written, or not tried yet)."""
+        self._wrote_missing = False
+        """`follower.snapshot_missing` as the record last written said."""
+        self._acked: tuple[str, int] | None = None
+        """The (epoch, revision) last appended to the ack stream."""
+        self.acks_refused = False
+        """The store refused an ack (an ACL from before the ack stream): no more tries;
+        `wait_propagated` still sees this worker through its presence record."""
 
     @property
     def key(self) -> str:
@@ -88,6 +95,7 @@ class Presence:
         self.worker_id = new_worker_id()
         self.started_ms = _now_ms()
         self._withheld = self._listed = False
+        self._acked = None
         self.follower.reset_after_fork()
 
     def heartbeat_command(self) -> Command | None:
@@ -101,8 +109,39 @@ class Presence:
             self._listed = False
             return ("DEL", self.key)
         self._listed = True
+        self._wrote_missing = self.follower.snapshot_missing
         ttl_ms = int(self.follower.options.presence_ttl_s * 1000)
         return ("SET", self.key, self.record(), "PX", ttl_ms)
+
+    def outdated(self) -> bool:
+        """True when the record last written no longer says whether the store lost data
+        this worker holds (`held`): re-seed checks need that within `ack_delay_s`, not
+        at the next 5 s heartbeat."""
+        return self._listed and self._wrote_missing != self.follower.snapshot_missing
+
+    def ack_command(self) -> Command | None:
+        """The XADD that acks a newly applied revision on the ack stream, sent with the
+        heartbeat that writes the record (after it, so a waiter woken by the ack finds
+        the record already saying so); None when nothing new was applied."""
+        snapshot = self.follower.snapshot
+        place = (snapshot.epoch, snapshot.revision)
+        if self.acks_refused or not self._listed or not snapshot.epoch or place == self._acked:
+            return None
+        self._acked = place
+        return ack_command(
+            self.keys, self.worker_id, snapshot.epoch, snapshot.revision, self.follower.applied_us
+        )
+
+    def ack_refused(self, error: BaseException) -> None:
+        """The store refused an ack: warn once, stop acking (the record still counts)."""
+        if not self.acks_refused:
+            _log.warning(
+                "ack_refused",
+                namespace=self.keys.namespace,
+                error=str(error)[:300],
+                hint="grant the worker user the rules of `flagsync acl` (the ack stream)",
+            )
+        self.acks_refused = True
 
     def written(self) -> None:
         """The last heartbeat command succeeded: a refusal episode, if any, is over."""

@@ -25,13 +25,19 @@ from typing import Any
 import redis
 import structlog
 
-from flagsync._cluster import SlotMovedError, subscribe_method
+from flagsync._cluster import SlotMovedError, is_cluster_url, subscribe_method
 from flagsync._connection import (
     connect,
     connection_hint,
     follow_url,
     redact_url,
     writable_url,
+)
+from flagsync._sync.beacon import (
+    Beacon,
+    beacon_refusal,
+    grace_s,
+    heard_beacon,
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
@@ -41,6 +47,7 @@ from flagsync.store import (
     load_commands,
     parse_load,
     parse_state,
+    quick_state_commands,
     state_commands,
 )
 
@@ -67,6 +74,13 @@ class ThreadDriver:
         self._pubsub: Any = None
         self._commands: redis.Redis | None = None
         self._writer: redis.Redis | None = None
+        self.beacon = Beacon(
+            follower.keys,
+            follower.options,
+            lambda: presence.worker_id,
+            sharded=is_cluster_url(url),
+        )
+        self._timers: SessionTimers | None = None
         _live_drivers.add(self)
 
     def start(self) -> None:
@@ -134,9 +148,10 @@ class ThreadDriver:
         while not self._stop.is_set():
             try:
                 self._session(reconnect=reconnect)
-            except Exception as error:  # noqa: BLE001 - any failure ends the session, not the loop
+            except Exception as failure:  # noqa: BLE001 - any failure ends the session, not the loop
                 if self._stop.is_set():
                     break
+                error = beacon_refusal(failure, self.beacon)
                 if self.follower.connected:
                     attempt = 0  # the session had been up: start the backoff afresh
                 permanent = is_permanent(error)
@@ -148,6 +163,7 @@ class ThreadDriver:
                 self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap_s))
                 attempt += 1
             reconnect = True
+        self._release_beacon()
         self._remove_presence()
         self._close_connections(writer=True)
 
@@ -168,13 +184,18 @@ class ThreadDriver:
             self._writer = self._connect(self.presence_url)
         subscriber = self._connect(self._node)
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
-        getattr(pubsub, subscribe_method(self.url))(follower.keys.channel)  # SSUBSCRIBE: cluster
+        subscribe = getattr(pubsub, subscribe_method(self.url))  # SSUBSCRIBE: cluster
+        subscribe(follower.keys.channel)
+        beacon = self.beacon
+        if beacon.listening:
+            subscribe(follower.keys.heartbeat)
         follower.on_connected(reconnect=reconnect)
 
-        timers = SessionTimers(follower.options)
+        timers = self._timers = SessionTimers(follower.options)
+        beacon.session_started()
         token = uuid.uuid4().hex
         while not self._stop.is_set():
-            message = self._next_message(pubsub, timers.wait_s())
+            message = self._next_message(pubsub, timers.wait_s(beacon.next_due()))
             needs: set[str] = set()
             while message is not None and not self._stop.is_set():
                 timers.heard()
@@ -190,11 +211,46 @@ class ThreadDriver:
                 self._resync(commands)
             elif "check" in needs or timers.check_due():
                 self._check(pubsub, commands, timers)
+            if self.presence.outdated():
+                timers.changed()
             if timers.heartbeat_due():
                 self._heartbeat(commands)
                 timers.heartbeat_sent()
+            step = beacon.step()
+            if step is not None:
+                self._beacon_step(step, commands)
             if timers.ping_due():
                 pubsub.ping(token)
+
+    def _beacon_step(self, step: str, commands: redis.Redis) -> None:
+        """Contend for the beacon lease, or (holding it) publish a heartbeat; see `beacon`.
+        A refusal ends this process's part in the beacon, never the session."""
+        beacon = self.beacon
+        writer = self._writer or commands
+        try:
+            if step == "contend":
+                beacon.contended(_pipelined(writer, beacon.contend_commands()))
+                return
+            publish = beacon.beaten(_pipelined(writer, beacon.beat_commands()))
+            if publish is not None:
+                writer.execute_command(*publish)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as error:
+            beacon.refused(error)
+        except redis.RedisError as error:
+            if self._writer is None:
+                raise
+            beacon.lost(str(error))
+
+    def _release_beacon(self) -> None:
+        """On close: delete the lease if this process still holds it (others take over
+        at once instead of after its TTL)."""
+        writer = self._writer or self._commands
+        if writer is None or not self.beacon.holding:
+            return
+        with contextlib.suppress(Exception):  # best effort: the lease expires by itself
+            holder = _pipelined(writer, self.beacon.release_commands())[0]
+            if holder is not None and holder.decode() == self.presence.worker_id:
+                writer.delete(self.follower.keys.beacon)
 
     def _heartbeat(self, commands: redis.Redis) -> None:
         """Write (or withdraw) the presence record. A refusal (a read-only replica), or any
@@ -203,15 +259,23 @@ class ThreadDriver:
         command = self.presence.heartbeat_command()
         if command is None:
             return
+        ack = self.presence.ack_command()
         writer = self._writer or commands
         try:
-            writer.execute_command(*command)  # type: ignore[no-untyped-call]
+            pipe = writer.pipeline(transaction=False)
+            for each in (command, ack) if ack is not None else (command,):
+                pipe.execute_command(*each)  # type: ignore[no-untyped-call]
+            replies = pipe.execute(raise_on_error=False)
+            if isinstance(replies[0], Exception):
+                raise replies[0]
         except redis.RedisError as error:
             if self._writer is None and not is_refused_write(error):
                 raise
             self.presence.refused(error, redact_url(self.presence_url or self._node))
         else:
             self.presence.written()
+            if ack is not None and isinstance(replies[1], Exception):
+                self.presence.ack_refused(replies[1])
 
     def _next_message(self, pubsub: Any, wait_s: float) -> dict[str, Any] | None:
         """The next channel message, if a whole one arrives within `wait_s` (0: if buffered).
@@ -249,7 +313,8 @@ class ThreadDriver:
     def _check(self, pubsub: Any, commands: redis.Redis, timers: SessionTimers) -> None:
         """Compare the store's (epoch, revision, digest) with ours; load only on a difference."""
         follower = self.follower
-        stored = self._read_state(commands)
+        urgent = timers.urgent
+        stored = self._read_state(commands, quick=timers.beacon_flowing() and not urgent)
         if follower.on_revision(stored) == "resync":
             # The nudge may be in flight already: read what is buffered first, and load
             # only if that did not reach the state just read. (Reading it again cost a
@@ -261,6 +326,14 @@ class ThreadDriver:
                 resubscribed |= self._dispatch(message) == "resync"
                 message = self._next_message(pubsub, 0)
             if resubscribed or follower.on_revision(stored) == "resync":
+                # A periodic check that finds the store one revision ahead gives the
+                # message a grace; one that a heartbeat asked for does not (the heartbeat
+                # came after the message on this link: the message is lost).
+                grace = 0.0 if resubscribed or urgent else grace_s(follower, stored, timers)
+                if grace:
+                    timers.checked()
+                    timers.recheck_in(grace)
+                    return
                 delay = 0.0 if resubscribed else follower.reload_delay_s()
                 if delay:
                     self._stop.wait(delay)  # rate-limited; messages read meanwhile are coalesced
@@ -268,20 +341,26 @@ class ThreadDriver:
             timers.changed()
         timers.checked()
 
-    def _read_state(self, commands: redis.Redis) -> StoreState:
+    def _read_state(self, commands: redis.Redis, *, quick: bool = False) -> StoreState:
         self.follower.note_check()
-        pipe = commands.pipeline(transaction=False)
-        for command in state_commands(self.follower.keys):
-            pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-        return parse_state(pipe.execute())
+        keys = self.follower.keys
+        return parse_state(
+            _pipelined(commands, quick_state_commands(keys) if quick else state_commands(keys))
+        )
 
     def _dispatch(self, message: dict[str, Any]) -> str:
         """What a pub/sub message asks for: `resync` (a subscribe confirmation), `check`,
         `applied` or `ignored`; the caller acts on it once per burst."""
         kind = message.get("type")
+        if _channel(message) == self.follower.keys.heartbeat:
+            if kind in ("message", "smessage") and self._timers is not None:
+                heard_beacon(self.follower, self.beacon, self._timers, message.get("data"))
+            return "ignored"
         if kind in ("subscribe", "psubscribe", "ssubscribe"):
             # A confirmation, also after redis-py's silent reconnect: we may have missed
             # anything published meanwhile, so the store is read again.
+            if self._timers is not None:
+                self._timers.subscribed()
             return "resync"
         if kind in ("message", "smessage"):
             return self.follower.on_message(message.get("data"))
@@ -299,6 +378,8 @@ class ThreadDriver:
             if loaded is not None:
                 self.follower.on_loaded(loaded)
                 self.follower.integrity.settle()  # the new state's digest, once ready
+                if self._timers is not None:
+                    self._timers.loaded()
                 return
         _log.warning("resync_contended", namespace=keys.namespace)
 
@@ -321,6 +402,19 @@ class ThreadDriver:
             return
         with contextlib.suppress(Exception):  # best effort: the key expires by itself
             commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
+
+
+def _pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Run `commands` in one round trip (no MULTI: a worker may not have it)."""
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+    return pipe.execute()
+
+
+def _channel(message: dict[str, Any]) -> str:
+    channel = message.get("channel")
+    return channel.decode("utf-8", "replace") if isinstance(channel, bytes) else str(channel)
 
 
 def _readable(connection: Any, timeout_s: float) -> bool:

@@ -7,7 +7,9 @@ for errors a quick retry will not fix (bad credentials, ACL denials).
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 
 import redis
 from redis.backoff import FullJitterBackoff
@@ -54,15 +56,34 @@ class SessionTimers:
 
     Timing is by the monotonic clock, never by how long a read happened to wait
     (redis-py's `get_message` can return early, e.g. on a pong).
+
+    The beacon (`flagsync._sync.beacon`). While its heartbeats flow (one heard within
+    two beacon intervals) the revision check runs every `beacon_check_interval_s` (at
+    most 1 s) instead of `check_interval_s`, and no pings are sent: a heartbeat proves
+    the link alive. A heartbeat never pushes a check later than that; one that disagrees
+    with our state makes a check due (`check_soon`), at most once per `check_interval_s`
+    so a flood of heartbeats costs no more than polling did.
+
+    Start-up. Until the session's first subscribe confirmation has been read and its
+    first load applied, the liveness deadline is `start_grace_s`: thousands of clients
+    starting on a busy host read their confirmations late, and must not reconnect for it.
     """
 
-    def __init__(self, options: SyncOptions) -> None:
-        now = time.monotonic()
+    def __init__(self, options: SyncOptions, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        now = clock()
         self.options = options
+        self.last_check = now
         self.next_check = now + options.check_interval_s
         self.next_heartbeat = now
         self.next_ping = now + options.ping_interval_s
         self.last_heard = now
+        self.last_beacon = -math.inf
+        self.started = False
+        """The first subscribe confirmation was read and the first load applied."""
+        self._confirmed = self._loaded = False
+        self.urgent = False
+        """A heartbeat disagreed: the next check reads everything and loads at once."""
 
     def changed(self) -> None:
         """A new revision was applied: report it soon, but not at once.
@@ -71,41 +92,96 @@ class SessionTimers:
         would compete for the CPU with sibling processes still applying it. The
         applied time is recorded at the swap, so the delay never shows in latencies.
         """
-        self.next_heartbeat = min(self.next_heartbeat, time.monotonic() + self.options.ack_delay_s)
+        self.next_heartbeat = min(self.next_heartbeat, self._clock() + self.options.ack_delay_s)
 
-    def wait_s(self) -> float:
-        """How long the next read may wait before something is due."""
-        return max(
-            0.0, min(self.next_check, self.next_heartbeat, self.next_ping) - time.monotonic()
-        )
+    def wait_s(self, also: float = math.inf) -> float:
+        """How long the next read may wait before something is due (`also`: another
+        monotonic deadline, e.g. the beacon's)."""
+        due = min(self._check_at(), self.next_heartbeat, self._ping_at(), also)
+        return max(0.0, due - self._clock())
 
     def heard(self) -> None:
         """Anything arrived on the channel (a message, a confirmation, a pong)."""
-        self.last_heard = time.monotonic()
+        self.last_heard = self._clock()
+
+    def subscribed(self) -> None:
+        """The subscribe confirmation was read."""
+        self._confirmed = True
+        self.started = self._loaded
+
+    def loaded(self) -> None:
+        """A whole load was applied: at the first, the start-up deadline ends from now."""
+        if not self._loaded:
+            self._loaded = True
+            self.last_heard = max(self.last_heard, self._clock())
+        self.started = self._confirmed
+
+    def beacon_heard(self) -> None:
+        """A heartbeat of the namespace's beacon arrived (verified, in signed mode)."""
+        self.last_beacon = self._clock()
+
+    def beacon_flowing(self) -> bool:
+        """True while heartbeats arrive (one within two beacon intervals)."""
+        return self._clock() - self.last_beacon <= 2 * self.options.beacon_interval_s
+
+    def check_soon(self) -> None:
+        """A heartbeat disagreed with our state: check now, or once `check_interval_s`
+        has passed since the last check (a flood of heartbeats is not a flood of checks)."""
+        self.urgent = True
+        self.next_check = min(self.next_check, self.last_check + self.options.check_interval_s)
 
     def heartbeat_due(self) -> bool:
         """True when the presence record should be written (or withdrawn) again."""
-        return time.monotonic() >= self.next_heartbeat
+        return self._clock() >= self.next_heartbeat
 
     def heartbeat_sent(self) -> None:
         """The presence step ran: the next one is a heartbeat interval away."""
-        self.next_heartbeat = time.monotonic() + self.options.heartbeat_interval_s
+        self.next_heartbeat = self._clock() + self.options.heartbeat_interval_s
 
     def check_due(self) -> bool:
         """True when the store's revision should be compared with ours."""
-        return time.monotonic() >= self.next_check
+        return self._clock() >= self._check_at()
 
     def checked(self) -> None:
-        """The revision check ran: the next one is a check interval away."""
-        self.next_check = time.monotonic() + self.options.check_interval_s
+        """The revision check ran: the next one is a check interval away (the slow one
+        is chosen when due, so heartbeats that stop bring the fast one back at once)."""
+        now = self._clock()
+        self.last_check = now
+        self.urgent = False
+        self.next_check = now + self.options.beacon_check_interval_s
+
+    def grace_fits(self, grace_s: float) -> bool:
+        """True when waiting `grace_s` more keeps this check within two polling
+        intervals of the one before (a lost nudge is then served within ~0.5 s)."""
+        return self._clock() - self.last_check + grace_s <= 2 * self.options.check_interval_s
+
+    def recheck_in(self, delay_s: float) -> None:
+        """Check again after `delay_s` (a grace for a message in flight)."""
+        self.next_check = min(self.next_check, self._clock() + delay_s)
 
     def ping_due(self) -> bool:
         """True when a ping should be sent; raises `LivenessError` when the link is dead."""
-        now = time.monotonic()
-        if now < self.next_ping:
-            return False
+        now = self._clock()
         silent_s = now - self.last_heard
-        if silent_s > self.options.liveness_timeout_s:
+        limit = self.options.liveness_timeout_s
+        if not self.started:
+            limit = max(limit, self.options.start_grace_s)
+        if silent_s > limit:
             raise LivenessError(f"no pong or message for {silent_s:.2f}s on the change channel")
+        if now < self._ping_at():
+            return False
         self.next_ping = now + self.options.ping_interval_s
         return True
+
+    def _check_at(self) -> float:
+        """When the next check is due: `next_check` (the slow interval, or sooner when
+        asked), but the fast interval after the last check while heartbeats do not flow."""
+        if self.beacon_flowing():
+            return self.next_check
+        return min(self.next_check, self.last_check + self.options.check_interval_s)
+
+    def _ping_at(self) -> float:
+        """No pings while heartbeats flow; else every `ping_interval_s`."""
+        if self.beacon_flowing():
+            return self.last_beacon + 2 * self.options.beacon_interval_s
+        return self.next_ping

@@ -8,6 +8,7 @@ rules are accepted by the server and are enough (or too little) for each role.
 from __future__ import annotations
 
 import secrets
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +57,7 @@ def create_acl_users(admin: redis.Redis, port: int, namespace: str, *, tag: str 
         worker_password=users.worker_password,
         operator_password=users.operator_password,
     ):
-        admin.execute_command(*line.split())  # type: ignore[no-untyped-call]
+        admin.execute_command(*shlex.split(line))  # type: ignore[no-untyped-call]
     return users
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import time
@@ -111,7 +112,7 @@ class TestPerWorkerAcl:
             worker_password="pw-" + secrets.token_hex(8),
             worker_ids=["w1", "w2"],
         ):
-            parts = line.split()
+            parts = shlex.split(line)
             admin.execute_command(*parts)  # type: ignore[no-untyped-call]
             user, password = parts[2], parts[4][1:]
             if user.startswith("flagsync-worker-"):
@@ -222,7 +223,7 @@ class TestPerWorkerAcl:
         admin = make_raw(dedicated_server.url)
         old_rule = acl_rules(namespace)["worker"].replace(" +pexpire", "")
         admin.execute_command(  # type: ignore[no-untyped-call]
-            "ACL", "SETUSER", "old-worker", "on", ">old-pw", *old_rule.split()
+            "ACL", "SETUSER", "old-worker", "on", ">old-pw", *shlex.split(old_rule)
         )
         with Publisher(dedicated_server.url, namespace, "operator") as publisher:
             publisher.apply(model_document())

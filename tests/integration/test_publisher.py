@@ -4,6 +4,7 @@ concurrency, and revisions that never go backwards (DESIGN.md "Redis layout and 
 from __future__ import annotations
 
 import itertools
+import shlex
 import subprocess
 import sys
 import threading
@@ -608,7 +609,7 @@ class TestStoreErrors:
         """A write with the least-privilege worker ACL user is PermissionDeniedError."""
         admin = make_raw(dedicated_server.url)
         for line in acl_setuser_commands("acl", worker_password="w-secret"):  # noqa: S106
-            admin.execute_command(*line.split())  # type: ignore[no-untyped-call]
+            admin.execute_command(*shlex.split(line))  # type: ignore[no-untyped-call]
         url = dedicated_server.url.replace("redis://", "redis://flagsync-worker:w-secret@")
         with Publisher(url, "acl") as publisher, pytest.raises(PermissionDeniedError) as caught:
             publisher.apply(base_document())
