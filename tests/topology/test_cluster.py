@@ -13,6 +13,7 @@ until every worker is connected and READY on it.
 from __future__ import annotations
 
 import secrets
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
@@ -430,7 +431,7 @@ class TestClusterAcl:
         for node in cluster.nodes:
             admin = make_raw(node.url)
             for line in lines:
-                admin.execute_command(*line.split())  # type: ignore[no-untyped-call]
+                admin.execute_command(*shlex.split(line))  # type: ignore[no-untyped-call]
         hosts = cluster.url.partition("://")[2]
         operator = f"redis+cluster://flagsync-operator:{operator_password}@{hosts}"
         worker = f"redis+cluster://flagsync-worker:{worker_password}@{hosts}"
