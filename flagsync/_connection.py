@@ -12,6 +12,7 @@ import re
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
@@ -256,6 +257,24 @@ async def follow_url_async(url: str, timeout_s: float, key: str = "") -> str:
         return url
     settings = connection_options(timeout_s, timeout_s, None)
     return await replica_url_async(target, settings) or url
+
+
+def presence_node_url(url: str, timeout_s: float, key: str) -> str:
+    """Where a worker writes for one session: on a cluster URL, the slot owner's own node
+    URL (asked of the seeds now; a plain connection, re-resolved after a failover); else
+    `url` itself."""
+    if not is_cluster_url(url):
+        return url
+    target = replace(parse_cluster_url(url, redact_url(url)), read_from="primary")
+    return node_for_slot(target, connection_options(timeout_s, timeout_s, None), key)
+
+
+async def presence_node_url_async(url: str, timeout_s: float, key: str) -> str:
+    """The async twin of `presence_node_url`."""
+    if not is_cluster_url(url):
+        return url
+    target = replace(parse_cluster_url(url, redact_url(url)), read_from="primary")
+    return await node_for_slot_async(target, connection_options(timeout_s, timeout_s, None), key)
 
 
 def connection_options(

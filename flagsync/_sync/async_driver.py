@@ -22,6 +22,7 @@ from flagsync._connection import (
     connect_async,
     connection_hint,
     follow_url_async,
+    presence_node_url_async,
     redact_url,
     writable_url,
 )
@@ -129,7 +130,11 @@ class AsyncDriver:
         )
         commands = self._connect(self._node)
         if self.presence_url is not None and self._writer is None:
-            self._writer = self._connect(self.presence_url)
+            self._writer = self._connect(
+                await presence_node_url_async(
+                    self.presence_url, options.connect_timeout_s, follower.keys.channel
+                )
+            )
         subscriber = self._connect(self._node)
         pubsub = subscriber.pubsub(ignore_subscribe_messages=False)
         try:
@@ -170,6 +175,11 @@ class AsyncDriver:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 await subscriber.aclose()
                 await commands.aclose()
+                if self.presence_url is not None and is_cluster_url(self.presence_url):
+                    # The slot's owner may move: the next session asks the seeds again.
+                    session_writer, self._writer = self._writer, None
+                    if session_writer is not None:
+                        await session_writer.aclose()
 
     async def _due_work(
         self, needs: set[str], pubsub: Any, commands: aredis.Redis, timers: SessionTimers

@@ -30,6 +30,7 @@ from flagsync._connection import (
     connect,
     connection_hint,
     follow_url,
+    presence_node_url,
     redact_url,
     writable_url,
 )
@@ -158,7 +159,8 @@ class ThreadDriver:
                 self.follower.on_disconnected(
                     error, permanent=permanent, hint=connection_hint(self.url, error)
                 )
-                self._close_connections()
+                # On a cluster the slot's owner may have moved: the writer is asked for again.
+                self._close_connections(writer=is_cluster_url(self.url))
                 cap_s = retry_cap_s(options, permanent=permanent)
                 self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap_s))
                 attempt += 1
@@ -181,7 +183,11 @@ class ThreadDriver:
         self._node = follow_url(self.url, follower.options.connect_timeout_s, follower.keys.channel)
         commands = self._commands = self._connect(self._node)
         if self.presence_url is not None and self._writer is None:
-            self._writer = self._connect(self.presence_url)
+            self._writer = self._connect(
+                presence_node_url(
+                    self.presence_url, follower.options.connect_timeout_s, follower.keys.channel
+                )
+            )
         subscriber = self._connect(self._node)
         pubsub = self._pubsub = subscriber.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
         subscribe = getattr(pubsub, subscribe_method(self.url))  # SSUBSCRIBE: cluster
