@@ -25,9 +25,11 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
         FlagNotFoundError,
         PartialReseedError,
         PermissionDeniedError,
+        ReplicationUnconfirmedError,
         StoreError,
         StoreUnavailableError,
         StoreURLError,
+        WriteOutcomeUnknownError,
     )
     from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck, WorkerInfo
     from flagsync.publisher import DefinitionChange, Publisher, StoredFlag, WriteResult
@@ -56,6 +58,7 @@ __all__ = [
     "PropagationReport",
     "Publisher",
     "Reason",
+    "ReplicationUnconfirmedError",
     "Rollout",
     "Rule",
     "Segment",
@@ -68,6 +71,7 @@ __all__ = [
     "ValidationIssue",
     "WorkerAck",
     "WorkerInfo",
+    "WriteOutcomeUnknownError",
     "WriteResult",
     "bucket_of",
     "compile_flag",
@@ -85,6 +89,7 @@ _LAZY: Final = {
     "PermissionDeniedError": "flagsync.errors",
     "PropagationReport": "flagsync.fleet",
     "Publisher": "flagsync.publisher",
+    "ReplicationUnconfirmedError": "flagsync.errors",
     "StoreError": "flagsync.errors",
     "StoreURLError": "flagsync.errors",
     "StoreUnavailableError": "flagsync.errors",
@@ -92,6 +97,7 @@ _LAZY: Final = {
     "SyncState": "flagsync.status",
     "WorkerAck": "flagsync.fleet",
     "WorkerInfo": "flagsync.fleet",
+    "WriteOutcomeUnknownError": "flagsync.errors",
     "WriteResult": "flagsync.publisher",
 }
 """Public names imported on first access: name -> the module that defines or re-exports it."""
