@@ -34,6 +34,7 @@ from flagsync._connection import (
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
+from flagsync._sync.sentinel_watch import pause, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     StoreState,
@@ -130,23 +131,29 @@ class ThreadDriver:
         options = self.follower.options
         attempt = 0
         reconnect = False
-        while not self._stop.is_set():
-            try:
-                self._session(reconnect=reconnect)
-            except Exception as error:  # noqa: BLE001 - any failure ends the session, not the loop
-                if self._stop.is_set():
-                    break
-                if self.follower.connected:
-                    attempt = 0  # the session had been up: start the backoff afresh
-                permanent = is_permanent(error)
-                self.follower.on_disconnected(
-                    error, permanent=permanent, hint=connection_hint(self.url, error)
-                )
-                self._close_connections()
-                cap_s = retry_cap_s(options, permanent=permanent)
-                self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap_s))
-                attempt += 1
-            reconnect = True
+        watch = switch_watch(self.url)  # Sentinel: reconnect as soon as a switch is heard
+        try:
+            while not self._stop.is_set():
+                seen = 0 if watch is None else watch.generation
+                try:
+                    self._session(reconnect=reconnect)
+                except Exception as error:  # noqa: BLE001 - any failure ends the session
+                    if self._stop.is_set():
+                        break
+                    if self.follower.connected:
+                        attempt = 0  # the session had been up: start the backoff afresh
+                    permanent = is_permanent(error)
+                    self.follower.on_disconnected(
+                        error, permanent=permanent, hint=connection_hint(self.url, error)
+                    )
+                    self._close_connections()
+                    cap_s = retry_cap_s(options, permanent=permanent)
+                    delay = backoff_delay(attempt, options.backoff_initial_s, cap_s)
+                    attempt = 0 if pause(delay, self._stop, watch, seen) else attempt + 1
+                reconnect = True
+        finally:
+            if watch is not None:
+                watch.release()
         self._remove_presence()
         self._close_connections(writer=True)
 
