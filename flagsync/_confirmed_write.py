@@ -49,6 +49,8 @@ class Replication(msgspec.Struct, frozen=True):
     def __str__(self) -> str:
         if self.replicas == 0 and self.acked == 0:
             return "no replicas"
+        if self.replicas is None and self.required == 0:
+            return "replication not checked (INFO refused)"
         of = "?" if self.replicas is None else str(max(self.replicas, self.acked))
         return f"replicated to {self.acked}/{of} replicas"
 

@@ -113,7 +113,10 @@ class FailoverRetry:
             except (FlagsyncError, redis.RedisError) as error:
                 if isinstance(error, WriteOutcomeUnknownError) and idempotent:
                     unknown = error
+                    self.reached = True  # it was sent: the store is there, failing over
                 elif not is_transient(error, reached=self.reached, sentinel=self.sentinel):
+                    if unknown is not None:
+                        raise unknown from error  # still unknown whether it was written
                     raise
                 waited = self._clock() - started
                 if waited >= self.timeout_s:
@@ -162,8 +165,8 @@ class FailoverRetry:
             mapped: StoreError = store_error(self.url, error)
         elif isinstance(error, StoreError):
             mapped = error
-        else:
-            return error  # type: ignore[return-value]  # not transient: raised before here
+        else:  # only store errors are transient: anything else was raised before here
+            mapped = StoreUnavailableError(str(error))
         if attempts == 1:
             return mapped
         cls = type(mapped) if isinstance(mapped, StoreUnavailableError) else StoreUnavailableError
