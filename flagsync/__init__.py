@@ -32,7 +32,13 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
         WriteOutcomeUnknownError,
     )
     from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck, WorkerInfo
-    from flagsync.publisher import DefinitionChange, Publisher, StoredFlag, WriteResult
+    from flagsync.publisher import (
+        DefinitionChange,
+        Publisher,
+        Replication,
+        StoredFlag,
+        WriteResult,
+    )
     from flagsync.status import ClientStatus, SyncState
 
 __all__ = [
@@ -58,6 +64,7 @@ __all__ = [
     "PropagationReport",
     "Publisher",
     "Reason",
+    "Replication",
     "ReplicationUnconfirmedError",
     "Rollout",
     "Rule",
@@ -89,6 +96,7 @@ _LAZY: Final = {
     "PermissionDeniedError": "flagsync.errors",
     "PropagationReport": "flagsync.fleet",
     "Publisher": "flagsync.publisher",
+    "Replication": "flagsync.publisher",
     "ReplicationUnconfirmedError": "flagsync.errors",
     "StoreError": "flagsync.errors",
     "StoreURLError": "flagsync.errors",
