@@ -34,7 +34,8 @@ class Replication(msgspec.Struct, frozen=True):
     """How many replicas acknowledged a write (`WAIT`) before the publisher returned.
 
     `replicas` is how many were connected to the primary (`INFO replication`), or None
-    when the credentials may not run INFO; `required` is the publisher's `min_replicas`.
+    when not known (credentials without `+info`, a client with no single connection
+    pool); `required` is the publisher's `min_replicas`.
     """
 
     acked: int
@@ -50,7 +51,7 @@ class Replication(msgspec.Struct, frozen=True):
         if self.replicas == 0 and self.acked == 0:
             return "no replicas"
         if self.replicas is None and self.required == 0:
-            return "replication not checked (INFO refused)"
+            return "replication not checked"
         of = "?" if self.replicas is None else str(max(self.replicas, self.acked))
         return f"replicated to {self.acked}/{of} replicas"
 
@@ -108,6 +109,13 @@ class ConfirmedWriter:
         Raises redis-py's error when nothing was written (retryable by the caller),
         `WriteOutcomeUnknownError` when the script was sent and the outcome is unknown.
         """
+        if getattr(self._client, "connection_pool", None) is None:
+            # No single pool (a cluster client): the script through redis-py, replication
+            # not checked (reported as such, never as confirmed beyond min_replicas=0).
+            reply = self._script(keys=keys, args=args)
+            if isinstance(parse_write_reply(reply), WriteApplied):
+                self.last = Replication(0, None, self.min_replicas)
+            return reply
         replicas = self.replica_count()
         wait_for = self.min_replicas if replicas is None else max(replicas, self.min_replicas)
         for attempt in range(2):

@@ -20,6 +20,7 @@ from typing import Any, Final
 import pytest
 import redis
 
+from flagsync.acl import acl_rules
 from flagsync.errors import ReplicationUnconfirmedError, WriteOutcomeUnknownError
 from flagsync.publisher import Publisher, Replication
 from tests.integration.support import wait_until
@@ -121,6 +122,32 @@ class TestReplicationConfirmed:
         bad = flagsync_cli(url, namespace, "kill", KEY, "--min-replicas", "-1")
         assert bad.returncode == 2
         assert "--min-replicas" in bad.stderr
+
+    def test_the_operator_acl_can_confirm_and_without_info_waits_for_the_minimum(
+        self, replica_set: ReplicaSet, namespace: str
+    ) -> None:
+        """`flagsync acl`'s operator user confirms replication (2/2); one without `+info`
+        cannot count the replicas, so it waits for `min_replicas` and reports `N/?`."""
+        rules = acl_rules(namespace)["operator"]
+        with redis.Redis(port=replica_set.primary.port, protocol=2) as admin:
+            admin.execute_command("ACL", "SETUSER", "op", "on", ">pw", *rules.split())
+            admin.execute_command(
+                "ACL", "SETUSER", "op-no-info", "on", ">pw", *rules.split(), "-info"
+            )
+        host = f"127.0.0.1:{replica_set.primary.port}"
+        with Publisher(f"redis://op:pw@{host}", namespace, "op", min_replicas=2) as operator:
+            operator.apply(model_document())
+            assert operator.last_write is not None
+            assert str(operator.last_write.replication) == "replicated to 2/2 replicas"
+        with Publisher(f"redis://op-no-info:pw@{host}", namespace, "op", min_replicas=1) as blind:
+            blind.kill(KEY)
+            assert blind.last_write is not None
+            replication = blind.last_write.replication
+            assert replication is not None
+            assert (replication.replicas, replication.required) == (None, 1)
+            # WAIT 1 returns once one replica acknowledged; the other may have too by then
+            assert replication.acked in {1, 2}
+            assert str(replication) == f"replicated to {replication.acked}/? replicas"
 
 
 class TestOutcomeUnknown:

@@ -208,7 +208,7 @@ class TestReplicationReport:
             (Replication(acked=1, replicas=None, required=1), "replicated to 1/? replicas", True),
             (
                 Replication(acked=0, replicas=None, required=0),
-                "replication not checked (INFO refused)",
+                "replication not checked",
                 True,
             ),
             (Replication(acked=3, replicas=2, required=0), "replicated to 3/3 replicas", True),
