@@ -2,7 +2,9 @@
 honestly when the outcome is unknown.
 
 `WAIT` counts the replicas that acknowledged *this connection's* writes, so the script
-and the `WAIT` go out together on one connection taken from the pool. Where a failure
+and its `WAIT`s go out together, in one round trip, on one connection taken from the
+pool: `WAIT min_replicas timeout` (the promise), then `WAIT <all replicas> 50ms` (the
+count reported, without making every write wait out a syncing or stalled replica). Where a failure
 happens decides what it means: before anything was sent (no connection, no primary
 named, a refused reply such as READONLY or NOSCRIPT) nothing was written and the call may
 be retried; after the script was sent and before its reply (or its `WAIT` reply) the
@@ -25,6 +27,9 @@ __all__ = ["ConfirmedWriter", "Replication"]
 
 _REPLICA_COUNT_TTL_S: Final = 1.0
 """How long the primary's replica count (`INFO replication`) is reused between writes."""
+_COUNT_GRACE_S: Final = 0.05
+"""After the required replicas acknowledged, how long the others get to be counted: a
+replica that is syncing or stalled delays each write by this, not by the full timeout."""
 _PREVIOUS_PRIMARY: Final = "previous master is now a slave"
 """redis-py's Sentinel connection turns a READONLY reply into a ConnectionError with these
 words: the script was refused by a demoted primary, nothing was written."""
@@ -117,9 +122,9 @@ class ConfirmedWriter:
                 self.last = Replication(0, None, self.min_replicas)
             return reply
         replicas = self.replica_count()
-        wait_for = self.min_replicas if replicas is None else max(replicas, self.min_replicas)
+        waits = self._waits(replicas)
         for attempt in range(2):
-            reply, acked = self._send(keys, args, op, wait_for)
+            reply, acked = self._send(keys, args, op, waits)
             if reply is not _NO_SCRIPT:
                 break
             if attempt:
@@ -130,8 +135,23 @@ class ConfirmedWriter:
             self.last = Replication(acked, replicas, self.min_replicas)
         return reply
 
+    def _waits(self, replicas: int | None) -> list[tuple[int, float]]:
+        """The `WAIT`s (replicas, timeout in seconds) to send after the script: the
+        required count with the full timeout, then every replica with a short grace so
+        the report counts those that keep up without the write waiting on the rest."""
+        waits: list[tuple[int, float]] = []
+        if self.min_replicas:
+            waits.append((self.min_replicas, self.timeout_s))
+        if replicas is not None and replicas > self.min_replicas:
+            waits.append((replicas, min(_COUNT_GRACE_S, self.timeout_s)))
+        return waits
+
     def _send(
-        self, keys: Sequence[str], args: Sequence[object], op: str, wait_for: int
+        self,
+        keys: Sequence[str],
+        args: Sequence[object],
+        op: str,
+        waits: Sequence[tuple[int, float]],
     ) -> tuple[Any, int]:
         pool = self._client.connection_pool
         connection = pool.get_connection()  # a failure here: nothing was sent
@@ -140,8 +160,7 @@ class ConfirmedWriter:
             commands: list[tuple[object, ...]] = [
                 ("EVALSHA", self._script.sha, len(keys), *keys, *args)
             ]
-            if wait_for:
-                commands.append(("WAIT", wait_for, int(self.timeout_s * 1000)))
+            commands += [("WAIT", count, max(1, round(s * 1000))) for count, s in waits]
             try:
                 connection.send_packed_command(connection.pack_commands(commands))
             except redis.RedisError as error:
@@ -159,9 +178,10 @@ class ConfirmedWriter:
                     raise  # a demoted primary refused the script (READONLY)
                 raise self._unknown(op, None, error) from None
             acked = 0
-            if wait_for:
+            for _, wait_s in waits:
                 try:
-                    acked = int(connection.read_response(timeout=self._wait_read_s(connection)))
+                    reply_s = wait_s + self._socket_timeout_s(connection)
+                    acked = max(acked, int(connection.read_response(timeout=reply_s)))
                 except redis.RedisError as error:
                     self.forget_replicas()
                     result = parse_write_reply(reply)
@@ -175,10 +195,10 @@ class ConfirmedWriter:
                 connection.disconnect()  # a reply may still be unread on it
             pool.release(connection)
 
-    def _wait_read_s(self, connection: Any) -> float:
-        """How long to wait for WAIT's reply: its own timeout plus the socket timeout."""
-        socket_timeout = getattr(connection, "socket_timeout", None) or 5.0
-        return self.timeout_s + float(socket_timeout)
+    @staticmethod
+    def _socket_timeout_s(connection: Any) -> float:
+        """The connection's read timeout: a `WAIT` reply may take its timeout plus this."""
+        return float(getattr(connection, "socket_timeout", None) or 5.0)
 
     def _unknown(
         self, op: str, revision: int | None, error: BaseException
