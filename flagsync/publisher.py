@@ -145,6 +145,7 @@ class Publisher(IntentWrites):
         self._seen: tuple[str | None, int] = (None, 0)
         """The newest (epoch, revision) this publisher saw; its writes never reuse a
         revision number at or below it (the script issues max(stored, seen) + 1)."""
+        self._loss_noted: tuple[str | None, int] | None = None
         self._published_us: dict[tuple[str, int], int] = {}
         self.fleet = Fleet(self.url, namespace, client=self._redis, published_us=self._published_us)
         """The read side on the same connection: history, live workers, propagation."""
@@ -178,7 +179,9 @@ class Publisher(IntentWrites):
         """Remember the newest revision seen; warn when the store went back (history lost
         in a failover or a restored backup: the digest makes workers reload)."""
         seen_epoch, seen = self._seen
-        if epoch is not None and epoch == seen_epoch and revision < seen:
+        lost = epoch is not None and epoch == seen_epoch and revision < seen
+        if lost and self._loss_noted != self._seen:  # once per loss, not per read
+            self._loss_noted = self._seen
             _log.warning(
                 "store_history_lost",
                 namespace=self.keys.namespace,

@@ -223,6 +223,8 @@ class TestFailoverThatLosesWrites:
                 assert kill.thread is not None
                 kill.thread.join(20)
                 assert wait_until(lambda: _same(reader, clients), 3, 0.01)
+                assert ops.revision()[1] < max(unconfirmed)  # it notices the store went back
+                ops.revision()
                 after = ops.ramp(KEY, "candidate", 50)  # the publisher that saw the lost ones
                 assert wait_until(lambda: _same(reader, clients), 3, 0.01)
             final = held(reader)
@@ -254,6 +256,8 @@ class TestFailoverThatLosesWrites:
         # One warning per episode: one connection_lost per worker, one retry episode.
         assert len(events(logs, "connection_lost")) <= WORKERS
         assert len(events(logs, "store_failover_retrying")) <= 1
+        assert events(logs, "sentinel_switch_heard")  # the workers' watch heard it too
+        assert len(events(logs, "store_history_lost")) == 1  # once, not per read
         record(
             "sentinel-lost-writes",
             deployment.nodes.kind,
