@@ -26,7 +26,7 @@ from flagsync._connection import (
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
-from flagsync._sync.sentinel_watch import pause_async, switch_watch
+from flagsync._sync.sentinel_watch import async_waker, pause_async, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     StoreState,
@@ -73,6 +73,7 @@ class AsyncDriver:
         reconnect = False
         self._running = True
         watch = switch_watch(self.url)  # Sentinel: reconnect as soon as a switch is heard
+        wake, listener = async_waker(watch)
         try:
             while not self._stopping:
                 seen = 0 if watch is None else watch.generation
@@ -89,11 +90,12 @@ class AsyncDriver:
                     )
                     cap_s = retry_cap_s(options, permanent=permanent)
                     delay = backoff_delay(attempt, options.backoff_initial_s, cap_s)
-                    switched = await pause_async(delay, lambda: self._stopping, watch, seen)
+                    switched = await pause_async(delay, wake, watch, seen)
                     attempt = 0 if switched else attempt + 1
                 reconnect = True
         finally:
             if watch is not None:
+                watch.remove_listener(listener)
                 watch.release()
             self.follower.closed = True
             self._running = False

@@ -6,18 +6,19 @@ jittered exponential backoff (capped at `backoff_max_s`, 2 s), asking the sentin
 time, and the new primary was reached 1.2-1.9 s after the switch. Per process and
 Sentinel deployment, one small daemon thread per sentinel subscribes to `+switch-master`
 there (every sentinel: the others learn of the switch from the leader's hello messages,
-up to 2 s later) and bumps a generation counter when the watched service moves; a driver
-waiting out a backoff polls the counter and reconnects as soon as it changes. The watch
-only shortens a wait: if it hears nothing (a sentinel unreachable, a message lost), the
+up to 2 s later), bumps a generation counter when the watched service moves and wakes
+the drivers' listeners; a driver waiting out a backoff reconnects at once (and one whose
+attempt failed while the switch was announced does not wait at all). The watch only
+shortens a wait: if it hears nothing (a sentinel unreachable, a message lost), the
 backoff works as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -27,12 +28,10 @@ import structlog
 from flagsync._connection import redact_url
 from flagsync._topology import SentinelTarget, is_sentinel_url, parse_sentinel_url
 
-__all__ = ["SwitchWatch", "pause", "pause_async", "switch_watch"]
+__all__ = ["SwitchWatch", "async_waker", "pause", "pause_async", "switch_watch"]
 
 _log = structlog.get_logger("flagsync.subscriber")
 _CHANNEL: Final = "+switch-master"
-_POLL_S: Final = 0.01
-"""How often a backoff looks at the generation counter (only while backing off)."""
 _READ_S: Final = 1.0
 _RETRY_S: Final = (0.1, 2.0)
 """First and largest pause before the watcher tries the next sentinel."""
@@ -54,6 +53,15 @@ class SwitchWatch:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._clients: set[Any] = set()
+        self._listeners: set[Callable[[], None]] = set()
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` (from the watch's thread) on every announcement."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling `listener`."""
+        self._listeners.discard(listener)
 
     def acquire(self) -> SwitchWatch:
         """Count one more user; starts the thread for the first."""
@@ -132,6 +140,8 @@ class SwitchWatch:
                 fields = data.decode(errors="replace").split()
                 if fields and fields[0] == self.target.service:
                     self.generation += 1
+                    for listener in list(self._listeners):
+                        listener()
                     _log.info(
                         "sentinel_switch_heard",
                         service=self.target.service,
@@ -171,38 +181,52 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def pause(delay_s: float, stop: threading.Event, watch: SwitchWatch | None, seen: int) -> bool:
-    """Wait `delay_s` (or until `stop`); True, at once, if `watch` heard a switch since
-    its generation was `seen`."""
+def pause(
+    delay_s: float,
+    stop: threading.Event,
+    wake: threading.Event,
+    watch: SwitchWatch | None,
+    seen: int,
+) -> bool:
+    """Wait `delay_s`, or until `stop` or `wake` is set; True when `watch` heard a switch
+    since its generation was `seen` (then without waiting). `wake` is the driver's
+    listener on `watch`; `close()` sets it too."""
     if watch is None:
         stop.wait(delay_s)
         return False
-    end = time.monotonic() + delay_s
-    while not stop.is_set():
-        if watch.generation != seen:
-            return True
-        left = end - time.monotonic()
-        if left <= 0:
-            return False
-        stop.wait(min(left, _POLL_S))
-    return False
+    wake.clear()
+    if watch.generation == seen:
+        wake.wait(delay_s)
+    return watch.generation != seen and not stop.is_set()
+
+
+def async_waker(watch: SwitchWatch | None) -> tuple[asyncio.Event | None, Callable[[], None]]:
+    """An asyncio event set, on the running loop, by `watch`'s announcements, and the
+    listener to remove when done (a no-op without a watch)."""
+    if watch is None:
+        return None, lambda: None
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def listener() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed under a late announcement
+            loop.call_soon_threadsafe(event.set)
+
+    watch.add_listener(listener)
+    return event, listener
 
 
 async def pause_async(
-    delay_s: float, stopping: Callable[[], bool], watch: SwitchWatch | None, seen: int
+    delay_s: float, wake: asyncio.Event | None, watch: SwitchWatch | None, seen: int
 ) -> bool:
-    """The asyncio twin of `pause`."""
+    """The asyncio twin of `pause` (`wake` from `async_waker`)."""
     import anyio  # noqa: PLC0415 - the thread driver's processes need not load it
 
-    if watch is None:
+    if watch is None or wake is None:
         await anyio.sleep(delay_s)
         return False
-    end = time.monotonic() + delay_s
-    while not stopping():
-        if watch.generation != seen:
-            return True
-        left = end - time.monotonic()
-        if left <= 0:
-            return False
-        await anyio.sleep(min(left, _POLL_S))
-    return False
+    wake.clear()
+    if watch.generation == seen:
+        with anyio.move_on_after(delay_s):
+            await wake.wait()
+    return watch.generation != seen

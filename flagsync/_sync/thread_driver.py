@@ -63,6 +63,8 @@ class ThreadDriver:
         self._node = url
         """The node followed in this session (a replica for `read_from=replica`)."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set by the `+switch-master` watch (and by `close`): ends a backoff early."""
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
         self._commands: redis.Redis | None = None
@@ -89,6 +91,7 @@ class ThreadDriver:
         its connections are closed under it 0.2 s before `timeout_s` has passed.
         """
         self._stop.set()
+        self._wake.set()
         self.follower.closed = True
         # Wake the thread from its blocking read now instead of at its next poll.
         pubsub = self._pubsub
@@ -132,6 +135,8 @@ class ThreadDriver:
         attempt = 0
         reconnect = False
         watch = switch_watch(self.url)  # Sentinel: reconnect as soon as a switch is heard
+        if watch is not None:
+            watch.add_listener(self._wake.set)
         try:
             while not self._stop.is_set():
                 seen = 0 if watch is None else watch.generation
@@ -149,10 +154,12 @@ class ThreadDriver:
                     self._close_connections()
                     cap_s = retry_cap_s(options, permanent=permanent)
                     delay = backoff_delay(attempt, options.backoff_initial_s, cap_s)
-                    attempt = 0 if pause(delay, self._stop, watch, seen) else attempt + 1
+                    switched = pause(delay, self._stop, self._wake, watch, seen)
+                    attempt = 0 if switched else attempt + 1
                 reconnect = True
         finally:
             if watch is not None:
+                watch.remove_listener(self._wake.set)
                 watch.release()
         self._remove_presence()
         self._close_connections(writer=True)

@@ -184,7 +184,7 @@ class TestFailoverThatLosesWrites:
     ) -> None:
         url = deployment.url
         with (
-            Publisher(url, namespace, "operator", min_replicas=1, replication_timeout_s=0.3) as ops,
+            Publisher(url, namespace, "operator", min_replicas=1, replication_timeout_s=1) as ops,
             Publisher(url, namespace, "reader") as reader,
         ):
             ops.apply(model_document())

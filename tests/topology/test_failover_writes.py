@@ -28,6 +28,9 @@ from tests.logs import captured_logs, events
 from tests.rollout.support import KEY, SCRIPT, model_document
 from tests.topology.nodes import ReplicaSet
 
+CONFIRM_S: Final = 2.0
+"""`replication_timeout_s` where replicas must acknowledge: ample on a loaded 2-core VM
+(0.3 s once saw one of two replicas miss it); black-holed links wait it out once each."""
 STOPPED_S: Final = 1.5
 """How long the primary stays SIGSTOPped: well past the publisher's 0.4 s socket timeout."""
 
@@ -65,7 +68,8 @@ class TestReplicationConfirmed:
         revision (the write is on the primary, 1/2 acknowledged), and `min_replicas=1`
         is still confirmed (1/2)."""
         url = replica_set.primary.url
-        with Publisher(url, namespace, "op", min_replicas=2, replication_timeout_s=0.3) as strict:
+        strict = Publisher(url, namespace, "op", min_replicas=2, replication_timeout_s=CONFIRM_S)
+        with strict:
             strict.apply(model_document())
             confirmed = strict.kill(KEY)
             assert strict.last_write is not None
@@ -89,7 +93,8 @@ class TestReplicationConfirmed:
             assert not strict.last_write.replication.confirmed
             assert strict.revision()[1] == confirmed + 1  # written on the primary, unconfirmed
 
-        with Publisher(url, namespace, "op", min_replicas=1, replication_timeout_s=0.3) as lax:
+        lax = Publisher(url, namespace, "op", min_replicas=1, replication_timeout_s=CONFIRM_S)
+        with lax:
             lax.kill(KEY)
             assert lax.last_write is not None
             assert lax.last_write.replication == Replication(acked=1, replicas=2, required=1)
