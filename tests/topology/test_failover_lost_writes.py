@@ -11,13 +11,16 @@ re-issues their revision numbers for different content. Measured from the first
 - every worker serves the store's (epoch, revision, content) within 1 s;
 - no worker serves content the store does not hold under that revision (a lost write,
   or a re-issued number) later than 1 s after the switch;
-- a kill issued while no primary exists is applied everywhere or reported as failed;
+- a kill issued while no primary exists (from the library, and `flagsync kill --wait
+  --min-replicas 1` on another flag) is applied everywhere or reported as failed;
 - a write `WAIT`-confirmed before the kill is still in the store;
 - the publisher that saw the lost revisions never issues their numbers again.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +43,7 @@ from tests.faults.figures import record
 from tests.integration.conftest import ClientFactory
 from tests.integration.support import wait_until
 from tests.logs import captured_logs, events
-from tests.rollout.support import KEY, model_document
+from tests.rollout.support import KEY, SCRIPT, model_document
 from tests.topology.nodes import SentinelDeployment
 
 WORKERS: Final = 8
@@ -136,11 +139,32 @@ def store_state(reader: Publisher) -> Served | None:
 
 
 def held(reader: Publisher) -> dict[int, Flag | None]:
-    """The store's content of the test flag under each revision, from its change log."""
-    return {
-        entry.revision: None if entry.after is None else parse_flag(KEY, entry.after)
-        for entry in reader.history(KEY)
-    }
+    """The test flag's content under every revision the store's change log holds (a
+    revision that wrote another flag holds the test flag's content before it)."""
+    content: dict[int, Flag | None] = {}
+    flag: Flag | None = None
+    for entry in sorted(reader.history(limit=1000), key=lambda entry: entry.revision):
+        if (entry.kind, entry.key) == ("flag", KEY):
+            flag = None if entry.after is None else parse_flag(KEY, entry.after)
+        content[entry.revision] = flag
+    return content
+
+
+OTHER: Final = "other-switch"
+"""A second flag, killed from the CLI during the failover."""
+
+
+def cli_kill_during_failover(url: str, namespace: str) -> subprocess.Popen[str]:
+    """`flagsync kill OTHER --wait 5 --min-replicas 1`, as an operator runs it."""
+    env = {name: value for name, value in os.environ.items() if name != "FLAGSYNC_NAMESPACE"}
+    env.update(REDIS_URL=url, FLAGSYNC_NAMESPACE=namespace)
+    return subprocess.Popen(
+        [str(SCRIPT), "kill", OTHER, "--wait", "5", "--min-replicas", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 @dataclass
@@ -188,24 +212,11 @@ class TestFailoverThatLosesWrites:
             Publisher(url, namespace, "reader") as reader,
         ):
             ops.apply(model_document())
+            ops.put(OTHER, {"variants": {"on": True, "off": False}, "off": "off", "default": "on"})
             confirmed = ops.ramp(KEY, "candidate", 10)
-            assert ops.last_write is not None
-            assert ops.last_write.replication is not None
-            assert ops.last_write.replication.confirmed
             clients = [make_client(url) for _ in range(WORKERS)]
             assert all(client.wait_ready(5) for client in clients)
-
-            for proxy in deployment.nodes.proxies:
-                proxy.blackhole()
-            unconfirmed = []
-            for percent in (20, 30):
-                with pytest.raises(ReplicationUnconfirmedError) as raised:
-                    ops.ramp(KEY, "candidate", percent)
-                assert (raised.value.acked, raised.value.replicas) == (0, 2)
-                unconfirmed.append(raised.value.revision)
-            assert wait_until(
-                lambda: all(client.revision == unconfirmed[-1] for client in clients), 3, 0.002
-            ), [client.status() for client in clients]
+            unconfirmed = ramp_past_the_replicas(ops, deployment, clients)
             resyncs = [client.status().resyncs for client in clients]
 
             with (
@@ -216,15 +227,17 @@ class TestFailoverThatLosesWrites:
                 killed_at = time.monotonic()
                 deployment.nodes.primary.kill()
                 kill = KillDuringFailover(url, namespace).start()
+                cli = cli_kill_during_failover(url, namespace)
                 assert wait_until(lambda: listener.first is not None, SWITCH_BUDGET_S, 0.005)
                 switched = listener.first
                 assert switched is not None
                 converged = _converged(reader, clients, switched + AFTER_SWITCH_S + 2.0)
                 assert kill.thread is not None
                 kill.thread.join(20)
+                cli_out, cli_err = cli.communicate(timeout=30)
                 assert wait_until(lambda: _same(reader, clients), 3, 0.01)
-                assert ops.revision()[1] < max(unconfirmed)  # it notices the store went back
-                ops.revision()
+                went_back = ops.revision()[1] < max(unconfirmed)  # the two kills re-issue
+                ops.revision()  # numbers: the store is back at or below what `ops` saw
                 after = ops.ramp(KEY, "candidate", 50)  # the publisher that saw the lost ones
                 assert wait_until(lambda: _same(reader, clients), 3, 0.01)
             final = held(reader)
@@ -252,12 +265,14 @@ class TestFailoverThatLosesWrites:
         assert after > max(unconfirmed)
 
         check_kill(kill, final, clients)
+        check_cli_kill(cli.returncode, cli_out, cli_err, clients)
 
         # One warning per episode: one connection_lost per worker, one retry episode.
         assert len(events(logs, "connection_lost")) <= WORKERS
         assert len(events(logs, "store_failover_retrying")) <= 1
         assert events(logs, "sentinel_switch_heard")  # the workers' watch heard it too
-        assert len(events(logs, "store_history_lost")) == 1  # once, not per read
+        # noticed when the store is below what it saw, once, not per read
+        assert len(events(logs, "store_history_lost")) == int(went_back)
         record(
             "sentinel-lost-writes",
             deployment.nodes.kind,
@@ -268,11 +283,47 @@ class TestFailoverThatLosesWrites:
             reissued_revisions=len(reissued),
             kill_during_failover=("applied" if kill.error is None else type(kill.error).__name__),
             kill_took_s=round(kill.took_s, 3),
+            cli_kill_exit=cli.returncode,
             workers=WORKERS,
         )
 
 
 _ABSENT: Final[Any] = object()
+
+
+def ramp_past_the_replicas(
+    ops: Publisher, deployment: SentinelDeployment, clients: list[FlagClient]
+) -> list[int]:
+    """Check the last write was confirmed, black-hole both replication links and ramp
+    twice more: each is reported unconfirmed (0/2), applied by every worker. Returns the
+    two revisions."""
+    assert ops.last_write is not None
+    assert ops.last_write.replication is not None
+    assert ops.last_write.replication.confirmed
+    for proxy in deployment.nodes.proxies:
+        proxy.blackhole()
+    unconfirmed = []
+    for percent in (20, 30):
+        with pytest.raises(ReplicationUnconfirmedError) as raised:
+            ops.ramp(KEY, "candidate", percent)
+        assert (raised.value.acked, raised.value.replicas) == (0, 2)
+        unconfirmed.append(raised.value.revision)
+    assert wait_until(
+        lambda: all(client.revision == unconfirmed[-1] for client in clients), 3, 0.002
+    ), [client.status() for client in clients]
+    return unconfirmed
+
+
+def check_cli_kill(code: int, out: str, err: str, clients: list[Any]) -> None:
+    """The CLI's kill during the failover: exit 0 only when replicated and applied by
+    all 8, else exit 1 with the store's reason."""
+    if code == 0:
+        assert "replicated to 1/1 replicas" in out, out
+        assert f"reached {WORKERS}/{WORKERS} workers" in out, out
+        assert all(not client.snapshot.definitions.flags[OTHER].enabled for client in clients)
+    else:
+        assert code == 1, (out, err)
+        assert "store: " in err, err
 
 
 def check_kill(kill: KillDuringFailover, final: dict[int, Flag | None], clients: list[Any]) -> None:
