@@ -54,6 +54,7 @@ class SwitchWatch:
         self._threads: list[threading.Thread] = []
         self._clients: set[Any] = set()
         self._listeners: set[Callable[[], None]] = set()
+        self._announced: str | None = None
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call `listener()` (from the watch's thread) on every announcement."""
@@ -142,11 +143,12 @@ class SwitchWatch:
                     self.generation += 1
                     for listener in list(self._listeners):
                         listener()
-                    _log.info(
-                        "sentinel_switch_heard",
-                        service=self.target.service,
-                        primary=":".join(fields[3:5]),
-                    )
+                    primary = ":".join(fields[3:5])
+                    if primary != self._announced:  # every sentinel says it: log it once
+                        self._announced = primary
+                        _log.info(
+                            "sentinel_switch_heard", service=self.target.service, primary=primary
+                        )
         finally:
             self._clients.discard(client)
             with contextlib.suppress(Exception):
