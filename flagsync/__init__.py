@@ -25,12 +25,20 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
         FlagNotFoundError,
         PartialReseedError,
         PermissionDeniedError,
+        ReplicationUnconfirmedError,
         StoreError,
         StoreUnavailableError,
         StoreURLError,
+        WriteOutcomeUnknownError,
     )
     from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck, WorkerInfo
-    from flagsync.publisher import DefinitionChange, Publisher, StoredFlag, WriteResult
+    from flagsync.publisher import (
+        DefinitionChange,
+        Publisher,
+        Replication,
+        StoredFlag,
+        WriteResult,
+    )
     from flagsync.status import ClientStatus, SyncState
 
 __all__ = [
@@ -56,6 +64,8 @@ __all__ = [
     "PropagationReport",
     "Publisher",
     "Reason",
+    "Replication",
+    "ReplicationUnconfirmedError",
     "Rollout",
     "Rule",
     "Segment",
@@ -68,6 +78,7 @@ __all__ = [
     "ValidationIssue",
     "WorkerAck",
     "WorkerInfo",
+    "WriteOutcomeUnknownError",
     "WriteResult",
     "bucket_of",
     "compile_flag",
@@ -85,6 +96,8 @@ _LAZY: Final = {
     "PermissionDeniedError": "flagsync.errors",
     "PropagationReport": "flagsync.fleet",
     "Publisher": "flagsync.publisher",
+    "Replication": "flagsync.publisher",
+    "ReplicationUnconfirmedError": "flagsync.errors",
     "StoreError": "flagsync.errors",
     "StoreURLError": "flagsync.errors",
     "StoreUnavailableError": "flagsync.errors",
@@ -92,6 +105,7 @@ _LAZY: Final = {
     "SyncState": "flagsync.status",
     "WorkerAck": "flagsync.fleet",
     "WorkerInfo": "flagsync.fleet",
+    "WriteOutcomeUnknownError": "flagsync.errors",
     "WriteResult": "flagsync.publisher",
 }
 """Public names imported on first access: name -> the module that defines or re-exports it."""

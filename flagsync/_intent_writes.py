@@ -5,14 +5,18 @@ means another writer got in first, so the edit is re-read and re-applied (bounde
 jittered): a kill switch must not fail because someone else wrote the flag a millisecond
 earlier. With an expected version (a dashboard's write), or when a rollout controller's
 lease moved, the conflict is the caller's.
+
+An intent is idempotent in effect (a killed flag re-read is found killed), so without an
+expected version it is also retried after a write whose outcome was unknown (the reply
+lost in a failover), re-reading first; with one it reports `WriteOutcomeUnknownError`.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
 
 import msgspec
 import structlog
@@ -28,6 +32,7 @@ from flagsync.store import GUARD_OP, ScriptWrite, StoreKeys
 __all__ = ["IntentWrites", "decode_stored", "lease_guard"]
 
 _log = structlog.get_logger("flagsync.publisher")
+_T = TypeVar("_T")
 _INTENT_RETRIES: Final = 64
 """Attempts of an intent write (kill, enable, ramp, ...) without an expected version: a
 conflict only means another writer got in first, so it is re-read and re-applied. 8
@@ -51,6 +56,9 @@ class IntentWrites:
         raise NotImplementedError
 
     def _write(self, writes: list[ScriptWrite], reason: str, *, op_name: str) -> int:
+        raise NotImplementedError
+
+    def _retrying(self, operation: Callable[[], _T], *, idempotent: bool) -> _T:
         raise NotImplementedError
 
     def kill(
@@ -138,7 +146,22 @@ class IntentWrites:
         Without `expected_version`, a conflict on the flag only means another writer got
         in first: re-read, re-apply, bounded (`_INTENT_RETRIES`, jittered). With one, or
         when a `fences` guard (a controller's lease) moved, the conflict is the caller's.
+        Retried through a failover; see the module doc for unknown outcomes.
         """
+        return self._retrying(
+            lambda: self._modify_once(key, op, reason, expected_version, change, lease),
+            idempotent=expected_version is None,
+        )
+
+    def _modify_once(  # noqa: PLR0917 - the private body of `_modify`, same arguments
+        self,
+        key: str,
+        op: str,
+        reason: str,
+        expected_version: int | None,
+        change: Edit,
+        lease: int | None,
+    ) -> int:
         fences = [] if lease is None else [lease_guard(key, lease)]
         for attempt in range(_INTENT_RETRIES):
             with store_errors(self.url):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -52,7 +52,7 @@ class SignedPlan:
 
 
 def run_write_script(
-    script: Any,
+    execute: Callable[[Sequence[str], Sequence[object]], Any],
     client: Any,
     keys: StoreKeys,
     writes: Sequence[ScriptWrite],
@@ -65,7 +65,8 @@ def run_write_script(
     llm_section: bytes | None = None,
 ) -> WriteApplied | WriteConflict:
     """Run the write script once (unsigned), or sign and run it until the state it signed
-    is the one it lands on (bounded). `llm_section`: see `store.script_arguments`."""
+    is the one it lands on (bounded). `execute(keys, args)` sends it and returns its reply
+    (see `flagsync._confirmed_write`); `llm_section`: see `store.script_arguments`."""
     blobs = encode_blobs(writes)
     payload = encode_payload(writes, blobs, actor=actor, reason=reason)
     for _ in range(_SIGNED_RETRIES):
@@ -97,7 +98,7 @@ def run_write_script(
             llm_section=llm_section,
         )
         script_keys = keys.script_keys(llm=llm_section is not None)
-        result = parse_write_reply(script(keys=script_keys, args=args))
+        result = parse_write_reply(execute(script_keys, args))
         if isinstance(result, WriteMoved):
             continue  # another write landed between our read and ours: sign again
         if isinstance(result, WriteApplied) and plan is not None and result.digest != plan.digest:

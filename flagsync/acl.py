@@ -17,8 +17,9 @@ flag change. In production, disable it and give each side only what it uses:
   `wait_propagated` and the rollout controller treat such data as unconfirmed or
   untrustworthy, never as success (see the README's security section).
 - **operator** (`Publisher`, the CLI, the rollout controller): read and write the
-  namespace's keys, run the write script, publish on the change channel. No dangerous
-  commands (FLUSHALL, CONFIG, ...).
+  namespace's keys, run the write script, publish on the change channel, and confirm
+  replication (`WAIT`, and `INFO` for the replica count). No other dangerous commands
+  (FLUSHALL, CONFIG, ...).
 
 `flagsync acl` prints these lines; `acl_rules()` returns them for provisioning code.
 Selectors (`%R~`, `%W~`, and the worker's `"(+publish ...)"`) need Redis >= 7 or Valkey.
@@ -74,7 +75,7 @@ def acl_rules(namespace: str = "default", worker_id: str | None = None) -> dict[
     operator = (
         f"resetkeys resetchannels -@all {_CONNECTION} {_CLUSTER} "
         "+@read +@write -@dangerous +eval +evalsha +script|load +script|exists "
-        "+publish +spublish +subscribe +unsubscribe +multi +exec +discard +time +scan "
+        "+publish +spublish +subscribe +unsubscribe +multi +exec +discard +time +scan +wait +info "
         f"~{keys.pattern} &{keys.channel}"
     )
     return {"worker": worker, "operator": operator}

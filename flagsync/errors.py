@@ -16,10 +16,12 @@ __all__ = [
     "InvalidFlagError",
     "PartialReseedError",
     "PermissionDeniedError",
+    "ReplicationUnconfirmedError",
     "StoreError",
     "StoreURLError",
     "StoreUnavailableError",
     "ValidationIssue",
+    "WriteOutcomeUnknownError",
 ]
 
 
@@ -126,6 +128,52 @@ class StoreUnavailableError(StoreError):
 
 class PermissionDeniedError(StoreError):
     """The store refused the command for these credentials (ACL); nothing was changed."""
+
+
+class WriteOutcomeUnknownError(StoreError):
+    """The connection failed after a write was sent and before its reply (or before its
+    replication was confirmed): the write may or may not be in the store, and a failover
+    may have lost it. Never a success, never retried blindly: check with `flagsync
+    history`, then write again if it is not there.
+
+    `revision` is the revision the store gave the write, when its reply arrived (then only
+    its replication is unknown), else None.
+    """
+
+    def __init__(self, namespace: str, op: str, revision: int | None, cause: str) -> None:
+        self.namespace = namespace
+        self.op = op
+        self.revision = revision
+        written = (
+            f"was written as revision {revision}, but its replication is unknown"
+            if revision is not None
+            else "was sent, but no reply came"
+        )
+        super().__init__(
+            f"outcome unknown: the {op} on namespace {namespace!r} {written} ({cause}); "
+            "it may have been lost in a failover. Check with `flagsync history -n "
+            f"{namespace}` and write again if it is not there"
+        )
+
+
+class ReplicationUnconfirmedError(StoreError):
+    """The write was applied on the primary as `revision`, but fewer replicas than
+    required acknowledged it in time (`WAIT`): if the primary fails now, a failover may
+    lose it. Not a success; the store and workers may still show it."""
+
+    def __init__(
+        self, namespace: str, revision: int, acked: int, replicas: int, required: int
+    ) -> None:
+        self.namespace = namespace
+        self.revision = revision
+        self.acked = acked
+        self.replicas = replicas
+        self.required = required
+        super().__init__(
+            f"not confirmed: revision {revision} of namespace {namespace!r} was written on "
+            f"the primary but replicated to {acked}/{replicas} replicas (required: "
+            f"{required}); a failover now could lose it"
+        )
 
 
 class StoreURLError(FlagsyncError, ValueError):

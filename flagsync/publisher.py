@@ -12,17 +12,19 @@ Reading the change log and watching workers is the fleet view's job (`flagsync.f
 from __future__ import annotations
 
 import getpass
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 import structlog
 
 from flagsync._cluster import write_script_for
 from flagsync._codec import WorkerInfo
+from flagsync._confirmed_write import ConfirmedWriter, Replication
 from flagsync._connection import connect, resolve_url, store_errors
+from flagsync._failover import FailoverRetry
 from flagsync._intent_writes import IntentWrites, decode_stored, lease_guard
 from flagsync._references import delete_guards, reference_writes
 from flagsync._reseed import dropped_by_reseed
@@ -36,6 +38,7 @@ from flagsync.errors import (
     FlagNotFoundError,
     InvalidFlagError,
     PartialReseedError,
+    ReplicationUnconfirmedError,
     StoreUnavailableError,
     ValidationIssue,
 )
@@ -57,6 +60,7 @@ __all__ = [
     "HistoryEntry",
     "PropagationReport",
     "Publisher",
+    "Replication",
     "StoredFlag",
     "WorkerAck",
     "WriteResult",
@@ -66,6 +70,7 @@ __all__ = [
 _log = structlog.get_logger("flagsync.publisher")
 _LOGGED_KEYS: Final = 10
 """How many written keys `flags_written` names (a bulk apply may write thousands)."""
+_T = TypeVar("_T")
 
 
 class WriteResult(msgspec.Struct, frozen=True):
@@ -81,6 +86,8 @@ class WriteResult(msgspec.Struct, frozen=True):
     """The flag written, or None for `apply`."""
     revision: int
     changed: bool
+    replication: Replication | None = None
+    """How many replicas acknowledged the write (`WAIT`); None when nothing was written."""
 
 
 class StoredFlag(msgspec.Struct, frozen=True):
@@ -97,6 +104,13 @@ class Publisher(IntentWrites):
     `actor` is recorded in the change log with every write (default: the OS user).
     `signing_key` (else $FLAGSYNC_SIGNING_KEY): signed mode, README "Signed mode".
     Use as a context manager or call `close()`.
+
+    Replication and failover (README "Running at scale"): every write waits up to
+    `replication_timeout_s` for the primary's replicas to acknowledge it (`WAIT`) and
+    reports how many did (`last_write.replication`); fewer than `min_replicas` raises
+    `ReplicationUnconfirmedError`. A write whose reply was lost raises `WriteOutcomeUnknownError`.
+    While no primary answers, an operation is retried with backoff for up to
+    `failover_timeout_s`.
     """
 
     def __init__(
@@ -109,16 +123,30 @@ class Publisher(IntentWrites):
         timeout_s: float = 5.0,
         signing_key: str | Path | None = None,
         adopt_unsigned: bool = False,
+        min_replicas: int = 0,
+        replication_timeout_s: float = 1.0,
+        failover_timeout_s: float = 5.0,
     ) -> None:
         self.url = resolve_url(url)
         self.keys = StoreKeys(namespace)
+        self._failover = FailoverRetry(self.url, namespace, failover_timeout_s)
         self.actor = actor or _os_user()
         self.log_maxlen = log_maxlen
         self._signer = signer_from(signing_key, adopt_unsigned=adopt_unsigned)
         # redis-py types replies as unions over `decode_responses`; ours are always bytes.
         self._redis: Any = connect(self.url, timeout_s=timeout_s, connect_timeout_s=timeout_s)
         self._script = self._redis.register_script(write_script_for(self.url))
-        self._seen_revision = 0
+        self._confirmed = ConfirmedWriter(
+            self._redis,
+            self._script,
+            namespace,
+            min_replicas=min_replicas,
+            timeout_s=replication_timeout_s,
+        )
+        self._seen: tuple[str | None, int] = (None, 0)
+        """The newest (epoch, revision) this publisher saw; its writes never reuse a
+        revision number at or below it (the script issues max(stored, seen) + 1)."""
+        self._loss_noted: tuple[str | None, int] | None = None
         self._published_us: dict[tuple[str, int], int] = {}
         self.fleet = Fleet(self.url, namespace, client=self._redis, published_us=self._published_us)
         """The read side on the same connection: history, live workers, propagation."""
@@ -132,15 +160,49 @@ class Publisher(IntentWrites):
 
     # -- reading -------------------------------------------------------------
 
+    @property
+    def min_replicas(self) -> int:
+        """Replicas that must acknowledge a write for it to count as confirmed."""
+        return self._confirmed.min_replicas
+
     def revision(self) -> tuple[str | None, int]:
         """The store's (epoch, revision); (None, 0) when nothing was ever written."""
+        return self._retrying(self._revision, idempotent=True)
+
+    def _revision(self) -> tuple[str | None, int]:
         with store_errors(self.url):
             reply = self._redis.execute_command(*revision_command(self.keys))
         revision, epoch = parse_revision(reply)
+        self._saw(epoch, revision)
         return epoch, revision
+
+    def _saw(self, epoch: str | None, revision: int) -> None:
+        """Remember the newest revision seen; warn when the store went back (history lost
+        in a failover or a restored backup: the digest makes workers reload)."""
+        seen_epoch, seen = self._seen
+        lost = epoch is not None and epoch == seen_epoch and revision < seen
+        if lost and self._loss_noted != self._seen:  # once per loss, not per read
+            self._loss_noted = self._seen
+            _log.warning(
+                "store_history_lost",
+                namespace=self.keys.namespace,
+                epoch=epoch,
+                stored=revision,
+                seen=seen,
+                note="the next write is numbered above the revision seen",
+            )
+        if revision >= seen or epoch != seen_epoch:
+            self._seen = (epoch, max(revision, seen))
+
+    def _retrying(self, operation: Callable[[], _T], *, idempotent: bool) -> _T:
+        """`operation()`, retried while the store fails over (see `flagsync._failover`)."""
+        return self._failover.call(operation, idempotent=idempotent)
 
     def get(self, key: str) -> StoredFlag | None:
         """A flag's stored definition and version, or None."""
+        return self._retrying(lambda: self._get(key), idempotent=True)
+
+    def _get(self, key: str) -> StoredFlag | None:
         with store_errors(self.url):
             blob = self._redis.hget(self.keys.flags, key)
         if blob is None:
@@ -151,12 +213,12 @@ class Publisher(IntentWrites):
 
     def versions(self) -> dict[str, int]:
         """The current version of every flag (deleted ones excluded)."""
-        state, versions = self._read_all()
+        state, versions = self._retrying(self._read_all, idempotent=True)
         return {key: versions.get(f"flag:{key}", 0) for key in state["flags"]}
 
     def definitions(self) -> FlagSet:
         """Everything in the namespace as one `FlagSet` (what `export` writes)."""
-        definitions, _ = self._read_all()
+        definitions, _ = self._retrying(self._read_all, idempotent=True)
         return parse_flagset(definitions)
 
     def history(self, key: str | None = None, limit: int = 100) -> list[HistoryEntry]:
@@ -201,6 +263,11 @@ class Publisher(IntentWrites):
         `PartialReseedError` lists them, unless `complete` says the content is all.
         """
         document = load_flags(source)
+        return self._retrying(
+            lambda: self._apply(document, prune, reason, complete), idempotent=False
+        )
+
+    def _apply(self, document: FlagSet, prune: bool, reason: str, complete: bool) -> int:
         changes, writes, result, store_empty = self._plan(document, prune)
         if store_empty and not complete:
             self._refuse_partial_reseed(result)
@@ -268,7 +335,11 @@ class Publisher(IntentWrites):
             ((key, flag),) = key.items()
         if flag is None:
             raise TypeError("put() needs a definition")
-        return self._put(key, flag, expected_version, reason, "put", complete=complete)
+        name, definition = key, flag
+        return self._retrying(
+            lambda: self._put(name, definition, expected_version, reason, "put", complete=complete),
+            idempotent=False,
+        )
 
     def _put(
         self,
@@ -302,6 +373,9 @@ class Publisher(IntentWrites):
 
     def delete(self, key: str, *, reason: str = "", expected_version: int | None = None) -> int:
         """Delete a flag (refused while another flag requires it). Returns the revision."""
+        return self._retrying(lambda: self._delete(key, reason, expected_version), idempotent=False)
+
+    def _delete(self, key: str, reason: str, expected_version: int | None) -> int:
         state, versions = self._read_all()
         if key not in state["flags"]:
             raise FlagNotFoundError("flag", key)
@@ -338,6 +412,19 @@ class Publisher(IntentWrites):
         that lands between this call's read and its write is refused too."""
         if (to_version is None) == (steps is None):
             raise TypeError("rollback() takes exactly one of to_version= or steps=")
+        return self._retrying(
+            lambda: self._rollback(key, to_version, steps, reason, expected_version),
+            idempotent=False,
+        )
+
+    def _rollback(
+        self,
+        key: str,
+        to_version: int | None,
+        steps: int | None,
+        reason: str,
+        expected_version: int | None,
+    ) -> int:
         with store_errors(self.url):
             raw_version = self._redis.hget(self.keys.versions, f"flag:{key}")
         current = int(raw_version or 0)
@@ -355,7 +442,7 @@ class Publisher(IntentWrites):
             if entry.kind == "flag" and entry.version == target:
                 restored = reason or f"rollback to v{target}"
                 if entry.after is None:
-                    return self.delete(key, reason=restored, expected_version=current)
+                    return self._delete(key, restored, current)
                 return self._put(key, entry.after, current, restored, "rollback")
         raise InvalidFlagError(
             [
@@ -440,7 +527,7 @@ class Publisher(IntentWrites):
 
     def _unchanged(self, op: str, key: str | None) -> int:
         """The current revision, for a write that had nothing to change."""
-        revision = self.revision()[1]
+        revision = self._revision()[1]
         self.last_write = WriteResult(op, key, revision, changed=False)
         return revision
 
@@ -452,14 +539,18 @@ class Publisher(IntentWrites):
         op_name: str,
         llm_section: bytes | None = None,
     ) -> int:
+        def execute(keys: Sequence[str], args: Sequence[object]) -> Any:
+            return self._confirmed.run(keys, args, op_name)
+
+        self._confirmed.last = None
         with store_errors(self.url):
             result = run_write_script(
-                self._script,
+                execute,
                 self._redis,
                 self.keys,
                 writes,
                 signer=self._signer,
-                seen_revision=self._seen_revision,
+                seen_revision=self._seen[1],
                 log_maxlen=self.log_maxlen,
                 actor=self.actor,
                 reason=reason,
@@ -469,7 +560,8 @@ class Publisher(IntentWrites):
             raise ConflictError(result.kind, result.key, result.expected, result.actual)
         revision, epoch = result.revision, result.epoch
         self._published_us[(epoch, revision)] = result.server_us
-        self._seen_revision = max(self._seen_revision, revision)
+        self._saw(epoch, revision)
+        replication = self._confirmed.last
         written = [write.key for write in writes if write.op not in NO_DATA_OPS]
         _log.info(
             "flags_written",
@@ -479,10 +571,23 @@ class Publisher(IntentWrites):
             count=len(written),
             keys=written[:_LOGGED_KEYS],  # the change log has them all
             actor=self.actor,
+            replication=None if replication is None else str(replication),
         )
         self.last_write = WriteResult(
-            op_name, None if op_name == "apply" else written[0], revision, changed=True
+            op_name,
+            None if op_name == "apply" else written[0],
+            revision,
+            changed=True,
+            replication=replication,
         )
+        if replication is not None and not replication.confirmed:
+            raise ReplicationUnconfirmedError(
+                self.keys.namespace,
+                revision,
+                replication.acked,
+                replication.acked if replication.replicas is None else replication.replicas,
+                replication.required,
+            )
         return revision
 
 

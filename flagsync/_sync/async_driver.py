@@ -34,6 +34,7 @@ from flagsync._sync.beacon import (
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
+from flagsync._sync.sentinel_watch import async_waker, pause_async, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     StoreState,
@@ -87,8 +88,11 @@ class AsyncDriver:
         attempt = 0
         reconnect = False
         self._running = True
+        watch = switch_watch(self.url)  # Sentinel: reconnect as soon as a switch is heard
+        wake, listener = async_waker(watch)
         try:
             while not self._stopping:
+                seen = 0 if watch is None else watch.generation
                 try:
                     await self._session(reconnect=reconnect)
                 except Exception as failure:  # noqa: BLE001 - any failure ends the session
@@ -102,10 +106,14 @@ class AsyncDriver:
                         error, permanent=permanent, hint=connection_hint(self.url, error)
                     )
                     cap_s = retry_cap_s(options, permanent=permanent)
-                    await anyio.sleep(backoff_delay(attempt, options.backoff_initial_s, cap_s))
-                    attempt += 1
+                    delay = backoff_delay(attempt, options.backoff_initial_s, cap_s)
+                    switched = await pause_async(delay, wake, watch, seen)
+                    attempt = 0 if switched else attempt + 1
                 reconnect = True
         finally:
+            if watch is not None:
+                watch.remove_listener(listener)
+                watch.release()
             self.follower.closed = True
             self._running = False
             writer, self._writer = self._writer, None

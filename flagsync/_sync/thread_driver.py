@@ -42,6 +42,7 @@ from flagsync._sync.beacon import (
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
+from flagsync._sync.sentinel_watch import pause, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
     StoreState,
@@ -71,6 +72,8 @@ class ThreadDriver:
         self._node = url
         """The node followed in this session (a replica for `read_from=replica`)."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set by the `+switch-master` watch (and by `close`): ends a backoff early."""
         self._thread: threading.Thread | None = None
         self._pubsub: Any = None
         self._commands: redis.Redis | None = None
@@ -104,6 +107,7 @@ class ThreadDriver:
         its connections are closed under it 0.2 s before `timeout_s` has passed.
         """
         self._stop.set()
+        self._wake.set()
         self.follower.closed = True
         # Wake the thread from its blocking read now instead of at its next poll.
         pubsub = self._pubsub
@@ -146,25 +150,35 @@ class ThreadDriver:
         options = self.follower.options
         attempt = 0
         reconnect = False
-        while not self._stop.is_set():
-            try:
-                self._session(reconnect=reconnect)
-            except Exception as failure:  # noqa: BLE001 - any failure ends the session, not the loop
-                if self._stop.is_set():
-                    break
-                error = beacon_refusal(failure, self.beacon)
-                if self.follower.connected:
-                    attempt = 0  # the session had been up: start the backoff afresh
-                permanent = is_permanent(error)
-                self.follower.on_disconnected(
-                    error, permanent=permanent, hint=connection_hint(self.url, error)
-                )
-                # On a cluster the slot's owner may have moved: the writer is asked for again.
-                self._close_connections(writer=is_cluster_url(self.url))
-                cap_s = retry_cap_s(options, permanent=permanent)
-                self._stop.wait(backoff_delay(attempt, options.backoff_initial_s, cap_s))
-                attempt += 1
-            reconnect = True
+        watch = switch_watch(self.url)  # Sentinel: reconnect as soon as a switch is heard
+        if watch is not None:
+            watch.add_listener(self._wake.set)
+        try:
+            while not self._stop.is_set():
+                seen = 0 if watch is None else watch.generation
+                try:
+                    self._session(reconnect=reconnect)
+                except Exception as failure:  # noqa: BLE001 - any failure ends the session
+                    if self._stop.is_set():
+                        break
+                    error = beacon_refusal(failure, self.beacon)
+                    if self.follower.connected:
+                        attempt = 0  # the session had been up: start the backoff afresh
+                    permanent = is_permanent(error)
+                    self.follower.on_disconnected(
+                        error, permanent=permanent, hint=connection_hint(self.url, error)
+                    )
+                    # On a cluster the slot's owner may have moved: the writer is asked again.
+                    self._close_connections(writer=is_cluster_url(self.url))
+                    cap_s = retry_cap_s(options, permanent=permanent)
+                    delay = backoff_delay(attempt, options.backoff_initial_s, cap_s)
+                    switched = pause(delay, self._stop, self._wake, watch, seen)
+                    attempt = 0 if switched else attempt + 1
+                reconnect = True
+        finally:
+            if watch is not None:
+                watch.remove_listener(self._wake.set)
+                watch.release()
         self._release_beacon()
         self._remove_presence()
         self._close_connections(writer=True)

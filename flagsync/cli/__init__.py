@@ -108,8 +108,37 @@ def _add_command(subparsers: Any, name: str, command: Command) -> None:
             "--wait", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
             help=_WAIT_HELP,
         )  # fmt: skip
+        sub.add_argument(
+            "--min-replicas", type=_count, default=0, metavar="N",
+            help="replicas that must acknowledge the write (WAIT); fewer within "
+            "--replication-timeout exits 1, 'not confirmed' (default 0: report only)",
+        )  # fmt: skip
+        sub.add_argument(
+            "--replication-timeout", type=_seconds, default=1.0, metavar="SECONDS",
+            help="how long a write waits for its replicas to acknowledge it (default 1 s)",
+        )  # fmt: skip
     _add_args(sub, command.args)
     sub.set_defaults(_command=command)
+
+
+def _count(text: str) -> int:
+    """An integer >= 0 (argparse reports a ValueError as a usage error naming the option)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds in (0, 3600]."""
+    value = float(text)
+    if not 0 < value <= 3600:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
+_count.__name__ = "replica count"  # argparse: "invalid replica count value: '-1'"
+_seconds.__name__ = "number of seconds"
 
 
 def _add_args(parser: argparse.ArgumentParser, args: Iterable[Arg | OneOf]) -> None:

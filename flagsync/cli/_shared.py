@@ -72,7 +72,13 @@ def publisher(args: argparse.Namespace) -> Publisher:
     from flagsync.publisher import Publisher  # noqa: PLC0415 - only commands that talk to Redis
 
     try:
-        return Publisher(url, args.namespace, actor=getattr(args, "actor", None))
+        return Publisher(
+            url,
+            args.namespace,
+            actor=getattr(args, "actor", None),
+            min_replicas=getattr(args, "min_replicas", 0),
+            replication_timeout_s=getattr(args, "replication_timeout", 1.0),
+        )
     except ValueError as error:  # redis-py's URL parsing (e.g. a database that is not a number)
         raise UsageError(
             f"{'--url' if args.url else 'REDIS_URL'} {display_url(args)!r}: {error}"
@@ -97,18 +103,27 @@ def after_write(
     """Print a write's result; with --wait, prove it reached every live worker.
 
     `--wait` with no live worker at all exits 1 with a line saying so: the operator asked
-    for a confirmation and nobody could give one.
+    for a confirmation and nobody could give one. A write on a primary with replicas says
+    how many acknowledged it (`replicated to 2/2 replicas`); without replicas, nothing.
     """
+    written = publisher.last_write
+    replication = None if written is None else written.replication
+    if replication is not None and replication.replicas == 0 and replication.acked == 0:
+        replication = None  # no replicas: nothing to report
+    if replication is not None:
+        summary = {**summary, "replication": replication}
     if args.wait is None:
-        emit(args, {**summary, "revision": revision}, text)
+        shown = text if replication is None else lambda: f"{text()}\n{replication}"
+        emit(args, {**summary, "revision": revision}, shown)
         return EXIT_OK
     from flagsync.cli import _render  # noqa: PLC0415
 
     report = publisher.wait_propagated(revision, timeout=args.wait)
+    replicated = "" if replication is None else f"{replication}, "
     emit(
         args,
         {**summary, "revision": revision, "propagation": report},
-        lambda: text() + "\n" + _render.propagation(report),
+        lambda: text() + "\n" + replicated + _render.propagation(report),
     )
     confirmed = report.complete and bool(report.reached)
     return EXIT_OK if confirmed else EXIT_FAILED

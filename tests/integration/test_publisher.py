@@ -25,7 +25,7 @@ from flagsync.errors import (
     StoreUnavailableError,
 )
 from flagsync.fleet import Fleet
-from flagsync.publisher import HistoryEntry, Publisher, WriteResult
+from flagsync.publisher import HistoryEntry, Publisher, Replication, WriteResult
 from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys, decode_message, encode_message
 from tests.integration.conftest import PublisherFactory, RawFactory
@@ -486,14 +486,18 @@ class TestNoOps:
         """The first kill is a change, the second is reported as a no-op."""
         publisher.apply(base_document())
         killed = publisher.kill("model")
-        assert publisher.last_write == WriteResult("kill", "model", killed, changed=True)
+        alone = Replication(acked=0, replicas=0, required=0)  # a primary without replicas
+        assert publisher.last_write == WriteResult("kill", "model", killed, True, alone)
+        assert str(alone) == "no replicas"
         assert publisher.kill("model") == killed
         assert publisher.last_write == WriteResult("kill", "model", killed, changed=False)
 
     def test_apply_reports_no_key(self, publisher: Publisher) -> None:
         """A bulk apply is reported with its op and no single key."""
         revision = publisher.apply(base_document())
-        assert publisher.last_write == WriteResult("apply", None, revision, changed=True)
+        assert publisher.last_write is not None
+        last = publisher.last_write
+        assert (last.op, last.key, last.revision, last.changed) == ("apply", None, revision, True)
 
 
 def _nested(depth: int) -> dict[str, Any]:

@@ -180,10 +180,13 @@ class SentinelProcess:
 
 class SentinelDeployment:
     """A `ReplicaSet` of 1 primary + `replicas` replicas watched by `sentinels` Sentinels
-    (quorum 2), with `url` the `redis+sentinel://` URL of the whole thing."""
+    (quorum 2), with `url` the `redis+sentinel://` URL of the whole thing; `proxied`: each
+    replica's replication link goes through a `FaultProxy` (`nodes.proxies`)."""
 
-    def __init__(self, kind: str, replicas: int = 2, sentinels: int = 3) -> None:
-        self.nodes = ReplicaSet(kind, replicas)
+    def __init__(
+        self, kind: str, replicas: int = 2, sentinels: int = 3, *, proxied: bool = False
+    ) -> None:
+        self.nodes = ReplicaSet(kind, replicas, proxied=proxied)
         self.sentinels: list[SentinelProcess] = []
         self._count = sentinels
 
