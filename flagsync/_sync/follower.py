@@ -23,10 +23,9 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Literal
 
-import structlog
-
 from flagsync._codec import MalformedMessageError, Message, decode_definition
 from flagsync._sync.integrity import Integrity
+from flagsync._sync.logs import SafeLogger
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.quarantine import (
     DeferredLoad,
@@ -43,7 +42,7 @@ from flagsync.store import LoadedStore, StoreKeys, StoreState, decode_message
 
 __all__ = ["Follower", "Listener"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 Listener = Callable[[int, frozenset[str]], None]
 """Called after every snapshot swap with the new revision and the keys that may have changed."""

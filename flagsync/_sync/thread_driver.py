@@ -23,7 +23,6 @@ import weakref
 from typing import Any
 
 import redis
-import structlog
 
 from flagsync._connection import (
     connect,
@@ -33,6 +32,7 @@ from flagsync._connection import (
     writable_url,
 )
 from flagsync._sync.follower import Follower
+from flagsync._sync.logs import SafeLogger
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
@@ -45,7 +45,7 @@ from flagsync.store import (
 
 __all__ = ["ThreadDriver"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 
 class ThreadDriver:
