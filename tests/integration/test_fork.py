@@ -5,149 +5,30 @@ A parent that forked counts as a worker only once it evaluates again: a gunicorn
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 import redis
 
-from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from tests.integration.conftest import ClientFactory
+from tests.integration.forking import (
+    CHILDREN,
+    REVISIONS,
+    forked_children,
+    multiprocessing_children,
+)
 from tests.integration.support import RevisionRecorder, counter_flag, wait_until
-
-CHILDREN = 4
-REVISIONS = 20
 
 pytestmark = pytest.mark.filterwarnings(
     # Python >= 3.12 warns on fork() in a process with threads; forking one is the point here.
     r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks"
     ":DeprecationWarning"
 )
-
-
-def follow_in_child(
-    client: FlagClient, target: int, parent_worker: str, released: Callable[[float], bool]
-) -> int:
-    """The child's part: reach `target` on its own subscriber, stay until released.
-
-    Returns the exit code: 0 on success, 3 if the target was not reached, 4 if the child
-    kept the parent's identity, 5 if it was never released.
-    """
-    if client.status().worker_id == parent_worker:
-        return 4
-    reached = wait_until(
-        lambda: client.revision == target and client.variation("counter", {}, -1) == REVISIONS,
-        10,
-    )
-    was_released = released(15)
-    client.close()
-    if not reached:
-        return 3
-    return 0 if was_released else 5
-
-
-@contextmanager
-def forked_children(
-    client: FlagClient, target: int, parent_worker: str
-) -> Iterator[tuple[list[int], Callable[[], list[int]]]]:
-    """Fork the children with `os.fork`; yields (pids, release) where `release()` lets them
-    finish and returns their exit codes. Children still running at the end are killed."""
-    read_end, write_end = os.pipe()
-
-    def released(timeout_s: float) -> bool:
-        ready, _, _ = select.select([read_end], [], [], timeout_s)
-        return bool(ready)
-
-    pids: list[int] = []
-    for _ in range(CHILDREN):
-        pid = os.fork()
-        if pid == 0:  # the child: never return into pytest
-            code = 1
-            try:
-                os.close(write_end)
-                code = follow_in_child(client, target, parent_worker, released)
-            except BaseException:  # noqa: BLE001 - reported through the exit code
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    os.close(read_end)
-
-    def release() -> list[int]:
-        os.write(write_end, b"go")
-        codes = []
-        deadline = time.monotonic() + 10
-        for pid in pids:
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes.append(-9)
-                    break
-                time.sleep(0.01)
-        return codes
-
-    try:
-        yield pids, release
-    finally:
-        os.close(write_end)
-        for pid in pids:
-            try:
-                if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass  # already reaped by release()
-
-
-@contextmanager
-def multiprocessing_children(
-    client: FlagClient, target: int, parent_worker: str
-) -> Iterator[tuple[list[int], Callable[[], list[int]]]]:
-    """The same with multiprocessing's "fork" context."""
-    context = multiprocessing.get_context("fork")
-    go = context.Event()
-
-    def child() -> None:
-        raise SystemExit(follow_in_child(client, target, parent_worker, go.wait))
-
-    processes = [context.Process(target=child, daemon=True) for _ in range(CHILDREN)]
-    for process in processes:
-        process.start()
-
-    def release() -> list[int]:
-        go.set()
-        codes = []
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-            codes.append(process.exitcode if process.exitcode is not None else -9)
-        return codes
-
-    try:
-        yield [process.pid for process in processes if process.pid is not None], release
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-            process.close()
 
 
 class TestForkAfterInit:
