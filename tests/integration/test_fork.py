@@ -1,7 +1,9 @@
 """A client initialised before `fork()` keeps syncing in every process: each child starts
-its own subscriber on its own connections and never reads the parent's (FAULTS.md S17).
-A parent that forked counts as a worker only once it evaluates again: a gunicorn
-`--preload` master, which never serves, is not counted (see `flagsync._sync.presence`)."""
+its own subscriber on its own connections and never reads the parent's (FAULTS.md S17:
+every process on the final revision is `TestForkAfterInit` in the fault suite,
+tests/faults/test_process_faults.py). A parent that forked counts as a worker only once
+it evaluates again: a gunicorn `--preload` master, which never serves, is not counted
+(see `flagsync._sync.presence`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ import sys
 import time
 
 import pytest
-import redis
 
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
@@ -20,66 +21,14 @@ from tests.integration.forking import (
     CHILDREN,
     REVISIONS,
     forked_children,
-    multiprocessing_children,
 )
-from tests.integration.support import RevisionRecorder, counter_flag, wait_until
+from tests.integration.support import counter_flag, wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     # Python >= 3.12 warns on fork() in a process with threads; forking one is the point here.
     r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks"
     ":DeprecationWarning"
 )
-
-
-class TestForkAfterInit:
-    """Every process, parent included, ends on the final revision with its own worker id."""
-
-    @pytest.mark.parametrize("spawn", ["os.fork", "multiprocessing-fork"])
-    def test_every_process_follows(
-        self,
-        spawn: str,
-        server: ServerProcess,
-        publisher: Publisher,
-        make_client: ClientFactory,
-        raw: redis.Redis,
-    ) -> None:
-        """Parent and 4 forked children all apply 20 revisions; the parent misses none."""
-        start = publisher.put("counter", counter_flag(0))
-        target = start + REVISIONS
-        parent = make_client(server.url, check_interval_s=60.0)  # changes arrive by message only
-        assert parent.wait_ready(5)
-        recorder = RevisionRecorder()
-        parent.add_listener(recorder)
-        parent_worker = parent.status().worker_id
-        assert parent_worker is not None
-        children = forked_children if spawn == "os.fork" else multiprocessing_children
-        with children(parent, target, parent_worker) as (pids, release):
-            # The parent serves requests too: evaluating brings it back into the fleet view.
-            assert wait_until(
-                lambda: (
-                    parent.variation("counter", {}, -1) == 0
-                    and len(publisher.workers()) == CHILDREN + 1
-                ),
-                10,
-            ), publisher.workers()
-            for value in range(1, REVISIONS + 1):
-                final = publisher.put("counter", counter_flag(value))
-            assert final == target
-            report = publisher.wait_propagated(final, timeout=10)
-            assert report.complete, report.missing
-            workers = [ack.worker for ack in report.reached]
-            assert {worker.pid for worker in workers} == {os.getpid(), *pids}
-            assert len({worker.id for worker in workers}) == CHILDREN + 1
-            assert parent_worker in {worker.id for worker in workers}
-            names = {entry["name"] for entry in raw.client_list()}
-            assert all(f"flagsync-{worker.id}"[:64] in names for worker in workers)
-            codes = release()
-        assert codes == [0] * CHILDREN
-        assert parent.revision == final
-        assert parent.variation("counter", {}, -1) == REVISIONS
-        # No child read from the parent's pub/sub socket: the parent got every message.
-        assert recorder.revisions == list(range(start + 1, final + 1))
-        assert wait_until(lambda: [w.id for w in publisher.workers()] == [parent_worker], 2)
 
 
 class TestPreloadMaster:
