@@ -29,6 +29,8 @@ value the rest of the fleet served before the bad write).
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Collection, Mapping
 
 from flagsync._bulk_load import decode_flag_fast, decode_segment_fast, decode_store_fast
@@ -41,6 +43,19 @@ from flagsync.snapshot import NO_QUARANTINE, Quarantine, Snapshot
 from flagsync.store import LoadedStore
 
 __all__ = ["DeferredLoad", "defer_load", "load_definitions", "references_hold"]
+
+_settling = threading.Lock()
+"""Held while a `DeferredLoad` checks its store. A child forked meanwhile gets a new one
+(the thread holding the parent's does not exist there) and checks the store itself."""
+
+
+def _new_lock_in_child() -> None:
+    global _settling  # noqa: PLW0603 - the parent's lock is not the child's to release
+    _settling = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
 
 KEPT: str = "; serving the last-known-good version"
 """Suffix of a reason when the worker keeps the version it had."""
@@ -95,12 +110,14 @@ class DeferredLoad:
         return _flag_verdict(key, blob, self._segments) if flag is None else flag
 
     def settle(self) -> tuple[FlagSet, Quarantine]:
-        """Every flag checked, as `load_definitions` checks a store. Computed once, or
-        twice when two threads ask at once (no lock: a lock held by the sync thread
-        when the process forks would be held forever in the child)."""
+        """Every flag checked, as `load_definitions` checks a store; computed once (a
+        second thread asking meanwhile waits for it)."""
         verdict = self._verdict
         if verdict is None:
-            verdict = self._verdict = load_definitions(self._loaded, FlagSet())
+            with _settling:
+                verdict = self._verdict
+                if verdict is None:
+                    verdict = self._verdict = load_definitions(self._loaded, FlagSet())
         return verdict
 
 
