@@ -23,14 +23,9 @@ from typing import Final
 import msgspec
 
 from flagsync._gc import gc_paused
-from flagsync._validation import (
-    _check_segment,
-    _is_key,
-    _operand_problem,
-    _value_problem,
-    cycle_issues,
-    json_kind,
-)
+from flagsync._prerequisites import cycle_issues
+from flagsync._validation import check_segment
+from flagsync._values import is_key, json_kind, operand_problem, value_problem
 from flagsync.llm.validate import check_llm_flag
 from flagsync.model import (
     MAX_CLAUSE_VALUES,
@@ -84,7 +79,7 @@ _segment_decoder: Final = msgspec.msgpack.Decoder(_StoredSegment)
 _encoder: Final = msgspec.msgpack.Encoder()
 _AFFIX_OPS: Final = frozenset({"starts_with", "ends_with", "contains"})
 _TEXT_OPS: Final = _AFFIX_OPS | {"in", "not_in", "eq", "neq"}
-"""Operators whose string operands `_operand_problem` checks for length at most."""
+"""Operators whose string operands `operand_problem` checks for length at most."""
 _WEIGHT_SCALE: Final = 10**ROLLOUT_DECIMALS
 _SIMPLE_KINDS: Final = {str: "string", bool: "boolean", int: "number"}
 
@@ -147,7 +142,7 @@ def decode_flag_fast(
     except (msgspec.DecodeError, RecursionError, UnicodeEncodeError):
         return None
     # What flag_problem checks that depends on the key or the blob, not the definition:
-    if not _is_key(key) or key in flag.requires or len(blob) > MAX_FLAG_BYTES:
+    if not is_key(key) or key in flag.requires or len(blob) > MAX_FLAG_BYTES:
         return None
     return flag
 
@@ -155,10 +150,10 @@ def decode_flag_fast(
 def decode_segment_fast(key: str, blob: bytes) -> Segment | None:
     """Segment `key` decoded from its stored `blob` and checked, or None (general path)."""
     stored = _decode_segment(blob, key)
-    if stored is None or not _is_key(key):
+    if stored is None or not is_key(key):
         return None
     segment = stored.definition
-    if next(_check_segment(key, segment), None) is not None:
+    if next(check_segment(key, segment), None) is not None:
         return None
     return segment
 
@@ -181,7 +176,7 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
     (An empty `key` or `stored_bytes` of 0 leaves out the checks that depend on them.)
 
     Only for flags decoded from msgpack: that format cannot hold an integer outside the
-    storable range (`_validation.int_problem`) or a lone surrogate, so neither is
+    storable range (`_values.int_problem`) or a lone surrogate, so neither is
     looked for here."""
     if len(flag.description) > MAX_TEXT_CHARS:
         return True
@@ -190,11 +185,11 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
         return True
     kind = None
     for name, value in variants.items():
-        if not _is_key(name):
+        if not is_key(name):
             return True
         value_kind = _SIMPLE_KINDS.get(value.__class__)
         if value_kind is None:
-            if not _plain_json(value, 1) and _value_problem(value) is not None:
+            if not _plain_json(value, 1) and value_problem(value) is not None:
                 return True
             value_kind = json_kind(value)
         elif value.__class__ is float and not math.isfinite(value):
@@ -212,7 +207,7 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
     names: set[str] = set()
     for rule in flag.rules:
         if rule.name is not None:
-            if not _is_key(rule.name) or rule.name in names:
+            if not is_key(rule.name) or rule.name in names:
                 return True
             names.add(rule.name)
         if len(rule.when) > MAX_CLAUSES or _serve_problem(rule.serve, variants):
@@ -227,10 +222,10 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
                 if value.__class__ is str and op in _TEXT_OPS:
                     if op in _AFFIX_OPS and len(value) > MAX_TEXT_CHARS:
                         return True
-                elif _operand_problem(op, value, segment_names) is not None:
+                elif operand_problem(op, value, segment_names) is not None:
                     return True
     for other, variant in flag.requires.items():
-        if not _is_key(other) or other == key or not isinstance(variant, str) or not variant:
+        if not is_key(other) or other == key or not isinstance(variant, str) or not variant:
             return True
     # The flag's own encoding is part of its stored blob, so never longer. (No lone
     # surrogate either: msgpack text is valid UTF-8, and the blob re-encoded.)
@@ -239,7 +234,7 @@ def flag_problem(key: str, flag: Flag, segment_names: Collection[str], stored_by
 
 def _plain_json(value: object, depth: int) -> bool:
     """A quick yes for a JSON object or array of plain values nested no deeper than the
-    limit; False means "ask `_validation._value_problem`"."""
+    limit; False means "ask `_values.value_problem`"."""
     if depth > MAX_VALUE_DEPTH:
         return False
     if value.__class__ is dict:
@@ -278,7 +273,7 @@ def _serve_problem(serve: Serve, variants: Collection[str]) -> bool:
 
 
 def prerequisites_hold(flags: Mapping[str, Flag]) -> bool:
-    """`_validation._check_prerequisites` finds nothing (cycles need flags that require)."""
+    """`_prerequisites.prerequisite_issues` finds nothing (cycles need flags that require)."""
     requiring = {key: flag for key, flag in flags.items() if flag.requires}
     for flag in requiring.values():
         for other, variant in flag.requires.items():

@@ -2,12 +2,13 @@
 
 Shape errors come from msgspec (one per flag or segment, since msgspec stops at the
 first); relations between fields are checked here so all of them are reported together.
-Paths read like the file: `flags.llm-model-version.rules[1].serve`.
+Paths read like the file: `flags.llm-model-version.rules[1].serve`. What a single key,
+value or operand may be is `flagsync._values`; relations between flags (prerequisites,
+cycles) are `flagsync._prerequisites`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Collection, Iterator, Mapping
@@ -16,22 +17,28 @@ from typing import Any, TypeVar
 import msgspec
 
 from flagsync._gc import gc_paused
-from flagsync._regex import pattern_problem
-from flagsync._semver import parse_semver
+from flagsync._prerequisites import cycle_issues, find_cycles, prerequisite_issues
+from flagsync._values import (
+    INT_RANGE,
+    int_problem,
+    is_key,
+    json_kind,
+    key_message,
+    operand_problem,
+    type_name,
+    value_problem,
+)
 from flagsync.errors import InvalidFlagError, ValidationIssue
 from flagsync.llm.validate import check_llm_flag, parse_llm_section
 from flagsync.model import (
-    KEY_PATTERN,
     MAX_CLAUSE_VALUES,
     MAX_CLAUSES,
     MAX_FLAG_BYTES,
     MAX_FLAGS,
-    MAX_PATTERN_CHARS,
     MAX_RULES,
     MAX_SEGMENT_KEYS,
     MAX_SEGMENTS,
     MAX_TEXT_CHARS,
-    MAX_VALUE_DEPTH,
     MAX_VARIANTS,
     OPERATORS,
     ROLLOUT_DECIMALS,
@@ -43,20 +50,23 @@ from flagsync.model import (
     Serve,
 )
 
-_EQUALITY_OPS = frozenset({"in", "not_in", "eq", "neq"})
-_STRING_OPS = frozenset({"starts_with", "ends_with", "contains", "matches"})
-_NUMBER_OPS = frozenset({"lt", "lte", "gt", "gte"})
-_SEMVER_OPS = frozenset({"semver_lt", "semver_eq", "semver_gt"})
+__all__ = [
+    "check_flag",
+    "check_references",
+    "check_segment",
+    "cycle_issues",  # from flagsync._prerequisites, importable here as before the split
+    "find_cycles",
+    "int_problem",  # from flagsync._values, likewise
+    "json_kind",
+    "parse_flag",
+    "parse_flagset",
+    "parse_segment",
+]
+
 _TOP_LEVEL_FIELDS = ("flags", "segments", "llm")
 _MSGSPEC_PATH = re.compile(r"^(?P<message>.*) - at `\$(?P<path>.*)`$", re.DOTALL)
 _encoder = msgspec.msgpack.Encoder()
 _T = TypeVar("_T")
-_PLAIN_SCALARS = frozenset({str, bool, int})
-_SCALAR_KINDS = {bool: "boolean", int: "number", float: "number", str: "string"}
-# msgpack (the stored form) holds integers in -2**63 .. 2**64-1; beyond, encoding fails.
-_INT_MIN = -(2**63)
-_INT_MAX = 2**64 - 1
-_INT_RANGE = "-2**63..2**64-1"
 
 
 def parse_flagset(data: object) -> FlagSet:
@@ -71,7 +81,7 @@ def _parse_flagset(data: object) -> FlagSet:
         data = data.to_builtins()
     if not isinstance(data, Mapping):
         raise InvalidFlagError(
-            [ValidationIssue("$", f"expected a mapping with 'flags', got {_type_name(data)}")]
+            [ValidationIssue("$", f"expected a mapping with 'flags', got {type_name(data)}")]
         )
     issues.extend(
         ValidationIssue(str(field), "unknown top-level field")
@@ -85,7 +95,7 @@ def _parse_flagset(data: object) -> FlagSet:
     for key, raw in raw_segments.items():
         segment = _convert(raw, Segment, f"segments.{key}", issues)
         if _check_key(key, f"segments.{key}", issues) and segment is not None:
-            issues.extend(_check_segment(key, segment))
+            issues.extend(check_segment(key, segment))
             segments[key] = segment
 
     flags: dict[str, Flag] = {}
@@ -95,7 +105,7 @@ def _parse_flagset(data: object) -> FlagSet:
             issues.extend(check_flag(key, flag, raw_segments.keys()))
             flags[key] = flag
 
-    issues.extend(_check_prerequisites(flags, raw_flags.keys()))
+    issues.extend(prerequisite_issues(flags, raw_flags.keys()))
     llm = parse_llm_section(data.get("llm"), flags, issues)  # see flagsync.llm.validate
     if issues:
         raise InvalidFlagError(issues)
@@ -134,8 +144,8 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
     for index, rule in enumerate(flag.rules):
         rule_at = f"{at}.rules[{index}]"
         if rule.name is not None:
-            if not _is_key(rule.name):
-                issues.append(ValidationIssue(f"{rule_at}.name", _key_message(rule.name)))
+            if not is_key(rule.name):
+                issues.append(ValidationIssue(f"{rule_at}.name", key_message(rule.name)))
             elif rule.name in names:
                 issues.append(
                     ValidationIssue(f"{rule_at}.name", f"duplicate rule name {rule.name!r}")
@@ -147,8 +157,8 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
             issues.extend(_check_clause(f"{rule_at}.when[{position}]", clause, segment_names))
         issues.extend(_check_serve(f"{rule_at}.serve", rule.serve, variants))
     for other, variant in flag.requires.items():
-        if not _is_key(other):
-            issues.append(ValidationIssue(f"{at}.requires", _key_message(other)))
+        if not is_key(other):
+            issues.append(ValidationIssue(f"{at}.requires", key_message(other)))
         elif other == key:
             issues.append(ValidationIssue(f"{at}.requires.{other}", "a flag cannot require itself"))
         elif not isinstance(variant, str) or not variant:
@@ -161,7 +171,7 @@ def check_flag(key: str, flag: Flag, segment_names: Collection[str]) -> list[Val
                 ValidationIssue(at, f"contains text that is not valid Unicode: {error.reason}")
             )
         except OverflowError:  # an integer the checks above do not look at
-            issues.append(ValidationIssue(at, f"contains an integer outside {_INT_RANGE}"))
+            issues.append(ValidationIssue(at, f"contains an integer outside {INT_RANGE}"))
         except RecursionError:
             issues.append(ValidationIssue(at, "nested too deeply to store"))
         else:
@@ -179,7 +189,7 @@ def _section(
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
-        issues.append(ValidationIssue(name, f"expected a mapping, got {_type_name(raw)}"))
+        issues.append(ValidationIssue(name, f"expected a mapping, got {type_name(raw)}"))
         return {}
     if len(raw) > limit:
         issues.append(ValidationIssue(name, f"{len(raw)} entries, over the limit of {limit}"))
@@ -205,20 +215,10 @@ def _convert(raw: object, kind: type[_T], at: str, issues: list[ValidationIssue]
 
 
 def _check_key(key: object, at: str, issues: list[ValidationIssue]) -> bool:
-    if isinstance(key, str) and _is_key(key):
+    if isinstance(key, str) and is_key(key):
         return True
-    issues.append(ValidationIssue(at, _key_message(key)))
+    issues.append(ValidationIssue(at, key_message(key)))
     return False
-
-
-@functools.lru_cache(maxsize=65_536)
-def _is_key(name: str) -> bool:
-    """Whether `name` is a valid key; memoised, as the same variant and rule names recur."""
-    return KEY_PATTERN.match(name) is not None
-
-
-def _key_message(key: object) -> str:
-    return f"invalid key {key!r}: use 1-128 of a-z 0-9 . _ - starting with a letter or digit"
 
 
 def _check_variants(at: str, variants: Mapping[str, Any]) -> Iterator[ValidationIssue]:
@@ -229,10 +229,10 @@ def _check_variants(at: str, variants: Mapping[str, Any]) -> Iterator[Validation
         yield ValidationIssue(f"{at}.variants", f"more than {MAX_VARIANTS} variants")
     kinds: dict[str, str] = {}
     for name, value in variants.items():
-        if not _is_key(name):
-            yield ValidationIssue(f"{at}.variants", _key_message(name))
+        if not is_key(name):
+            yield ValidationIssue(f"{at}.variants", key_message(name))
             continue
-        problem = _value_problem(value)
+        problem = value_problem(value)
         if problem is not None:
             yield ValidationIssue(f"{at}.variants.{name}", problem)
             continue
@@ -240,69 +240,6 @@ def _check_variants(at: str, variants: Mapping[str, Any]) -> Iterator[Validation
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{name}={kind}" for name, kind in kinds.items())
         yield ValidationIssue(f"{at}.variants", f"all variants must share one type, got {listing}")
-
-
-def json_kind(value: object) -> str:
-    """The JSON type name of a variant value: boolean, number, string, object or array."""
-    kind = _SCALAR_KINDS.get(value.__class__)
-    if kind is not None:
-        return kind
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, Mapping):
-        return "object"
-    return "array"
-
-
-def _value_problem(value: object) -> str | None:
-    """Why a variant value is not allowed (None if it is fine): JSON types, finite, bounded."""
-    if value.__class__ in _PLAIN_SCALARS:
-        return int_problem(value) if value.__class__ is int else None
-    if value.__class__ is float:
-        return None if math.isfinite(value) else f"{value!r} is not a JSON number"
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_VALUE_DEPTH:
-            return f"nested deeper than {MAX_VALUE_DEPTH} levels"
-        if item is None:
-            if depth == 0:
-                return "null is not a variant value"
-            continue
-        if isinstance(item, bool | str):
-            continue
-        if isinstance(item, int):
-            problem = int_problem(item)
-            if problem is not None:
-                return problem
-            continue
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return f"{item!r} is not a JSON number"
-            continue
-        if isinstance(item, Mapping):
-            for name, child in item.items():
-                if not isinstance(name, str):
-                    return f"object keys must be strings, got {_type_name(name)}"
-                stack.append((child, depth + 1))
-            continue
-        if isinstance(item, list | tuple):
-            stack.extend((child, depth + 1) for child in item)
-            continue
-        return f"{_type_name(item)} is not a JSON value"
-    return None
-
-
-def int_problem(value: object) -> str | None:
-    """Why an integer cannot be stored (None if it can), showing at most 30 digits."""
-    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
-        text = str(value) if abs(value) < 10**30 else f"of {len(str(abs(value)))} digits"
-        return f"integer {text} is outside {_INT_RANGE}"
-    return None
 
 
 def _check_serve(at: str, serve: Serve, variants: Collection[str]) -> Iterator[ValidationIssue]:
@@ -360,107 +297,16 @@ def _check_clause(
         yield ValidationIssue(f"{at}.values", f"more than {MAX_CLAUSE_VALUES} values")
         return
     for index, value in enumerate(values):
-        problem = _operand_problem(op, value, segment_names)
+        problem = operand_problem(op, value, segment_names)
         if problem is not None:
             yield ValidationIssue(f"{at}.values[{index}]", problem)
 
 
-def _operand_problem(op: str, value: object, segment_names: Collection[str]) -> str | None:
-    problem = int_problem(value)
-    if problem is not None:
-        return problem
-    if op in _EQUALITY_OPS:
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"{value!r} is not a JSON number"
-        if not isinstance(value, str | int | float):
-            return f"{op} compares strings, numbers and booleans, got {_type_name(value)}"
-        return None
-    if op in _NUMBER_OPS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"{op} needs a number, got {_type_name(value)}"
-        if not math.isfinite(value):
-            return f"{value!r} is not a JSON number"
-        return None
-    if not isinstance(value, str):
-        return f"{op} needs a string, got {_type_name(value)}"
-    if op == "matches":
-        if len(value) > MAX_PATTERN_CHARS:
-            return f"pattern longer than {MAX_PATTERN_CHARS} chars"
-        return pattern_problem(value)
-    if op in _SEMVER_OPS:
-        if parse_semver(value) is None:
-            return f"invalid semantic version {value!r}"
-    elif op == "in_segment":
-        if value not in segment_names:
-            return f"unknown segment {value!r}"
-    elif op in _STRING_OPS and len(value) > MAX_TEXT_CHARS:
-        return f"operand longer than {MAX_TEXT_CHARS} chars"
-    return None
-
-
-def _check_segment(key: str, segment: Segment) -> Iterator[ValidationIssue]:
+def check_segment(key: str, segment: Segment) -> Iterator[ValidationIssue]:
     if len(segment.keys) > MAX_SEGMENT_KEYS:
         yield ValidationIssue(f"segments.{key}.keys", f"more than {MAX_SEGMENT_KEYS} keys")
     if len(segment.description) > MAX_TEXT_CHARS:
         yield ValidationIssue(f"segments.{key}.description", f"longer than {MAX_TEXT_CHARS} chars")
-
-
-def _check_prerequisites(
-    flags: Mapping[str, Flag], declared: Collection[str]
-) -> Iterator[ValidationIssue]:
-    """Unknown prerequisite flags or variants, and cycles (reported once per cycle)."""
-    for key, flag in flags.items():
-        for other, variant in flag.requires.items():
-            if other == key or not _is_key(other):
-                continue
-            if other not in declared:
-                yield ValidationIssue(f"flags.{key}.requires.{other}", f"unknown flag {other!r}")
-            elif other in flags and variant not in flags[other].variants:
-                yield ValidationIssue(
-                    f"flags.{key}.requires.{other}", f"flag {other!r} has no variant {variant!r}"
-                )
-    yield from cycle_issues(flags)
-
-
-def cycle_issues(flags: Mapping[str, Flag]) -> list[ValidationIssue]:
-    """One issue per prerequisite cycle among `flags`."""
-    return [
-        ValidationIssue(
-            f"flags.{cycle[0]}.requires", "prerequisite cycle: " + " -> ".join([*cycle, cycle[0]])
-        )
-        for cycle in find_cycles({key: flag.requires.keys() for key, flag in flags.items()})
-    ]
-
-
-def find_cycles(edges: Mapping[str, Collection[str]]) -> list[list[str]]:
-    """Each distinct cycle in a dependency graph, found by an iterative depth-first search."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    cycles: list[list[str]] = []
-    for start, first in edges.items():
-        if state.get(start) or not first:
-            continue
-        path: list[str] = []
-        stack: list[tuple[str, Iterator[str]]] = [(start, iter(edges.get(start, ())))]
-        state[start] = 1
-        path.append(start)
-        while stack:
-            node, children = stack[-1]
-            child = next(children, None)
-            if child is None:
-                stack.pop()
-                path.pop()
-                state[node] = 2
-            elif state.get(child) == 1:
-                cycles.append(path[path.index(child) :])
-            elif not state.get(child) and child in edges:
-                state[child] = 1
-                path.append(child)
-                stack.append((child, iter(edges[child])))
-    return cycles
-
-
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
 
 
 def _lower_first(text: str) -> str:
@@ -472,7 +318,7 @@ def parse_segment(key: str, data: object) -> Segment:
     issues: list[ValidationIssue] = []
     segment = _convert(data, Segment, f"segments.{key}", issues)
     if _check_key(key, f"segments.{key}", issues) and segment is not None:
-        issues.extend(_check_segment(key, segment))
+        issues.extend(check_segment(key, segment))
     if issues or segment is None:
         raise InvalidFlagError(issues)
     return segment

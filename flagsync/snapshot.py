@@ -19,10 +19,10 @@ compiled, so a first evaluation costs the same among 50 flags as among 50,000.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from flagsync._gc import gc_paused
 from flagsync._validation import cycle_issues
@@ -30,7 +30,7 @@ from flagsync.compile import CompiledFlag, TableEntry, compile_flag
 from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, FlagSet, Segment
 
-__all__ = ["NO_QUARANTINE", "Quarantine", "Snapshot"]
+__all__ = ["NO_QUARANTINE", "PendingDefinitions", "Quarantine", "Snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,14 +70,32 @@ def _versions_after(
     return after
 
 
+class PendingDefinitions(Protocol):
+    """A store's flags not decoded yet, for a deferred snapshot (implemented by
+    `flagsync._sync.quarantine.DeferredLoad`)."""
+
+    @property
+    def keys(self) -> Collection[str]:
+        """Every flag key of the store."""
+
+    def flag(self, key: str) -> Flag | str:
+        """Flag `key` decoded and checked on its own (not its prerequisites), or why not."""
+
+    def settle(self) -> tuple[FlagSet, Quarantine]:
+        """Every definition checked (as a load checks them) and what was set aside."""
+
+
 class Snapshot:
     """A revision of flag definitions and their (lazily) compiled evaluators."""
 
     __slots__ = (
         "_compiled",
+        "_definitions",
+        "_flag_keys",
         "_lock",
+        "_pending",
+        "_rejected",
         "_segment_sets",
-        "definitions",
         "entries",
         "epoch",
         "quarantine",
@@ -89,8 +107,6 @@ class Snapshot:
     """The store revision this snapshot reflects (0 for offline use)."""
     epoch: str
     """The store's epoch (its identity across restarts); empty offline."""
-    definitions: FlagSet
-    """The validated definitions the snapshot serves."""
     quarantine: Quarantine
     """Flags and segments of the store this snapshot set aside (see `Quarantine`)."""
     versions: Mapping[str, int]
@@ -115,7 +131,11 @@ class Snapshot:
         self.epoch = epoch
         self.quarantine = quarantine
         self.versions = versions
-        self.definitions = definitions
+        self._definitions: FlagSet | None = definitions
+        self._flag_keys: Collection[str] = definitions.flags
+        self._pending: PendingDefinitions | None = None
+        self._rejected: dict[str, str] = {}
+        """Flags of a deferred snapshot that failed their first-use check, with why."""
         self._compiled = compiled
         self.entries = {key: flag.entry for key, flag in compiled.items()}
         self._segment_sets = segment_sets
@@ -144,6 +164,46 @@ class Snapshot:
         return snapshot
 
     @classmethod
+    def deferred(
+        cls,
+        pending: PendingDefinitions,
+        segments: Mapping[str, Segment],
+        *,
+        revision: int,
+        epoch: str,
+        versions: Mapping[str, int] = _NO_VERSIONS,
+    ) -> Snapshot:
+        """A snapshot of flags still encoded in `pending` (see the module doc), with the
+        already checked `segments`; `versions`: see `Snapshot.versions`."""
+        segment_sets = {name: frozenset(seg.keys) for name, seg in segments.items()}
+        snapshot = cls(
+            FlagSet(segments=dict(segments)), {}, segment_sets, revision, epoch, versions=versions
+        )
+        snapshot._definitions = None
+        snapshot._flag_keys = pending.keys
+        snapshot._pending = pending
+        return snapshot
+
+    @property
+    def definitions(self) -> FlagSet:
+        """The validated definitions the snapshot serves (a deferred snapshot decodes and
+        checks them all now, once)."""
+        definitions = self._definitions
+        if definitions is None:
+            pending = self._pending
+            assert pending is not None  # set together with _definitions = None, by `deferred`
+            definitions, quarantine = pending.settle()
+            if quarantine:
+                self.quarantine = quarantine
+            self._definitions = definitions
+        return definitions
+
+    @property
+    def settled(self) -> bool:
+        """False for a deferred snapshot whose definitions were not all checked yet."""
+        return self._definitions is not None
+
+    @classmethod
     def empty(cls) -> Snapshot:
         """A snapshot with no flags: every evaluation serves the caller's default."""
         return cls.build(FlagSet())
@@ -161,7 +221,7 @@ class Snapshot:
     def entry(self, key: str) -> TableEntry | None:
         """The lookup entry of flag `key`, compiling it (and its prerequisites) if needed."""
         entry = self.entries.get(key)
-        if entry is not None or key not in self.definitions.flags:
+        if entry is not None or key not in self._flag_keys or key in self._rejected:
             return entry
         self._compile([key])
         return self.entries.get(key)
@@ -177,7 +237,8 @@ class Snapshot:
 
     def compile_all(self) -> Snapshot:
         """Compile every flag now (e.g. at worker start, to keep first requests fast)."""
-        missing = [key for key in self.definitions.flags if key not in self._compiled]
+        definitions = self.definitions  # a deferred snapshot checks all at once: cheaper
+        missing = [key for key in definitions.flags if key not in self._compiled]
         if missing:
             self._compile(missing)
         return self
@@ -226,7 +287,11 @@ class Snapshot:
             )
         affected = _with_dependents(touched, new_flags)
         with self._lock:
-            kept = {key: flag for key, flag in self._compiled.items() if key not in affected}
+            kept = {
+                key: flag
+                for key, flag in self._compiled.items()
+                if key not in affected and key in new_flags
+            }
         definitions = FlagSet(flags=new_flags, segments=new_segments)
         snapshot = Snapshot(
             definitions,
@@ -246,9 +311,27 @@ class Snapshot:
         finds a flag there finds a complete one; readers never wait for this lock.
         """
         with self._lock, gc_paused():
-            _compile_into(
-                self._compiled, self.entries, self.definitions.flags, keys, self._segment_sets
+            pending = self._pending
+            if pending is None or self._definitions is not None:
+                _compile_into(
+                    self._compiled, self.entries, self.definitions.flags, keys, self._segment_sets
+                )
+                return
+            rejected = len(self._rejected)
+            _compile_pending(
+                self._compiled,
+                self.entries,
+                pending,
+                keys,
+                self._segment_sets,
+                rejected=self._rejected,
             )
+            if len(self._rejected) != rejected:
+                quarantine = self.quarantine
+                flags = {**quarantine.flags, **self._rejected}
+                self.quarantine = Quarantine(
+                    flags, quarantine.segments, quarantine.awaited | flags.keys()
+                )
 
     def changed_keys(self, other: Snapshot) -> frozenset[str]:
         """Keys whose definitions differ between this snapshot and `other`."""
@@ -267,13 +350,13 @@ class Snapshot:
         return frozenset(changed)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.definitions.flags
+        return key in self._flag_keys
 
     def __len__(self) -> int:
-        return len(self.definitions.flags)
+        return len(self._flag_keys)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.definitions.flags)
+        return iter(self._flag_keys)
 
     def __repr__(self) -> str:
         return f"<Snapshot revision={self.revision} epoch={self.epoch!r} flags={len(self)}>"
@@ -294,10 +377,10 @@ class _CompiledFlags(Mapping[str, CompiledFlag]):
         return flag
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._snapshot.definitions.flags)
+        return iter(self._snapshot)
 
     def __len__(self) -> int:
-        return len(self._snapshot.definitions.flags)
+        return len(self._snapshot)
 
 
 def _compile_into(
@@ -330,6 +413,82 @@ def _compile_into(
             elif other in definitions and other not in compiled and other not in visited:
                 visited.add(other)
                 stack.append((other, iter(definitions[other].requires)))
+
+
+def _compile_pending(
+    compiled: dict[str, CompiledFlag],
+    entries: dict[str, TableEntry],
+    pending: PendingDefinitions,
+    keys: Any,
+    segment_sets: Mapping[str, frozenset[str]],
+    *,
+    rejected: dict[str, str],
+) -> None:
+    """`_compile_into` for a deferred snapshot: each flag is decoded and checked first,
+    and its prerequisites with it. One that fails goes into `rejected` with why, and so
+    does every flag that requires it, each flag in a prerequisite cycle, and a flag
+    requiring a missing flag or variant: the verdicts of a load, flag by flag."""
+    decoded: dict[str, Flag] = {}
+    for start in keys:
+        if start in compiled or start in rejected or start not in pending.keys:
+            continue
+        first = pending.flag(start)
+        if isinstance(first, str):
+            rejected[start] = first
+            continue
+        decoded[start] = first
+        on_stack = {start}
+        cyclic: dict[str, str] = {}
+        stack = [(start, iter(first.requires))]
+        while stack:
+            key, required = stack[-1]
+            other = next(required, None)
+            if other is None:
+                stack.pop()
+                on_stack.discard(key)
+                reason = cyclic.get(key) or _prerequisite_problem(key, decoded, compiled, rejected)
+                if reason is not None:
+                    rejected[key] = reason
+                elif key not in compiled:
+                    flag = compile_flag(key, decoded[key], segment_sets, compiled)
+                    compiled[key] = flag
+                    entries[key] = flag.entry
+            elif other in on_stack:
+                path = [name for name, _ in stack]
+                cycle = path[path.index(other) :]
+                text = " -> ".join([*cycle, other])
+                for name in cycle:
+                    cyclic.setdefault(name, f"flags.{name}.requires: prerequisite cycle: {text}")
+            elif other in compiled or other in rejected or other in decoded:
+                continue
+            elif other in pending.keys:
+                verdict = pending.flag(other)
+                if isinstance(verdict, str):
+                    rejected[other] = verdict
+                    continue
+                decoded[other] = verdict
+                on_stack.add(other)
+                stack.append((other, iter(verdict.requires)))
+
+
+def _prerequisite_problem(
+    key: str,
+    decoded: Mapping[str, Flag],
+    compiled: Mapping[str, CompiledFlag],
+    rejected: Mapping[str, str],
+) -> str | None:
+    """Why flag `key` cannot be served for its prerequisites (all decided by now)."""
+    for other, variant in decoded[key].requires.items():
+        if other in rejected:
+            return f"flags.{key}.requires.{other}: flag {other!r} is quarantined"
+        required = decoded.get(other)
+        if required is None and other in compiled:
+            required = compiled[other].definition
+        if required is None:
+            return f"flags.{key}.requires.{other}: flag {other!r} is not in the store"
+        if variant not in required.variants:
+            return f"flags.{key}.requires.{other}: flag {other!r} has no variant {variant!r}"
+    return None
 
 
 def _with_dependents(keys: set[str], definitions: Mapping[str, Flag]) -> set[str]:

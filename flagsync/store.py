@@ -24,8 +24,8 @@ them all, also on Redis Cluster:
     {fs:<ns>}:rollout-log:<flag> stream  rollout decisions
     {fs:<ns>}:lease:<flag>       string  the controller lease (one controller per flag)
 
-Reading commands are built here as plain tuples so the sync and the async subscriber
-send exactly the same thing; the I/O stays in the drivers. Blob encodings (definitions,
+The read commands of a follower and their replies (whole loads, revision checks) live
+in `flagsync._reads` and are re-exported here. Blob encodings (definitions,
 change sets, presence) live in `flagsync._codec`; connection set-up in
 `flagsync._connection`.
 """
@@ -56,6 +56,19 @@ from flagsync._connection import (
     redact_url,
     store_errors,
 )
+from flagsync._reads import (
+    Command,
+    LoadedStore,
+    StoreState,
+    load_commands,
+    parse_load,
+    parse_revision,
+    parse_state,
+    quick_state_commands,
+    revision_command,
+    state_commands,
+    text,
+)
 from flagsync._write_script import (
     GUARD_OP,
     MESSAGE_SCHEMA,
@@ -75,6 +88,7 @@ __all__ = [
     "NO_DATA_OPS",
     "SEED_DIGEST_SCRIPT",
     "WRITE_SCRIPT",
+    "Command",
     "Heartbeat",
     "LoadedStore",
     "ScriptWrite",
@@ -115,8 +129,6 @@ __all__ = [
 
 DEFAULT_LOG_MAXLEN: Final = 10_000
 NAMESPACE_PATTERN: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-
-Command = tuple[Any, ...]
 
 
 class StoreKeys:
@@ -236,113 +248,6 @@ class StoreKeys:
 
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 """Messages above this are refused before decoding (a resync fetches the data instead)."""
-
-
-class LoadedStore(msgspec.Struct, frozen=True):
-    """A consistent read of a namespace: everything at one (epoch, revision)."""
-
-    epoch: str | None
-    revision: int
-    flags: dict[str, bytes]
-    segments: dict[str, bytes]
-    digest: str | None = None
-    """The digest the store states for this revision (None: a store older than digests)."""
-    signature: str | None = None
-    """The signature record of this state (signed mode), None when unsigned."""
-
-
-class StoreState(msgspec.Struct, frozen=True):
-    """What a periodic check compares: the store's (epoch, revision, digest)."""
-
-    revision: int
-    epoch: str | None
-    digest: str | None
-    entries: int | None = None
-    """Flags + segments the store holds (None: not read): a hash deleted or changed behind
-    the write script's back shows here while revision and digest stay the same."""
-
-    @property
-    def place(self) -> tuple[int, str | None, str | None]:
-        """(revision, epoch, digest): what names a state in history."""
-        return self.revision, self.epoch, self.digest
-
-
-def load_commands(keys: StoreKeys) -> list[Command]:
-    """Pipelined reads of a whole namespace, bracketed by two revision reads.
-
-    No MULTI: a least-privilege worker may not have it. Every write bumps the revision
-    atomically with its data, so equal (epoch, revision) before and after proves the
-    hashes in between belong to that revision.
-    """
-    revision = ("MGET", keys.revision, keys.epoch, keys.digest, keys.signature)
-    return [revision, ("HGETALL", keys.flags), ("HGETALL", keys.segments), revision]
-
-
-def parse_load(results: Sequence[Any]) -> LoadedStore | None:
-    """The loaded store, or None when a write slipped in between (read again)."""
-    before, flags, segments, after = results
-    if before != after:
-        return None
-    revision, epoch = _parse_revision(before[:2])
-    digest, signature = (None if value is None else _text(value) for value in before[2:4])
-    return LoadedStore(
-        epoch=epoch,
-        revision=revision,
-        flags={_text(key): bytes(value) for key, value in flags.items()},
-        segments={_text(key): bytes(value) for key, value in segments.items()},
-        digest=digest,
-        signature=signature,
-    )
-
-
-def state_commands(keys: StoreKeys) -> list[Command]:
-    """The cheap check, pipelined in one round trip of small replies: the store's
-    (revision, epoch, digest) and how many flags and segments it holds."""
-    return [
-        ("MGET", keys.revision, keys.epoch, keys.digest),
-        ("HLEN", keys.flags),
-        ("HLEN", keys.segments),
-    ]
-
-
-def quick_state_commands(keys: StoreKeys) -> list[Command]:
-    """The check while beacon heartbeats flow: one MGET of (revision, epoch, digest). The
-    entry counts come with each heartbeat, whose disagreement triggers a full check."""
-    return [("MGET", keys.revision, keys.epoch, keys.digest)]
-
-
-def parse_state(results: Sequence[Any]) -> StoreState:
-    """`state_commands`' (or `quick_state_commands`') replies."""
-    header = results[0]
-    revision, epoch = _parse_revision(header[:2])
-    digest = None if header[2] is None else _text(header[2])
-    if len(results) == 1:
-        return StoreState(revision, epoch, digest)
-    return StoreState(revision, epoch, digest, int(results[1]) + int(results[2]))
-
-
-def revision_command(keys: StoreKeys) -> Command:
-    """Read the store's (revision, epoch)."""
-    return ("MGET", keys.revision, keys.epoch)
-
-
-def parse_revision(result: Sequence[Any]) -> tuple[int, str | None]:
-    """(revision, epoch) from `revision_command`'s reply; (0, None) for an empty store."""
-    return _parse_revision(result)
-
-
-def _parse_revision(result: Sequence[Any]) -> tuple[int, str | None]:
-    raw_revision, raw_epoch = result
-    epoch = None if raw_epoch is None else _text(raw_epoch)
-    try:
-        revision = int(raw_revision) if raw_revision is not None else 0
-    except ValueError:
-        revision = 0
-    return revision, epoch
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 class ScriptWrite(msgspec.Struct, frozen=True):
@@ -473,16 +378,16 @@ def script_arguments(
 def parse_write_reply(reply: Sequence[Any]) -> WriteApplied | WriteConflict | WriteMoved:
     """The script's reply: what it wrote, the first stale version it found, or (signed
     writes) the state it found instead of the one signed."""
-    if _text(reply[0]) == "moved":
-        return WriteMoved(_text(reply[1]))
-    if _text(reply[0]) == "conflict":
-        kind, key, actual, expected = (_text(part) for part in reply[1:5])
+    if text(reply[0]) == "moved":
+        return WriteMoved(text(reply[1]))
+    if text(reply[0]) == "conflict":
+        kind, key, actual, expected = (text(part) for part in reply[1:5])
         return WriteConflict(kind, key, int(actual), int(expected))
     versions: dict[str, int] = {}
-    for item in filter(None, _text(reply[4]).split(",")):
+    for item in filter(None, text(reply[4]).split(",")):
         field, _, version = item.rpartition("=")
         versions[field] = int(version)
-    return WriteApplied(int(reply[1]), _text(reply[2]), int(reply[3]), versions, _text(reply[5]))
+    return WriteApplied(int(reply[1]), text(reply[2]), int(reply[3]), versions, text(reply[5]))
 
 
 def encode_message(
@@ -607,11 +512,11 @@ def beacon_state_commands(keys: StoreKeys) -> list[Command]:
 def parse_beacon_state(header: Sequence[Any], entries: int, holder: str) -> Heartbeat | None:
     """The heartbeat of `beacon_state_commands`' MGET reply and the entries its HLENs
     counted (None: an empty store)."""
-    revision, epoch = _parse_revision(header[:2])
+    revision, epoch = parse_revision(header[:2])
     if epoch is None or header[2] is None or revision < 1:
         return None
-    signature = "" if header[3] is None else _text(header[3])
-    return Heartbeat(epoch, revision, _text(header[2]), entries, holder, signature)
+    signature = "" if header[3] is None else text(header[3])
+    return Heartbeat(epoch, revision, text(header[2]), entries, holder, signature)
 
 
 def publish_command(channel: str, payload: bytes, *, sharded: bool = False) -> Command:

@@ -23,12 +23,18 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any, Literal
 
-import structlog
-
 from flagsync._codec import MalformedMessageError, Message, decode_definition
 from flagsync._sync.integrity import Integrity
+from flagsync._sync.logs import SafeLogger
 from flagsync._sync.options import SyncOptions
-from flagsync._sync.quarantine import load_definitions, references_hold, stored_versions
+from flagsync._sync.quarantine import (
+    DeferredLoad,
+    defer_load,
+    kind_versions,
+    load_definitions,
+    references_hold,
+    stored_versions,
+)
 from flagsync._validation import parse_flag, parse_segment
 from flagsync.errors import InvalidFlagError
 from flagsync.model import Flag, Segment
@@ -44,7 +50,7 @@ from flagsync.store import (
 
 __all__ = ["Follower", "Listener"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 Listener = Callable[[int, frozenset[str]], None]
 """Called after every snapshot swap with the new revision and the keys that may have changed."""
@@ -308,6 +314,9 @@ class Follower:
             return True
         if not self.integrity.load_fits(loaded, current.revision):
             return False  # signed mode refused it: LKG kept, status and logs say why
+        deferred = defer_load(loaded) if loaded.flags and _serves_nothing(current) else None
+        if deferred is not None:
+            return self._load_deferred(loaded, deferred)
         try:
             definitions, quarantine = load_definitions(loaded, current.definitions)
         except InvalidFlagError as error:  # the store as a whole, beyond any quarantine
@@ -350,6 +359,46 @@ class Follower:
         self._log_loaded(loaded, len(snapshot), quarantine, unchanged=False)
         self.confirm()
         self.ready.set()
+        return True
+
+    def _load_deferred(self, loaded: LoadedStore, deferred: DeferredLoad) -> bool:
+        """A first load: ready once the store is read, each flag checked on its first use;
+        then every flag checked here, and the snapshot corrected if any is quarantined
+        (see `flagsync._sync.quarantine`)."""
+        self._blobs = (loaded.flags, loaded.segments)
+        self.integrity.load_applied(loaded)
+        if self.last_error and self.last_error.startswith("snapshot rejected"):
+            self.last_error = None
+        epoch = loaded.epoch or ""
+        snapshot = Snapshot.deferred(
+            deferred,
+            deferred.segments,
+            revision=loaded.revision,
+            epoch=epoch,
+            versions=kind_versions(loaded.flags),
+        )
+        self._swap(snapshot, frozenset(loaded.flags), 0)
+        # Logged before ready: a process that forks once ready (a pre-fork server) must
+        # not fork while this thread holds the log stream's lock.
+        self._log_loaded(loaded, len(snapshot), snapshot.quarantine, unchanged=False)
+        self.confirm()
+        self.ready.set()
+        definitions, quarantine = deferred.settle()  # after ready: the whole check
+        if quarantine or self._quarantine_logged:
+            self._report_quarantine(quarantine, loaded.revision)
+        if quarantine:  # rare: the snapshot without the quarantined flags
+            snapshot = Snapshot.build(
+                definitions,
+                revision=loaded.revision,
+                epoch=epoch,
+                quarantine=quarantine,
+                versions=stored_versions(loaded.flags, definitions, quarantine, snapshot),
+            )
+            self._swap(snapshot, frozenset(quarantine.flags), 0)
+        else:
+            _ = snapshot.definitions  # adopts the verdict: the snapshot is settled
+            if self._persist is not None:
+                self._persist(snapshot)
         return True
 
     def on_revision(self, state: StoreState) -> RevisionVerdict:
@@ -456,6 +505,7 @@ class Follower:
     def status(self, worker_id: str | None = None) -> ClientStatus:
         """A `ClientStatus` report (`worker_id`: this process's id in the fleet view)."""
         snapshot = self.snapshot
+        _ = snapshot.definitions  # a first load's verdict, now if the sync thread is not done
         since = self.seconds_since_sync()
         return ClientStatus(
             state=self.state(),
@@ -513,7 +563,7 @@ class Follower:
                 listener(snapshot.revision, changed)
             except Exception:  # noqa: BLE001 - a listener must not stop the subscriber
                 _log.exception("listener_failed", listener=repr(listener))
-        if self._persist is not None:
+        if self._persist is not None and snapshot.settled:  # else: once settled
             self._persist(snapshot)
 
     def _report_quarantine(self, quarantine: Quarantine, revision: int) -> None:
@@ -577,3 +627,8 @@ def _decode_changes(
         else:
             segments[change.key] = parse_segment(change.key, stored.definition)
     return flags, segments, versions
+
+
+def _serves_nothing(snapshot: Snapshot) -> bool:
+    """No flag, segment or quarantine: no last-known-good version a load would keep."""
+    return not (len(snapshot) or snapshot.definitions.segments or snapshot.quarantine)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
-
 from flagsync._codec import Message
 from flagsync._digest import StateDigest
 from flagsync._signing import SignatureRejected, SignedState, verifier_from
+from flagsync._sync.logs import SafeLogger
 from flagsync.store import Heartbeat, LoadedStore, StoreKeys, StoreState
 
 __all__ = ["Integrity"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 
 class Integrity:

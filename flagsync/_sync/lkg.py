@@ -11,15 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import structlog
 
+from flagsync._sync.logs import SafeLogger
 from flagsync._validation import parse_flagset
 from flagsync.errors import InvalidFlagError
 from flagsync.snapshot import Snapshot
 
 __all__ = ["read_lkg", "write_lkg"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 
 class _LastKnownGood(msgspec.Struct):

@@ -38,16 +38,16 @@ import time
 import uuid
 
 import redis
-import structlog
 
 from flagsync._codec import WorkerInfo, encode_presence
 from flagsync._sync.follower import Follower
+from flagsync._sync.logs import SafeLogger
 from flagsync.snapshot import Snapshot
 from flagsync.store import StoreKeys, ack_command
 
 __all__ = ["Presence", "is_refused_write"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 Command = tuple[str | bytes | int, ...]
 

@@ -23,7 +23,6 @@ import weakref
 from typing import Any
 
 import redis
-import structlog
 
 from flagsync._cluster import SlotMovedError, is_cluster_url, subscribe_method
 from flagsync._connection import (
@@ -41,6 +40,7 @@ from flagsync._sync.beacon import (
     heard_beacon,
 )
 from flagsync._sync.follower import Follower
+from flagsync._sync.logs import SafeLogger
 from flagsync._sync.presence import Presence, is_refused_write
 from flagsync._sync.sentinel_watch import pause, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
@@ -55,7 +55,7 @@ from flagsync.store import (
 
 __all__ = ["ThreadDriver"]
 
-_log = structlog.get_logger("flagsync.subscriber")
+_log = SafeLogger("flagsync.subscriber")  # never raises: see flagsync._sync.logs
 
 
 class ThreadDriver:

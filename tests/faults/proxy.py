@@ -21,7 +21,8 @@ server and can be switched, at runtime and from any thread, between these modes:
   other link, and the client's side of that one, pass through.
 
 Use it as a context manager: the thread stops and every socket is closed on exit, also
-after a failure. It only ever listens on, and connects to, 127.0.0.1.
+after a failure (the lifecycle is `tests.faults.loop_server`'s). It only ever listens
+on, and connects to, 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -32,22 +33,16 @@ import enum
 import random
 import socket
 import struct
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
+
+from tests.faults.loop_server import CHUNK_BYTES, LOOPBACK, LoopServer
 
 __all__ = ["LOOPBACK", "FaultProxy", "Mode", "ProxyStats"]
 
-LOOPBACK: Final = "127.0.0.1"
-CHUNK_BYTES: Final = 16 * 1024
-"""Largest read per chunk; also the stream buffer limit, so a stall buffers little."""
-_CALL_TIMEOUT_S: Final = 5.0
 _CLIENT_PREFIX_BYTES: Final = 4096
-
-_T = TypeVar("_T")
 _Chunk = tuple[float, bytes] | None
 """(deliver at, data) on a direction's queue; None: the sending side ended."""
 
@@ -97,7 +92,7 @@ class _Link:
         self.closed = False
 
 
-class FaultProxy:
+class FaultProxy(LoopServer):
     """Forwards connections on 127.0.0.1:`port` to 127.0.0.1:`target_port`, with faults.
 
     Every mode method blocks until the proxy has switched (so a test knows the fault is
@@ -113,71 +108,25 @@ class FaultProxy:
     ) -> None:
         if target_host != LOOPBACK:
             raise ValueError(f"the fault proxy only forwards to {LOOPBACK}, not {target_host!r}")
+        super().__init__(thread_name=f"fault-proxy-{target_port}")
         self.target_port = target_port
         self.receive_buffer_bytes = receive_buffer_bytes
         """SO_RCVBUF of the proxy's server-side sockets (None: the kernel's autotuning)."""
-        self.port = 0
-        """The listening port (set by `start`)."""
         self._mode = Mode.PASS_THROUGH
         self._latency_s = (0.0, 0.0)
         self._slice_delay_s = 0.0
         self._trickle_after = b""
         self._stats = ProxyStats()
         self._links: set[_Link] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
         self._mode_changed: asyncio.Event | None = None
         self._reset_timer: asyncio.TimerHandle | None = None
 
-    # -- lifecycle --------------------------------------------------------------
+    # -- where it listens (start, close, context manager: see LoopServer) -------
 
     @property
     def url(self) -> str:
         """`redis://127.0.0.1:<port>`: the server's URL through the proxy."""
         return f"redis://{LOOPBACK}:{self.port}"
-
-    def start(self) -> FaultProxy:
-        """Start the proxy's thread and wait until it listens."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(
-            target=self._run, name=f"fault-proxy-{self.target_port}", daemon=True
-        )
-        self._thread.start()
-        if not self._started.wait(_CALL_TIMEOUT_S):
-            self.close()
-            raise RuntimeError("the fault proxy did not start in time")
-        if self._start_error is not None:
-            self.close()
-            raise RuntimeError("the fault proxy failed to start") from self._start_error
-        return self
-
-    def close(self) -> None:
-        """Stop the thread and close every socket; safe to call twice."""
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None:
-            return
-        if loop is not None and stop is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(_CALL_TIMEOUT_S)
-        if thread.is_alive():
-            raise RuntimeError("the fault proxy's thread did not stop")
-        self._thread = None
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- modes (thread-safe; each returns once in effect) ----------------------
 
@@ -234,50 +183,19 @@ class FaultProxy:
 
     # -- the loop's side -------------------------------------------------------
 
-    def _call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run `function` on the proxy's loop and return its result."""
-        loop = self._loop
-        if loop is None or self._thread is None:
-            raise RuntimeError("the fault proxy is not running")
-
-        async def call() -> _T:
-            return function(*args, **kwargs)
-
-        return asyncio.run_coroutine_threadsafe(call(), loop).result(_CALL_TIMEOUT_S)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as error:  # noqa: BLE001 - reported to start() or lost at close
-            self._start_error = error
-        finally:
-            self._started.set()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
+    def _prepare(self) -> None:
         self._mode_changed = asyncio.Event()
-        listener = socket.create_server((LOOPBACK, 0))
-        server = await asyncio.start_server(self._accept, sock=listener, limit=CHUNK_BYTES)
-        self.port = listener.getsockname()[1]
-        self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()
-            if self._reset_timer is not None:
-                self._reset_timer.cancel()
-            for link in list(self._links):
-                self._close_link(link, rst=False)
-            tasks = [task for link in self._links for task in link.tasks]
-            tasks.extend(task for task in asyncio.all_tasks() if task is not asyncio.current_task())
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await server.wait_closed()
+
+    async def _shutdown(self) -> None:
+        if self._reset_timer is not None:
+            self._reset_timer.cancel()
+        for link in list(self._links):
+            self._close_link(link, rst=False)
+        tasks = [task for link in self._links for task in link.tasks]
+        tasks.extend(task for task in asyncio.all_tasks() if task is not asyncio.current_task())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _count_links(self) -> int:
         return len(self._links)

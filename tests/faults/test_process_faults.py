@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import os
-import select
 import signal
 import statistics
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -45,6 +41,12 @@ from tests.faults.recovery import (
     timing_window,
 )
 from tests.integration.conftest import ClientFactory, PublisherFactory, RawFactory
+from tests.integration.forking import (
+    CHILDREN,
+    REVISIONS,
+    forked_children,
+    multiprocessing_children,
+)
 from tests.integration.support import (
     ANYONE,
     BASE_VALUES,
@@ -517,119 +519,6 @@ class TestPublisherDies:
         )
 
 
-CHILDREN: Final = 4
-REVISIONS: Final = 20
-
-
-def _follow_in_child(
-    client: FlagClient, target: int, parent_worker: str, released: Callable[[float], bool]
-) -> int:
-    """A forked child's part: reach `target` on its own subscriber, stay until released.
-    Exit codes: 0 ok, 3 target not reached, 4 kept the parent's identity, 5 not released."""
-    if client.status().worker_id == parent_worker:
-        return 4
-    reached = wait_until(
-        lambda: client.revision == target and client.variation("counter", {}, -1) == REVISIONS,
-        10,
-    )
-    was_released = released(15)
-    client.close()
-    if not reached:
-        return 3
-    return 0 if was_released else 5
-
-
-Spawned = tuple[list[int], Callable[[], list[int]]]
-
-
-@contextmanager
-def _os_fork_children(client: FlagClient, target: int, parent_worker: str) -> Iterator[Spawned]:
-    """Fork with `os.fork`; yields (pids, release) where `release()` returns exit codes."""
-    read_end, write_end = os.pipe()
-
-    def released(timeout_s: float) -> bool:
-        return bool(select.select([read_end], [], [], timeout_s)[0])
-
-    pids: list[int] = []
-    try:
-        for _ in range(CHILDREN):
-            pid = os.fork()
-            if pid == 0:  # the child: never returns into pytest
-                code = 1
-                try:
-                    os.close(write_end)
-                    code = _follow_in_child(client, target, parent_worker, released)
-                except BaseException:  # noqa: BLE001 - reported through the exit code
-                    traceback.print_exc()
-                finally:
-                    os._exit(code)
-            pids.append(pid)
-        os.close(read_end)
-
-        def release() -> list[int]:
-            os.write(write_end, b"go")
-            return [_reap(pid, 10) for pid in pids]
-
-        yield pids, release
-    finally:
-        os.close(write_end)
-        for pid in pids:
-            _reap(pid, 0)
-
-
-def _reap(pid: int, timeout_s: float) -> int:
-    """The exit code of child `pid`, SIGKILLing it after `timeout_s`; -9 if killed."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return -1  # reaped before
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        if time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return -9
-        time.sleep(0.01)
-
-
-@contextmanager
-def _multiprocessing_children(
-    client: FlagClient, target: int, parent_worker: str
-) -> Iterator[Spawned]:
-    """The same with multiprocessing's "fork" context."""
-    context = multiprocessing.get_context("fork")
-    go = context.Event()
-
-    def child() -> None:
-        raise SystemExit(_follow_in_child(client, target, parent_worker, go.wait))
-
-    processes = [context.Process(target=child, daemon=True) for _ in range(CHILDREN)]
-    try:
-        for process in processes:
-            process.start()
-
-        def release() -> list[int]:
-            go.set()
-            codes = []
-            for process in processes:
-                process.join(10)
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
-                codes.append(-9 if process.exitcode is None else process.exitcode)
-            return codes
-
-        yield [process.pid for process in processes if process.pid is not None], release
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-            process.close()
-
-
 class TestForkAfterInit:
     """S17: a client initialised before fork() follows in every process."""
 
@@ -651,7 +540,7 @@ class TestForkAfterInit:
         parent.add_listener(recorder)
         parent_worker = parent.status().worker_id
         assert parent_worker is not None
-        children = _os_fork_children if spawn == "os.fork" else _multiprocessing_children
+        children = forked_children if spawn == "os.fork" else multiprocessing_children
         with children(parent, target, parent_worker) as (pids, release):
             # A parent that forked counts once it evaluates (it serves too; see test_fork).
             assert wait_until(

@@ -13,8 +13,9 @@ sent before closing, as a real server does. A client that does not speak TLS at 
 no alert from OpenSSL and is reset, as redis-server resets it. Nothing reaches the
 server before a handshake succeeds: `stats.sessions` counts what did.
 
-Use it as a context manager: the thread stops and every socket is closed on exit. It only
-ever listens on, and connects to, 127.0.0.1.
+Use it as a context manager: the thread stops and every socket is closed on exit (the
+lifecycle is `tests.faults.loop_server`'s). It only ever listens on, and connects to,
+127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,15 +28,13 @@ import struct
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from tests.faults.certs import Issued
+from tests.faults.loop_server import CHUNK_BYTES, LOOPBACK, LoopServer
 
 __all__ = ["NOT_TLS", "TerminatorStats", "TlsTerminator"]
 
-LOOPBACK: Final = "127.0.0.1"
-CHUNK_BYTES: Final = 16 * 1024
 HANDSHAKE_TIMEOUT_S: Final = 5.0
 _STOP_TIMEOUT_S: Final = 5.0
 NOT_TLS: Final = "WRONG_VERSION_NUMBER"
@@ -64,7 +63,7 @@ class _Session:
     closed: bool = False
 
 
-class TlsTerminator:
+class TlsTerminator(LoopServer):
     """TLS on 127.0.0.1:`port` (0: a free one), forwarding plaintext to `upstream_port`.
 
     The server presents `cert`; with `client_ca`, clients must present a certificate
@@ -79,9 +78,8 @@ class TlsTerminator:
         client_ca: Path | None = None,
         port: int = 0,
     ) -> None:
+        super().__init__(thread_name="tls-terminator", port=port)
         self.upstream_port = upstream_port
-        self.port = port
-        """The listening port (known after `start` when 0 was asked for)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(cert.cert, cert.key)
@@ -93,49 +91,6 @@ class TlsTerminator:
         self._lock = threading.Lock()
         self._sessions: set[_Session] = set()
         self._connections: list[asyncio.StreamWriter] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
-
-    # -- lifecycle --------------------------------------------------------------
-
-    def start(self) -> TlsTerminator:
-        """Start the thread and wait until it listens."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="tls-terminator", daemon=True)
-        self._thread.start()
-        if not self._started.wait(_STOP_TIMEOUT_S) or self._start_error is not None:
-            error = self._start_error
-            self.close()
-            raise RuntimeError(f"the TLS terminator did not start on port {self.port}") from error
-        return self
-
-    def close(self) -> None:
-        """Stop listening and close every session; safe to call twice."""
-        thread, loop, stop = self._thread, self._loop, self._stop
-        if thread is None:
-            return
-        if loop is not None and stop is not None and thread.is_alive():
-            with contextlib.suppress(RuntimeError):  # the loop already closed
-                loop.call_soon_threadsafe(stop.set)
-        thread.join(_STOP_TIMEOUT_S)
-        if thread.is_alive():
-            raise RuntimeError("the TLS terminator's thread did not stop")
-        self._thread = None
-
-    def __enter__(self) -> TlsTerminator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def stats(self) -> TerminatorStats:
@@ -156,37 +111,15 @@ class TlsTerminator:
 
     # -- the loop's side -------------------------------------------------------
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._serve())
-        except BaseException as error:  # noqa: BLE001 - reported to start() or lost at close
-            self._start_error = error
-        finally:
-            self._started.set()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        listener = socket.create_server((LOOPBACK, self.port))  # SO_REUSEADDR: restartable
-        server = await asyncio.start_server(self._accept, sock=listener, limit=CHUNK_BYTES)
-        self.port = listener.getsockname()[1]
-        self._started.set()
-        try:
-            await self._stop.wait()
-        finally:
-            server.close()
-            for session in list(self._sessions):
-                self._close(session)  # cancels its forwarding tasks
-            for writer in self._connections:
-                writer.transport.abort()  # a handshake under way ends with EOF
-            # Accept tasks end by themselves: asyncio logs an error for a cancelled one.
-            current = asyncio.current_task()
-            if tasks := [task for task in asyncio.all_tasks() if task is not current]:
-                await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S)
-            await server.wait_closed()
+    async def _shutdown(self) -> None:
+        for session in list(self._sessions):
+            self._close(session)  # cancels its forwarding tasks
+        for writer in self._connections:
+            writer.transport.abort()  # a handshake under way ends with EOF
+        # Accept tasks end by themselves: asyncio logs an error for a cancelled one.
+        current = asyncio.current_task()
+        if tasks := [task for task in asyncio.all_tasks() if task is not current]:
+            await asyncio.wait(tasks, timeout=_STOP_TIMEOUT_S)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count(accepted=1)

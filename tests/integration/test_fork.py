@@ -1,204 +1,34 @@
 """A client initialised before `fork()` keeps syncing in every process: each child starts
-its own subscriber on its own connections and never reads the parent's (FAULTS.md S17).
-A parent that forked counts as a worker only once it evaluates again: a gunicorn
-`--preload` master, which never serves, is not counted (see `flagsync._sync.presence`)."""
+its own subscriber on its own connections and never reads the parent's (FAULTS.md S17:
+every process on the final revision is `TestForkAfterInit` in the fault suite,
+tests/faults/test_process_faults.py). A parent that forked counts as a worker only once
+it evaluates again: a gunicorn `--preload` master, which never serves, is not counted
+(see `flagsync._sync.presence`)."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import select
-import signal
 import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
-import redis
 
-from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from tests.integration.conftest import ClientFactory
-from tests.integration.support import RevisionRecorder, counter_flag, wait_until
-
-CHILDREN = 4
-REVISIONS = 20
+from tests.integration.forking import (
+    CHILDREN,
+    REVISIONS,
+    forked_children,
+)
+from tests.integration.support import counter_flag, wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     # Python >= 3.12 warns on fork() in a process with threads; forking one is the point here.
     r"ignore:This process .* is multi-threaded, use of fork\(\) may lead to deadlocks"
     ":DeprecationWarning"
 )
-
-
-def follow_in_child(
-    client: FlagClient, target: int, parent_worker: str, released: Callable[[float], bool]
-) -> int:
-    """The child's part: reach `target` on its own subscriber, stay until released.
-
-    Returns the exit code: 0 on success, 3 if the target was not reached, 4 if the child
-    kept the parent's identity, 5 if it was never released.
-    """
-    if client.status().worker_id == parent_worker:
-        return 4
-    reached = wait_until(
-        lambda: client.revision == target and client.variation("counter", {}, -1) == REVISIONS,
-        10,
-    )
-    was_released = released(15)
-    client.close()
-    if not reached:
-        return 3
-    return 0 if was_released else 5
-
-
-@contextmanager
-def forked_children(
-    client: FlagClient, target: int, parent_worker: str
-) -> Iterator[tuple[list[int], Callable[[], list[int]]]]:
-    """Fork the children with `os.fork`; yields (pids, release) where `release()` lets them
-    finish and returns their exit codes. Children still running at the end are killed."""
-    read_end, write_end = os.pipe()
-
-    def released(timeout_s: float) -> bool:
-        ready, _, _ = select.select([read_end], [], [], timeout_s)
-        return bool(ready)
-
-    pids: list[int] = []
-    for _ in range(CHILDREN):
-        pid = os.fork()
-        if pid == 0:  # the child: never return into pytest
-            code = 1
-            try:
-                os.close(write_end)
-                code = follow_in_child(client, target, parent_worker, released)
-            except BaseException:  # noqa: BLE001 - reported through the exit code
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        pids.append(pid)
-    os.close(read_end)
-
-    def release() -> list[int]:
-        os.write(write_end, b"go")
-        codes = []
-        deadline = time.monotonic() + 10
-        for pid in pids:
-            while True:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes.append(os.waitstatus_to_exitcode(status))
-                    break
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes.append(-9)
-                    break
-                time.sleep(0.01)
-        return codes
-
-    try:
-        yield pids, release
-    finally:
-        os.close(write_end)
-        for pid in pids:
-            try:
-                if os.waitpid(pid, os.WNOHANG) == (0, 0):
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass  # already reaped by release()
-
-
-@contextmanager
-def multiprocessing_children(
-    client: FlagClient, target: int, parent_worker: str
-) -> Iterator[tuple[list[int], Callable[[], list[int]]]]:
-    """The same with multiprocessing's "fork" context."""
-    context = multiprocessing.get_context("fork")
-    go = context.Event()
-
-    def child() -> None:
-        raise SystemExit(follow_in_child(client, target, parent_worker, go.wait))
-
-    processes = [context.Process(target=child, daemon=True) for _ in range(CHILDREN)]
-    for process in processes:
-        process.start()
-
-    def release() -> list[int]:
-        go.set()
-        codes = []
-        for process in processes:
-            process.join(10)
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-            codes.append(process.exitcode if process.exitcode is not None else -9)
-        return codes
-
-    try:
-        yield [process.pid for process in processes if process.pid is not None], release
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join(5)
-            process.close()
-
-
-class TestForkAfterInit:
-    """Every process, parent included, ends on the final revision with its own worker id."""
-
-    @pytest.mark.parametrize("spawn", ["os.fork", "multiprocessing-fork"])
-    def test_every_process_follows(
-        self,
-        spawn: str,
-        server: ServerProcess,
-        publisher: Publisher,
-        make_client: ClientFactory,
-        raw: redis.Redis,
-    ) -> None:
-        """Parent and 4 forked children all apply 20 revisions; the parent misses none."""
-        start = publisher.put("counter", counter_flag(0))
-        target = start + REVISIONS
-        parent = make_client(server.url, check_interval_s=60.0)  # changes arrive by message only
-        assert parent.wait_ready(5)
-        recorder = RevisionRecorder()
-        parent.add_listener(recorder)
-        parent_worker = parent.status().worker_id
-        assert parent_worker is not None
-        children = forked_children if spawn == "os.fork" else multiprocessing_children
-        with children(parent, target, parent_worker) as (pids, release):
-            # The parent serves requests too: evaluating brings it back into the fleet view.
-            assert wait_until(
-                lambda: (
-                    parent.variation("counter", {}, -1) == 0
-                    and len(publisher.workers()) == CHILDREN + 1
-                ),
-                10,
-            ), publisher.workers()
-            for value in range(1, REVISIONS + 1):
-                final = publisher.put("counter", counter_flag(value))
-            assert final == target
-            report = publisher.wait_propagated(final, timeout=10)
-            assert report.complete, report.missing
-            workers = [ack.worker for ack in report.reached]
-            assert {worker.pid for worker in workers} == {os.getpid(), *pids}
-            assert len({worker.id for worker in workers}) == CHILDREN + 1
-            assert parent_worker in {worker.id for worker in workers}
-            names = {entry["name"] for entry in raw.client_list()}
-            assert all(f"flagsync-{worker.id}"[:64] in names for worker in workers)
-            codes = release()
-        assert codes == [0] * CHILDREN
-        assert parent.revision == final
-        assert parent.variation("counter", {}, -1) == REVISIONS
-        # No child read from the parent's pub/sub socket: the parent got every message.
-        assert recorder.revisions == list(range(start + 1, final + 1))
-        assert wait_until(lambda: [w.id for w in publisher.workers()] == [parent_worker], 2)
 
 
 class TestPreloadMaster:
