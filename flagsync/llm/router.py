@@ -13,7 +13,10 @@ the router does it, per process:
 - when every eligible option is cooling down, the router waits for the first to come
   back, up to `wait_deadline_s`, rather than fail (LiteLLM #3646);
 - which option served, and why, goes to the metrics of the flag and variant that served
-  the config: `fallback` is 1 or 0 per call, so a guard can read `fallback_rate(v)`.
+  the config: `fallback` is 1 or 0 per call, so a guard can read `fallback_rate(v)`;
+  each fallen-back call also adds one sample to `fallback_<why>` (`fallback_429`,
+  `fallback_503`, `fallback_timeout`, ...: a primary skipped while it cools down counts
+  under the failure that cooled it), whose count per variant says why calls moved.
 
 Time comes from an injected clock (`monotonic()` and `sleep()`), so tests never sleep.
 """
@@ -105,6 +108,13 @@ class AllOptionsFailedError(FlagsyncError):
         self.attempts = attempts
         tried = ", ".join(f"{a.option.label}: {a.outcome}" for a in attempts) or "nothing"
         super().__init__(f"no option of {config.key or 'the config'} answered ({tried})")
+
+
+def _why(reason: str) -> str:
+    """The metric a fallback for `reason` is counted under: `fallback_<reason>` (`429`,
+    `503`, `timeout`, ..., or a caller's kind, folded to a metric name)."""
+    folded = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in reason)
+    return f"fallback_{folded.lower()}"[:64]
 
 
 def trigger_matches(triggers: frozenset[str], failure: str) -> bool:
@@ -225,6 +235,8 @@ class FallbackRouter:
         reason = PRIMARY if index == 0 else failure or COOLING
         if self.client is not None and config.key and config.variant:
             record_outcome(self.client, config.key, config.variant, "fallback", float(index > 0))
+            if index:  # why: one sample per fallen-back call, e.g. `fallback_429`
+                record_outcome(self.client, config.key, config.variant, _why(reason), 1.0)
         if index:
             _log.info(
                 "llm.fallback",
