@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
@@ -57,6 +57,7 @@ _HEALTH_FAILURES: Final = frozenset({"429", "timeout", "connection_error"})
 _MAX_ROUNDS: Final = 1_000
 
 
+@runtime_checkable
 class Clock(Protocol):
     """Where the router reads time and waits (`time` by default; a fake one in tests)."""
 
@@ -72,6 +73,30 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+class _FunctionClock:
+    """A clock made of a time function and a sleep function (`clock=fake_time, sleep=...`)."""
+
+    def __init__(self, now: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self._now = now
+        self._sleep = sleep
+
+    def monotonic(self) -> float:
+        return self._now()
+
+    def sleep(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+
+def _clock(
+    clock: Clock | Callable[[], float] | None, sleep: Callable[[float], None] | None
+) -> Clock:
+    if clock is None:
+        return SystemClock() if sleep is None else _FunctionClock(time.monotonic, sleep)
+    if isinstance(clock, Clock):
+        return clock if sleep is None else _FunctionClock(clock.monotonic, sleep)
+    return _FunctionClock(clock, sleep or time.sleep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,20 +167,25 @@ def classify_error(error: BaseException) -> str | None:
 
 
 class FallbackRouter:
-    """Routes calls over a config's options; one per process (cooldowns are shared)."""
+    """Routes calls over a config's options; one per process (cooldowns are shared).
+
+    `clock`: an object with `monotonic()` and `sleep(seconds)` (default: the real ones),
+    or a function returning the time (then `sleep`, default `time.sleep`, waits); tests
+    inject a fake one and never sleep."""
 
     def __init__(
         self,
         client: FlagClient | None = None,
         *,
-        clock: Clock | None = None,
+        clock: Clock | Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
         cooldown_s: float = 30.0,
         wait_deadline_s: float = 5.0,
         errors: Mapping[type[BaseException], str] | None = None,
         classify: Callable[[BaseException], str | None] = classify_error,
     ) -> None:
         self.client = client
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = _clock(clock, sleep)
         self.cooldown_s = cooldown_s
         self.wait_deadline_s = wait_deadline_s
         self._errors = dict(errors or {})

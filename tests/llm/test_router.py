@@ -252,3 +252,21 @@ class TestThroughTheRealSdks:
         with pytest.raises(openai.APIConnectionError) as refused:
             closed.chat.completions.create(model="m", messages=[])
         assert classify_error(refused.value) == "connection_error"
+
+
+class TestClockInjection:
+    """The clock may be a `Clock` object or a time function with a `sleep` function."""
+
+    def test_time_function_and_sleep(self) -> None:
+        """With every option cooling, the router waits on the given `sleep`, not for real."""
+        now = [50.0]
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            now[0] += seconds
+
+        router = FallbackRouter(clock=lambda: now[0], sleep=sleep, cooldown_s=2, wait_deadline_s=5)
+        sent = script([StatusError(429), "a"], [StatusError(503), "b"])
+        assert router.call(config(), sent).value == "a"
+        assert slept == [2.0]
