@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
         StoreURLError,
     )
     from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck, WorkerInfo
+    from flagsync.llm.config import LLMConfig, LLMMessage
+    from flagsync.llm.router import FallbackRouter
+    from flagsync.llm.tracker import LLMCall
     from flagsync.publisher import DefinitionChange, Publisher, StoredFlag, WriteResult
     from flagsync.status import ClientStatus, SyncState
 
@@ -42,6 +45,7 @@ __all__ = [
     "DefinitionChange",
     "ErrorCode",
     "EvaluationDetail",
+    "FallbackRouter",
     "Flag",
     "FlagClient",
     "FlagNotFoundError",
@@ -51,6 +55,9 @@ __all__ = [
     "Fleet",
     "HistoryEntry",
     "InvalidFlagError",
+    "LLMCall",
+    "LLMConfig",
+    "LLMMessage",
     "PartialReseedError",
     "PermissionDeniedError",
     "PropagationReport",
@@ -78,9 +85,13 @@ _LAZY: Final = {
     "ClientStatus": "flagsync.status",
     "ConflictError": "flagsync.errors",
     "DefinitionChange": "flagsync.publisher",
+    "FallbackRouter": "flagsync.llm.router",
     "FlagNotFoundError": "flagsync.errors",
     "Fleet": "flagsync.fleet",
     "HistoryEntry": "flagsync.fleet",
+    "LLMCall": "flagsync.llm.tracker",
+    "LLMConfig": "flagsync.llm.config",
+    "LLMMessage": "flagsync.llm.config",
     "PartialReseedError": "flagsync.errors",
     "PermissionDeniedError": "flagsync.errors",
     "PropagationReport": "flagsync.fleet",
