@@ -32,6 +32,9 @@ if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers
         WriteOutcomeUnknownError,
     )
     from flagsync.fleet import Fleet, HistoryEntry, PropagationReport, WorkerAck, WorkerInfo
+    from flagsync.llm.config import LLMConfig, LLMMessage
+    from flagsync.llm.router import FallbackRouter
+    from flagsync.llm.tracker import LLMCall
     from flagsync.publisher import (
         DefinitionChange,
         Publisher,
@@ -50,6 +53,7 @@ __all__ = [
     "DefinitionChange",
     "ErrorCode",
     "EvaluationDetail",
+    "FallbackRouter",
     "Flag",
     "FlagClient",
     "FlagNotFoundError",
@@ -59,6 +63,9 @@ __all__ = [
     "Fleet",
     "HistoryEntry",
     "InvalidFlagError",
+    "LLMCall",
+    "LLMConfig",
+    "LLMMessage",
     "PartialReseedError",
     "PermissionDeniedError",
     "PropagationReport",
@@ -89,9 +96,13 @@ _LAZY: Final = {
     "ClientStatus": "flagsync.status",
     "ConflictError": "flagsync.errors",
     "DefinitionChange": "flagsync.publisher",
+    "FallbackRouter": "flagsync.llm.router",
     "FlagNotFoundError": "flagsync.errors",
     "Fleet": "flagsync.fleet",
     "HistoryEntry": "flagsync.fleet",
+    "LLMCall": "flagsync.llm.tracker",
+    "LLMConfig": "flagsync.llm.config",
+    "LLMMessage": "flagsync.llm.config",
     "PartialReseedError": "flagsync.errors",
     "PermissionDeniedError": "flagsync.errors",
     "PropagationReport": "flagsync.fleet",

@@ -108,6 +108,13 @@ class FlagsyncCollector(Collector):
             None if status is None else status.seconds_since_sync,
         )
         yield gauge(
+            "lag_seconds",
+            "How far the served snapshot may be behind the store: seconds since the store"
+            " last confirmed the served revision (absent: never synced). Revision lag is"
+            " the fleet's view: `flagsync workers` (LAG).",
+            None if status is None else status.seconds_since_sync,
+        )
+        yield gauge(
             "snapshot_missing",
             "1 when the store has no data for the namespace (the last snapshot is kept).",
             None if status is None else float(status.snapshot_missing),

@@ -21,6 +21,14 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from flagsync import FlagClient
 from flagsync.prometheus import register
 
+try:  # optional: the OpenFeature API over the same client (flagsync[openfeature])
+    from openfeature import api as openfeature
+    from openfeature.evaluation_context import EvaluationContext
+
+    from flagsync.openfeature import FlagsyncProvider
+except ImportError:  # without it, the apps answer `openfeature_model: null`
+    openfeature = None  # type: ignore[assignment]
+
 configure_logging()
 registry = CollectorRegistry()
 
@@ -33,11 +41,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     async with FlagClient.connect_async(url, namespace) as client:
         await client.wait_ready_async(2.0)  # False: defaults until the first sync
         collector = register(client, registry)
+        if openfeature is not None:  # in the worker, after the client is ready
+            openfeature.set_provider_and_wait(FlagsyncProvider(client))
         app.state.flags = client
         try:
             yield
         finally:
             registry.unregister(collector)
+            if openfeature is not None:
+                openfeature.shutdown()
 
 
 app = FastAPI(lifespan=lifespan)
@@ -54,4 +66,9 @@ async def model(request: Request) -> dict[str, Any]:
         "model": client.string_value("llm-model-version", user, "gpt-4o"),
         "revision": client.revision,
         "state": str(client.status().state),
+        "openfeature_model": None
+        if openfeature is None
+        else openfeature.get_client().get_string_value(
+            "llm-model-version", "gpt-4o", EvaluationContext(user["key"])
+        ),
     }

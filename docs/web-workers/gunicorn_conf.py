@@ -15,7 +15,14 @@ from typing import Any
 def _close_client() -> None:
     app = sys.modules.get("wsgi_app")  # absent when the app never finished importing
     if app is not None:
+        app.stop_openfeature()
         app.client.close()
+
+
+def post_worker_init(worker: Any) -> None:
+    """In each worker, once the app is loaded (after the fork, with or without
+    `--preload`): start the OpenFeature provider there, never in the master."""
+    sys.modules["wsgi_app"].start_openfeature()
 
 
 def worker_exit(server: Any, worker: Any) -> None:

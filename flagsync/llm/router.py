@@ -13,7 +13,10 @@ the router does it, per process:
 - when every eligible option is cooling down, the router waits for the first to come
   back, up to `wait_deadline_s`, rather than fail (LiteLLM #3646);
 - which option served, and why, goes to the metrics of the flag and variant that served
-  the config: `fallback` is 1 or 0 per call, so a guard can read `fallback_rate(v)`.
+  the config: `fallback` is 1 or 0 per call, so a guard can read `fallback_rate(v)`;
+  each fallen-back call also adds one sample to `fallback_<why>` (`fallback_429`,
+  `fallback_503`, `fallback_timeout`, ...: a primary skipped while it cools down counts
+  under the failure that cooled it), whose count per variant says why calls moved.
 
 Time comes from an injected clock (`monotonic()` and `sleep()`), so tests never sleep.
 """
@@ -24,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
@@ -54,6 +57,7 @@ _HEALTH_FAILURES: Final = frozenset({"429", "timeout", "connection_error"})
 _MAX_ROUNDS: Final = 1_000
 
 
+@runtime_checkable
 class Clock(Protocol):
     """Where the router reads time and waits (`time` by default; a fake one in tests)."""
 
@@ -69,6 +73,30 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+class _FunctionClock:
+    """A clock made of a time function and a sleep function (`clock=fake_time, sleep=...`)."""
+
+    def __init__(self, now: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self._now = now
+        self._sleep = sleep
+
+    def monotonic(self) -> float:
+        return self._now()
+
+    def sleep(self, seconds: float) -> None:
+        self._sleep(seconds)
+
+
+def _clock(
+    clock: Clock | Callable[[], float] | None, sleep: Callable[[float], None] | None
+) -> Clock:
+    if clock is None:
+        return SystemClock() if sleep is None else _FunctionClock(time.monotonic, sleep)
+    if isinstance(clock, Clock):
+        return clock if sleep is None else _FunctionClock(clock.monotonic, sleep)
+    return _FunctionClock(clock, sleep or time.sleep)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +135,13 @@ class AllOptionsFailedError(FlagsyncError):
         super().__init__(f"no option of {config.key or 'the config'} answered ({tried})")
 
 
+def _why(reason: str) -> str:
+    """The metric a fallback for `reason` is counted under: `fallback_<reason>` (`429`,
+    `503`, `timeout`, ..., or a caller's kind, folded to a metric name)."""
+    folded = "".join(c if c.isascii() and (c.isalnum() or c in "_-") else "_" for c in reason)
+    return f"fallback_{folded.lower()}"[:64]
+
+
 def trigger_matches(triggers: frozenset[str], failure: str) -> bool:
     """Whether a fallback listing `triggers` takes over after `failure`."""
     if failure in triggers:
@@ -132,20 +167,25 @@ def classify_error(error: BaseException) -> str | None:
 
 
 class FallbackRouter:
-    """Routes calls over a config's options; one per process (cooldowns are shared)."""
+    """Routes calls over a config's options; one per process (cooldowns are shared).
+
+    `clock`: an object with `monotonic()` and `sleep(seconds)` (default: the real ones),
+    or a function returning the time (then `sleep`, default `time.sleep`, waits); tests
+    inject a fake one and never sleep."""
 
     def __init__(
         self,
         client: FlagClient | None = None,
         *,
-        clock: Clock | None = None,
+        clock: Clock | Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
         cooldown_s: float = 30.0,
         wait_deadline_s: float = 5.0,
         errors: Mapping[type[BaseException], str] | None = None,
         classify: Callable[[BaseException], str | None] = classify_error,
     ) -> None:
         self.client = client
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = _clock(clock, sleep)
         self.cooldown_s = cooldown_s
         self.wait_deadline_s = wait_deadline_s
         self._errors = dict(errors or {})
@@ -225,6 +265,8 @@ class FallbackRouter:
         reason = PRIMARY if index == 0 else failure or COOLING
         if self.client is not None and config.key and config.variant:
             record_outcome(self.client, config.key, config.variant, "fallback", float(index > 0))
+            if index:  # why: one sample per fallen-back call, e.g. `fallback_429`
+                record_outcome(self.client, config.key, config.variant, _why(reason), 1.0)
         if index:
             _log.info(
                 "llm.fallback",

@@ -124,7 +124,10 @@ class LLMCall:
     def _price_table(self) -> Mapping[str, ModelPrice]:
         if self._prices is not None:
             return self._prices
-        settings = self._client.snapshot.definitions.llm
+        client = self._client
+        settings = client.snapshot.definitions.llm  # an offline client's flag file
+        if settings is None and client._llm_store is not None:  # a connected client's store
+            settings = client._llm_store.get(client.revision, stale=client._is_stale())
         return {} if settings is None else settings.prices
 
     def __exit__(

@@ -32,8 +32,10 @@ __all__ = [
 
 KINDS: Final = frozenset({"llm"})
 ROLES: Final = ("system", "developer", "user", "assistant")
-FALLBACK_TRIGGERS: Final = ("429", "5xx", "4xx", "timeout", "connection_error", "context_length")
-"""Words a fallback's `on:` may hold, besides any HTTP status code (400-599)."""
+FALLBACK_TRIGGERS: Final = ("429", "5xx", "timeout", "connection_error", "context_length")
+"""Words a fallback's `on:` may hold, besides any HTTP status code (400-599): a fixed
+vocabulary (a class like `4xx` is not in it: a 4xx other than 429 is a
+fault of the request, which another provider would refuse too; list the code)."""
 _VARIANT_FIELDS: Final = (
     "provider", "model", "params", "messages", "fallbacks", "context_window", "retrieval", "extra"
 )  # fmt: skip

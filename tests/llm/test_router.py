@@ -198,6 +198,25 @@ class TestMetrics:
         result = evaluate_guard(parse_guard("fallback_rate(current) <= 0.5"), window, min_samples=3)
         assert result.verdict == "pass"
 
+    def test_why_it_fell_back_is_counted(self) -> None:
+        """Each fallen-back call adds a sample to `fallback_<why>`: the primary's 429 (also
+        while it cools down after it: skipped as if it failed so again); a served primary
+        adds none."""
+        client = MeteredFlagClient(Snapshot.build(load_flags(FLAGS_FILE)))
+        router = FallbackRouter(client, clock=FakeClock(), cooldown_s=30)
+        sent = script([StatusError(429)], ["b"])
+        for _ in range(3):
+            router.call(config(client), sent)
+        assert client._metrics is not None
+        window = {(v, m): s for (k, v, m), s in client._metrics.drain().items() if k == "chat-llm"}
+        assert window[("current", "fallback")].mean == 1.0
+        assert window[("current", "fallback_429")].count == 3
+        assert sent.calls.count("openai/gpt-4o") == 1  # then skipped while cooling
+        routed = FallbackRouter(client, clock=FakeClock()).call(config(client), script(["a"], []))
+        assert routed.reason == "primary"
+        window = {(v, m): s for (k, v, m), s in client._metrics.drain().items() if k == "chat-llm"}
+        assert {m for (v, m) in window if m.startswith("fallback")} == {"fallback"}
+
 
 @pytest.fixture
 def recorder(monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
@@ -233,3 +252,21 @@ class TestThroughTheRealSdks:
         with pytest.raises(openai.APIConnectionError) as refused:
             closed.chat.completions.create(model="m", messages=[])
         assert classify_error(refused.value) == "connection_error"
+
+
+class TestClockInjection:
+    """The clock may be a `Clock` object or a time function with a `sleep` function."""
+
+    def test_time_function_and_sleep(self) -> None:
+        """With every option cooling, the router waits on the given `sleep`, not for real."""
+        now = [50.0]
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            now[0] += seconds
+
+        router = FallbackRouter(clock=lambda: now[0], sleep=sleep, cooldown_s=2, wait_deadline_s=5)
+        sent = script([StatusError(429), "a"], [StatusError(503), "b"])
+        assert router.call(config(), sent).value == "a"
+        assert slept == [2.0]

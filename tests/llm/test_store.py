@@ -184,9 +184,7 @@ class TestServedByWorkers:
         config = worker.llm_config("chat-llm", FREE, None, {"product": "Acme"})
         assert config is not None
         assert config.model == "gpt-4o"
-        settings = fetch_settings(url, publisher.keys.namespace)
-        assert settings is not None  # the worker reads the stored prices (see README)
-        with worker.llm_call(config, prices=settings.prices) as call:
+        with worker.llm_call(config) as call:  # priced from the stored `llm.prices`
             call.usage(1000, 100)
         assert call.id is not None
         assert rater.llm_feedback(call.id, "thumbs_down", 1.0)
@@ -198,6 +196,28 @@ class TestServedByWorkers:
             return ("current", "thumbs_down") in window and ("current", "cost") in window
 
         assert wait_until(flushed, 5.0)
+
+    def test_worker_costs_calls_from_the_stored_prices(
+        self, publisher: Publisher, make_client: ClientFactory
+    ) -> None:
+        """Without `prices=`, a connected worker's `llm_call` prices tokens with the applied
+        file's `llm.prices` (read from the store), and re-reads them after a new revision."""
+        publisher.apply(FLAGS_FILE)
+        worker = make_client(publisher.url, metrics_interval_s=60)
+        assert worker.wait_ready(5.0)
+        config = worker.llm_config("chat-llm", FREE, None)
+        assert config is not None
+        assert config.model == "gpt-4o"
+        with worker.llm_call(config) as call:
+            call.usage(1_000_000, 100_000)
+        assert call.cost == pytest.approx(2.5 + 1.0)  # gpt-4o: $2.5 in, $10 out per Mtok
+        doc = load_flags(FLAGS_FILE).to_builtins()
+        doc["llm"]["prices"]["gpt-4o"]["input_per_mtok"] = 5.0
+        revision = publisher.apply(doc)
+        assert wait_until(lambda: worker.revision == revision, 5.0)
+        with worker.llm_call(config) as call:
+            call.usage(1_000_000, 0)
+        assert call.cost == pytest.approx(5.0)
 
     def test_worker_sees_an_edit(self, publisher: Publisher, make_client: ClientFactory) -> None:
         """Editing the flag (e.g. removing a provider fleet-wide) changes what workers serve."""

@@ -171,3 +171,43 @@ class TestFeedbackByCallId:
         assert client.llm_feedback(call_id, "exposures", 1.0) is False
         assert client.llm_feedback(call_id, "Bad Name", 1.0) is False
         assert client.llm_feedback(call_id, "thumbs_down", float("nan")) is False
+
+
+class TestStoredPrices:
+    """A connected client's copy of the stored `llm:` section (`StoredSettings`)."""
+
+    def test_read_once_per_revision(self) -> None:
+        """Read on first use and after a new revision; the same revision reads nothing."""
+        from flagsync.llm.policy import StoredSettings
+        from flagsync.model import LLMSettings
+
+        reads: list[str] = []
+
+        def fetch(url: str, namespace: str, *, timeout_s: float) -> LLMSettings:
+            reads.append(namespace)
+            return LLMSettings(prices={"m": ModelPrice(1.0, 2.0)})
+
+        stored = StoredSettings("redis://x", "ns", fetch=fetch)
+        first = stored.get(1)
+        assert first is not None
+        assert first.prices["m"].output_per_mtok == 2.0
+        assert stored.get(1) is first
+        assert stored.get(2, stale=True) is first  # STALE: the copy in hand, no read
+        stored.get(2)
+        assert reads == ["ns", "ns"]
+
+    def test_a_failed_read_is_not_retried_at_once(self) -> None:
+        """A store that cannot be read costs one attempt per `retry_s`, never an exception."""
+        from flagsync.llm.policy import StoredSettings
+
+        reads: list[int] = []
+
+        def fetch(url: str, namespace: str, *, timeout_s: float) -> None:
+            reads.append(1)
+            raise ConnectionError("down")
+
+        stored = StoredSettings("redis://x", "ns", fetch=fetch, retry_s=60)
+        assert stored.get(1) is None
+        assert stored.get(1) is None
+        assert stored.get(2) is None
+        assert reads == [1]

@@ -190,12 +190,12 @@ class TestFallbacks:
                 {
                     "provider": "anthropic",
                     "model": "claude-sonnet-4",
-                    "on": [429, "6xx", 200, "rate"],
+                    "on": [429, "6xx", 200, "rate", "4xx"],
                 }
             ]
         )
         found = problems(llm_document(config))
-        assert set(found) == {f"{AT}.fallbacks[0].on[{i}]" for i in (1, 2, 3)}
+        assert set(found) == {f"{AT}.fallbacks[0].on[{i}]" for i in (1, 2, 3, 4)}
 
     @pytest.mark.parametrize(
         "trigger", [429, "503", "5xx", "timeout", "connection_error", "context_length"]

@@ -71,6 +71,8 @@ class TestExposition:
         assert samples["flagsync_flags", labels] == 4.0
         assert samples["flagsync_snapshot_missing", labels] == 0.0
         assert 0.0 <= samples["flagsync_seconds_since_sync", labels] < 2.0
+        assert types["flagsync_lag_seconds"] == "gauge"
+        assert 0.0 <= samples["flagsync_lag_seconds", labels] < 2.0
         assert {types[f"flagsync_{name}"] for name in COUNTERS} == {"counter"}
         assert types["flagsync_revision"] == "gauge"
         assert samples["flagsync_applied_changes_total", labels] == 0.0
@@ -128,6 +130,7 @@ class TestExposition:
             assert wait_until(lambda: scrape(registry)[0][stale] == 1.0, 5.0)
             samples, _ = scrape(registry)
             assert samples["flagsync_seconds_since_sync", labels] > 1.0
+            assert samples["flagsync_lag_seconds", labels] > 1.0
             assert samples["flagsync_sync_state", labels | {("state", "ready")}] == 0.0
         finally:
             dedicated_server.resume()
@@ -149,5 +152,6 @@ class TestExposition:
         assert samples["fs_sync_state", labels | {("state", "offline")}] == 1.0
         assert samples["fs_flags", labels] == 4.0
         assert ("fs_seconds_since_sync", labels) not in samples
+        assert ("fs_lag_seconds", labels) not in samples
         registry.unregister(collector)
         assert scrape(registry)[0] == {}

@@ -99,6 +99,8 @@ class TestRecipes:
             assert {(a["model"], a["revision"], a["state"]) for a in answers} == {
                 ("gpt-4.1", revision, "ready")
             }
+            # the OpenFeature recipe: a provider per worker over the same client
+            assert {a["openfeature_model"] for a in answers} == {"gpt-4.1"}
             assert {a["pid"] for a in answers} <= workers
 
             logged = json_lines(web.output())

@@ -107,6 +107,14 @@ class TestFacade:
             SyncState,
         )
 
+    def test_llm_names_are_flagsync_llm_s(self) -> None:
+        """`flagsync.LLMConfig` (what `llm_config` returns), `LLMMessage`, `FallbackRouter`
+        and `LLMCall` are `flagsync.llm`'s own, loaded on first use."""
+        from flagsync import llm
+
+        for name in ("LLMConfig", "LLMMessage", "FallbackRouter", "LLMCall"):
+            assert getattr(flagsync, name) is getattr(llm, name)
+
     def test_unknown_name_is_an_attribute_error(self) -> None:
         """A name the package does not have raises AttributeError naming it."""
         with pytest.raises(AttributeError, match="no attribute 'Nope'"):
