@@ -195,6 +195,7 @@ class Snapshot:
             definitions, quarantine = pending.settle()
             if quarantine:
                 self.quarantine = quarantine
+            self._flag_keys = definitions.flags  # a quarantined flag is no longer listed
             self._definitions = definitions
         return definitions
 

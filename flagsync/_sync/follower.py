@@ -228,10 +228,10 @@ class Follower:
         if not self.integrity.message_fits(message, snapshot.revision):
             return "check"  # badly signed, or not the store's next state from ours
         self.integrity.message_applied(message)
+        self.confirm()  # first: a reader never sees the new revision reported STALE
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
         self._blobs = None  # the next load compares against the store afresh
-        self.confirm()
         return "applied"
 
     def on_heartbeat(self, data: Any) -> HeartbeatVerdict:
@@ -355,9 +355,9 @@ class Follower:
             quarantine=quarantine,
             versions=stored_versions(loaded.flags, definitions, quarantine, current),
         )
+        self.confirm()  # first: a reader never sees the new revision reported STALE
         self._swap(snapshot, current.changed_keys(snapshot), 0)
         self._log_loaded(loaded, len(snapshot), quarantine, unchanged=False)
-        self.confirm()
         self.ready.set()
         return True
 
@@ -377,11 +377,11 @@ class Follower:
             epoch=epoch,
             versions=kind_versions(loaded.flags),
         )
+        self.confirm()
         self._swap(snapshot, frozenset(loaded.flags), 0)
         # Logged before ready: a process that forks once ready (a pre-fork server) must
         # not fork while this thread holds the log stream's lock.
         self._log_loaded(loaded, len(snapshot), snapshot.quarantine, unchanged=False)
-        self.confirm()
         self.ready.set()
         definitions, quarantine = deferred.settle()  # after ready: the whole check
         if quarantine or self._quarantine_logged:
