@@ -1,0 +1,477 @@
+"""Capacity: what N workers cost one Redis node, and how long a change takes to reach them all.
+
+    python -m benchmarks.capacity                  # 1,000 / 2,000 / 5,000; one node, 2 replicas
+    python -m benchmarks.capacity --quick --check  # CI: 500 workers, short window, budgets
+    python -m benchmarks.capacity --workers 200 --replicas 0 --window-s 10
+
+N simulated workers are real `FlagClient.connect_async` clients (asyncio, each with its
+own connections) spread over P processes, against a Valkey started here (or `--url`, on
+loopback only: its CPU is read from /proc). With a replica tier, workers follow the
+replicas round-robin (subscribe and read there) and write presence and metrics to the
+primary. Measured, per run: server CPU (utime + stime) over a window with no writes, as
+% of one core; commands per second per worker (INFO commandstats, by command);
+connections and server memory per worker; and fan-out: for several changes, the time
+from the write (server clock) until every worker applied it (each worker's own clock at
+the swap; same host), and what the PUBLISH inside the write cost the server. One more
+change is awaited with `Publisher.wait_propagated` (what `kill --wait` does).
+
+On a 2-core machine the simulated workers share the CPU with the server: fan-out times
+include their scheduling delays. A process here may hold at most 20,000 open files, so
+10,000 workers (two to four connections each) cannot be held by one local server: runs
+go to 5,000 and the model extrapolates to 10,000 from a linear fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+import tomllib
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from benchmarks._capacity_fleet import WorkerProcesses
+from benchmarks._capacity_nodes import (
+    Node,
+    Sample,
+    commands_between,
+    cpu_percent_between,
+    nodes,
+    reads_between,
+    usec_per_call,
+)
+from benchmarks._capacity_worker import FLAG, raise_open_files_limit
+from benchmarks.propagation import _percentile as percentile
+from flagsync.publisher import Publisher
+
+NOTE = (
+    "2 cores: the simulated workers share the CPU with the server, so fan-out times include"
+    " their scheduling delays. One process may hold 20,000 open files here, so runs stop at"
+    " 5,000 workers and the 10,000-worker figures are extrapolated from a linear fit."
+)
+TARGET_WORKERS = 10_000
+FLAG_DEFINITION = {"variants": {"on": "on", "off": "off"}, "off": "off", "default": "on"}
+"""The benchmark's one flag: each change kills or enables it."""
+
+
+def run(
+    *,
+    quick: bool,
+    sizes: Sequence[int] | None = None,
+    replicas: int | None = None,
+    processes: int = 4,
+    window_s: float | None = None,
+    changes: int | None = None,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Every configured run, and the capacity model fitted to the one-node runs."""
+    raise_open_files_limit()
+    sizes = sizes or ((500,) if quick else (1_000, 2_000, 5_000))
+    replicas = (0 if quick else 2) if replicas is None else replicas
+    window_s = window_s or (10.0 if quick else 60.0)
+    changes = changes or (3 if quick else 10)
+    tiers = [0] if not replicas else [0, replicas]
+    runs: dict[str, Any] = {}
+    for tier in tiers:
+        for workers in sizes:
+            name = f"workers_{workers}" + (f"_replicas_{tier}" if tier else "")
+            runs[name] = measure(
+                workers,
+                replicas=tier,
+                processes=processes,
+                window_s=window_s,
+                settle_s=3.0 if quick else 10.0,
+                changes=changes,
+                url=url,
+            )
+            print_run(name, runs[name])
+    return {"note": NOTE, "window_s": window_s, "runs": runs, "model": model(runs)}
+
+
+def measure(
+    workers: int,
+    *,
+    replicas: int,
+    processes: int,
+    window_s: float,
+    settle_s: float,
+    changes: int,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """One run: start `workers` workers, measure the quiet window, then the fan-out."""
+    namespace = f"capacity-{uuid.uuid4().hex[:8]}"
+    with nodes(url, replicas, workers) as servers:
+        primary = servers[0]
+        followed = [node.url for node in servers[1:]] or [primary.url]
+        with Publisher(primary.url, namespace, actor="capacity-benchmark") as publisher:
+            publisher.apply(
+                {
+                    "flags": {
+                        FLAG: {
+                            "variants": {"on": "on", "off": "off"},
+                            "off": "off",
+                            "default": "on",
+                        }
+                    }
+                }
+            )
+            baseline = [node.sample() for node in servers]
+            fleet = WorkerProcesses(
+                workers,
+                min(processes, workers),
+                urls=followed,
+                namespace=namespace,
+                presence_url=primary.url if replicas else None,
+            )
+            with fleet:
+                ramp = fleet.wait_ready(timeout_s=120.0 + workers * 0.1)
+                time.sleep(settle_s)
+                quiet = _quiet_window(servers, fleet, window_s)
+                fan_out = _fan_out(servers, fleet, publisher, changes)
+                # The flag ends killed after an odd number of changes: change it again.
+                waited = _wait_propagated(primary, fleet, publisher, kill=changes % 2 == 0)
+                health = fleet.status()
+                logged = fleet.stop()
+    figures = _summary(
+        workers=workers,
+        replicas=replicas,
+        servers=servers,
+        baseline=baseline,
+        ramp=ramp,
+        quiet=quiet,
+        fan_out=fan_out,
+        waited=waited,
+    )
+    return figures | {
+        "processes": min(processes, workers),
+        "client_health": health,
+        "logged": logged,
+    }
+
+
+def _quiet_window(servers: list[Node], fleet: WorkerProcesses, window_s: float) -> dict[str, Any]:
+    """Every node's samples around `window_s` seconds without writes, and the workers' CPU."""
+    before = [node.sample() for node in servers]
+    clients_before = fleet.cpu_seconds()
+    time.sleep(window_s)
+    clients_s = fleet.cpu_seconds() - clients_before
+    after = [node.sample() for node in servers]
+    elapsed = after[0].at_s - before[0].at_s
+    return {"before": before, "after": after, "clients_cpu_percent": 100 * clients_s / elapsed}
+
+
+def _fan_out(
+    servers: list[Node], fleet: WorkerProcesses, publisher: Publisher, changes: int
+) -> dict[str, Any]:
+    """`changes` kill/enable writes, one at a time, each awaited in every worker.
+
+    The PUBLISH cost is summed over the nodes: with a replica tier the primary's
+    subscribers are few and each replica runs the replicated PUBLISH for its own."""
+    before = [node.sample() for node in servers]
+    all_applied_ms: list[float] = []
+    per_worker_ms: list[float] = []
+    missing = 0
+    for number in range(changes):
+        write = publisher.kill if number % 2 == 0 else publisher.enable
+        revision = write(FLAG, reason="capacity benchmark")
+        replies = fleet.ask({"op": "wait", "revision": revision, "timeout_s": 20.0}, 60.0)
+        published_us = _published_us(publisher, revision)
+        times = [at for reply in replies for at in reply["times_ns"]]
+        missing += sum(at is None for at in times)
+        latencies = [(at / 1000 - published_us) / 1000 for at in times if at is not None]
+        per_worker_ms.extend(latencies)
+        if latencies:
+            all_applied_ms.append(max(latencies))
+        time.sleep(0.3)
+    after = [node.sample() for node in servers]
+    publish_us = [
+        usec_per_call(start, end, "publish") for start, end in zip(before, after, strict=True)
+    ]
+    script_us = usec_per_call(before[0], after[0], "evalsha") or usec_per_call(
+        before[0], after[0], "eval"
+    )
+    return {
+        "changes": changes,
+        "workers_missing": missing,
+        "all_applied_ms": _distribution(all_applied_ms),
+        "per_worker_ms": _distribution(per_worker_ms),
+        "publish_us_per_change": _rounded(sum(us for us in publish_us if us is not None)),
+        "publish_us_per_change_by_node": [_rounded(us) for us in publish_us],
+        "write_script_us_per_change": _rounded(script_us),
+    }
+
+
+def _wait_propagated(
+    primary: Node, fleet: WorkerProcesses, publisher: Publisher, *, kill: bool
+) -> dict[str, Any]:
+    """One more change, awaited as `kill --wait` does; its wall time and server CPU."""
+    write = publisher.kill if kill else publisher.enable
+    revision = write(FLAG, reason="capacity benchmark: --wait")
+    before = primary.sample()
+    report = publisher.wait_propagated(revision, timeout=30.0)
+    after = primary.sample()
+    fleet.ask({"op": "wait", "revision": revision, "timeout_s": 20.0}, 60.0)
+    return {
+        "reached": len(report.reached),
+        "missing": len(report.missing) + len(report.unconfirmed),
+        "waited_ms": round(report.waited_ms, 1),
+        "server_cpu_ms": round(1000 * (after.cpu_s - before.cpu_s), 1),
+        "mget_calls": after.calls.get("mget", 0) - before.calls.get("mget", 0),
+    }
+
+
+def _published_us(publisher: Publisher, revision: int) -> int:
+    for entry in publisher.history(limit=20):
+        if entry.revision == revision:
+            return entry.time_us
+    raise AssertionError(f"revision {revision} is not in the change log")
+
+
+def _summary(
+    *,
+    workers: int,
+    replicas: int,
+    servers: list[Node],
+    baseline: list[Sample],
+    ramp: dict[str, Any],
+    quiet: dict[str, Any],
+    fan_out: dict[str, Any],
+    waited: dict[str, Any],
+) -> dict[str, Any]:
+    """The figures of one run, per worker where that is what the model needs."""
+    window = quiet["after"][0].at_s - quiet["before"][0].at_s
+    per_node = []
+    total_commands: dict[str, int] = {}
+    for node, start, before, after in zip(
+        servers, baseline, quiet["before"], quiet["after"], strict=True
+    ):
+        counts = commands_between(before, after)
+        for name, calls in counts.items():
+            total_commands[name] = total_commands.get(name, 0) + calls
+        per_node.append(
+            {
+                "role": node.role,
+                "cpu_percent": round(cpu_percent_between(before, after), 2),
+                "commands_per_s": round(sum(counts.values()) / window, 1),
+                "round_trips_per_s": round(reads_between(before, after) / window, 1),
+                "connections": after.connected_clients - start.connected_clients,
+                "memory_bytes": after.used_memory - start.used_memory,
+            }
+        )
+    by_command = {
+        name: round(calls / window / workers, 3)
+        for name, calls in sorted(total_commands.items(), key=lambda item: -item[1])
+    }
+    replica_cpu = [row["cpu_percent"] for row in per_node if row["role"] == "replica"]
+    return {
+        "workers": workers,
+        "replicas": replicas,
+        "ready": ramp["ready"],
+        "ramp_s": ramp["ramp_s"],
+        "ramp_errors": ramp["errors"],
+        "connections_per_worker": round(sum(r["connections"] for r in per_node) / workers, 2),
+        # Per node: every node holds the same keys, so this is what each one needs.
+        "memory_bytes_per_worker": round(per_node[0]["memory_bytes"] / workers),
+        "commands_per_s_per_worker": round(sum(by_command.values()), 2),
+        "round_trips_per_s_per_worker": round(
+            sum(r["round_trips_per_s"] for r in per_node) / workers, 2
+        ),
+        "primary_commands_per_s_per_worker": round(per_node[0]["commands_per_s"] / workers, 2),
+        "commands_by_name_per_s_per_worker": by_command,
+        "server_cpu_percent": per_node[0]["cpu_percent"],
+        "replica_cpu_percent": round(max(replica_cpu), 2) if replica_cpu else None,
+        "clients_cpu_percent": round(quiet["clients_cpu_percent"], 1),
+        "nodes": per_node,
+        "fan_out": fan_out,
+        "wait_propagated": waited,
+    }
+
+
+def _distribution(samples: list[float]) -> dict[str, float | int | None]:
+    if not samples:
+        return {"p50": None, "p99": None, "max": None, "samples": 0}
+    return {
+        "p50": round(percentile(samples, 50), 1),
+        "p99": round(percentile(samples, 99), 1),
+        "max": round(max(samples), 1),
+        "samples": len(samples),
+    }
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def model(runs: dict[str, Any]) -> dict[str, Any]:
+    """The one-node runs fitted (least squares) and extrapolated to 10,000 workers."""
+    one_node = [row for row in runs.values() if not row["replicas"]]
+    if not one_node:
+        return {}
+    sizes = [float(row["workers"]) for row in one_node]
+    slope, intercept = _fit(sizes, [row["server_cpu_percent"] for row in one_node])
+    publish = [row["fan_out"]["publish_us_per_change"] or 0.0 for row in one_node]
+    publish_slope, publish_intercept = _fit(sizes, publish)
+    largest = max(one_node, key=lambda row: row["workers"])
+    per_worker = largest["commands_per_s_per_worker"]
+    return {
+        "fitted_from_workers": [row["workers"] for row in one_node],
+        "cpu_percent_per_1000_workers": round(1000 * slope, 2),
+        "cpu_percent_intercept": round(intercept, 2),
+        "workers_at_one_core": round((100 - intercept) / slope) if slope > 0 else None,
+        "cpu_percent_at_10000": round(intercept + slope * TARGET_WORKERS, 1),
+        "commands_per_s_at_10000": round(per_worker * TARGET_WORKERS),
+        "connections_at_10000": round(largest["connections_per_worker"] * TARGET_WORKERS),
+        "memory_mb_at_10000": round(largest["memory_bytes_per_worker"] * TARGET_WORKERS / 1e6),
+        "publish_ms_per_change_at_10000": round(
+            (publish_intercept + publish_slope * TARGET_WORKERS) / 1000, 2
+        ),
+    }
+
+
+def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares (slope, intercept); through the origin when there is one point."""
+    if len(xs) == 1 or math.isclose(min(xs), max(xs)):
+        return (sum(ys) / sum(xs), 0.0) if sum(xs) else (0.0, 0.0)
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mean_x) ** 2 for x in xs
+    )
+    return slope, mean_y - slope * mean_x
+
+
+TABLE_HEADER = (
+    "| topology | workers | connections / worker | memory / worker (per node)"
+    " | commands / s / worker | round trips / s / worker | primary CPU (% of a core)"
+    " | each replica's CPU | all applied, p50 / p99 | PUBLISH per change |"
+    "\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def table_row(row: dict[str, Any]) -> str:
+    """One README table row for one run (same columns as `TABLE_HEADER`)."""
+    topology = f"1 primary + {row['replicas']} replicas" if row["replicas"] else "one node"
+    replica = f"{row['replica_cpu_percent']:.1f} %" if row["replica_cpu_percent"] else "—"
+    applied = row["fan_out"]["all_applied_ms"]
+    publish = row["fan_out"]["publish_us_per_change"]
+    return (
+        f"| {topology} | {row['workers']:,} | {row['connections_per_worker']}"
+        f" | {row['memory_bytes_per_worker'] / 1000:.1f} KB"
+        f" | {row['commands_per_s_per_worker']} | {row['round_trips_per_s_per_worker']}"
+        f" | {row['server_cpu_percent']:.1f} %"
+        f" | {replica} | {applied['p50']} / {applied['p99']} ms"
+        f" | {'—' if publish is None else f'{publish / 1000:.2f} ms'} |"
+    )
+
+
+def print_run(name: str, row: dict[str, Any]) -> None:
+    """A run's figures as they come in (a long run shows progress)."""
+    health = row["client_health"]
+    print(
+        f"capacity {name}: {row['ready']}/{row['workers']} ready in {row['ramp_s']} s"
+        f" ({row['processes']} processes); server CPU {row['server_cpu_percent']} %,"
+        f" workers' processes {row['clients_cpu_percent']} %;"
+        f" {row['commands_per_s_per_worker']} commands/s/worker"
+        f" ({row['round_trips_per_s_per_worker']} round trips)"
+        f" {row['commands_by_name_per_s_per_worker']}; reconnects {health.get('reconnects', 0)},"
+        f" resyncs after the first load {health.get('resyncs', 0) - row['ready']};"
+        f" --wait {row['wait_propagated']};"
+        f" logged {row['logged']}",
+        flush=True,
+    )
+
+
+def print_results(results: dict[str, Any]) -> None:
+    """The README's capacity table and model, ready to paste."""
+    print("capacity (README 'Capacity model'; " + results["note"] + ")")
+    print(TABLE_HEADER)
+    for row in results["runs"].values():
+        print(table_row(row))
+    fitted = results["model"]
+    if fitted:
+        print(
+            f"model (fitted to {fitted['fitted_from_workers']} workers, one node):"
+            f" {fitted['cpu_percent_per_1000_workers']} % of a core per 1,000 workers"
+            f" (+{fitted['cpu_percent_intercept']} %); one core at"
+            f" ~{fitted['workers_at_one_core']} workers; at 10,000:"
+            f" {fitted['cpu_percent_at_10000']} % of a core,"
+            f" {fitted['commands_per_s_at_10000']:,} commands/s,"
+            f" {fitted['connections_at_10000']:,} connections,"
+            f" {fitted['memory_mb_at_10000']} MB, PUBLISH"
+            f" {fitted['publish_ms_per_change_at_10000']} ms per change"
+        )
+
+
+def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
+    """Every capacity budget a run exceeds (and any change some worker never applied)."""
+    failures: list[str] = []
+    for name, row in results["runs"].items():
+        if row["ready"] != row["workers"]:
+            failures.append(f"capacity {name}: only {row['ready']}/{row['workers']} ready")
+        if row["fan_out"]["workers_missing"]:
+            failures.append(
+                f"capacity {name}: {row['fan_out']['workers_missing']} worker-changes never applied"
+            )
+        per_1000 = 1000 * row["server_cpu_percent"] / row["workers"]
+        measured = {
+            "commands_per_s_per_worker": row["commands_per_s_per_worker"],
+            "round_trips_per_s_per_worker": row["round_trips_per_s_per_worker"],
+            "connections_per_worker": row["connections_per_worker"],
+            "server_cpu_percent_per_1000_workers": round(per_1000, 2),
+        }
+        failures.extend(
+            f"capacity {name} {metric}: {measured[metric]} > budget {budget}"
+            for metric, budget in budgets.items()
+            if measured[metric] > budget
+        )
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns 1 when `--check` finds a budget exceeded."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="500 workers, 10 s window (CI)")
+    parser.add_argument("--workers", help="comma-separated sizes (default: 1000,2000,5000)")
+    parser.add_argument("--replicas", type=int, help="also run with this many replicas")
+    parser.add_argument("--processes", type=int, default=4, help="worker processes (4)")
+    parser.add_argument("--window-s", type=float, help="quiet window (60 s; quick: 10 s)")
+    parser.add_argument("--changes", type=int, help="changes timed for fan-out (10; quick: 3)")
+    parser.add_argument("--url", help="an existing server on 127.0.0.1 (default: start one)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 over budget")
+    args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    sizes = [int(size) for size in args.workers.split(",")] if args.workers else None
+    if sizes is not None and any(size < 1 for size in sizes):
+        parser.error("--workers: every size must be a positive integer")
+    results = run(
+        quick=args.quick,
+        sizes=sizes,
+        replicas=args.replicas,
+        processes=args.processes,
+        window_s=args.window_s,
+        changes=args.changes,
+        url=args.url,
+    )
+    print_results(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if not args.check:
+        return 0
+    budgets = tomllib.loads(Path(__file__).with_name("budgets.toml").read_text())
+    failures = check(results, budgets["capacity"])
+    for failure in failures:
+        print(f"OVER BUDGET: {failure}")
+    print("budget check:", "FAILED" if failures else "ok")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
