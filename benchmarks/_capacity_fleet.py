@@ -32,6 +32,7 @@ class WorkerProcesses:
         urls: list[str],
         namespace: str,
         presence_url: str | None = None,
+        track_outcomes: bool = False,
     ) -> None:
         self.workers = workers
         self._settings = []
@@ -45,6 +46,7 @@ class WorkerProcesses:
                     "count": count,
                     "first_index": first,
                     "presence_url": presence_url,
+                    "track_outcomes": track_outcomes,
                 }
             )
             first += count

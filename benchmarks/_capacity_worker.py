@@ -4,10 +4,12 @@
 
 Starts `count` real `FlagClient.connect_async` clients on one asyncio loop, in batches
 (each batch ready before the next starts, so start-up is not a connection storm), and
-evaluates the benchmark flag once a second in each (so the metrics path runs as it does
-in a serving worker). It talks to its parent in JSON lines: stdout carries one
-`{"event": "ready", ...}` line once every client is ready, then one reply per request
-read from stdin:
+evaluates the benchmark flag once a second in each, as a serving worker would. With
+`track_outcomes` each also records one outcome a second (`client.track`), so its metrics
+reporter flushes and holds its connection, as in a guarded rollout.
+
+It talks to its parent in JSON lines: stdout carries one `{"event": "ready", ...}` line
+once every client is ready, then one reply per request read from stdin:
 
 - `{"op": "wait", "revision": R, "timeout_s": T}`: until every client has applied R (or
   T passes); reply with each client's first wall-clock time (ns) at a revision >= R.
@@ -60,6 +62,7 @@ class Settings:
     first_index: int = 0
     presence_url: str | None = None
     batch: int = 50
+    track_outcomes: bool = False
     ready_timeout_s: float = 60.0
 
 
@@ -105,11 +108,15 @@ class Workers:
         return client is not None and client.wait_ready(0)
 
     async def evaluate(self) -> None:
-        """Evaluate the flag once a second in every ready client (metrics get counted)."""
+        """Evaluate the flag (and track an outcome) once a second in every client."""
+        track = self.settings.track_outcomes
         while not self.stop.is_set():
             for index, client in enumerate(self.clients):
                 if client is not None:
-                    client.variation(FLAG, {"targetingKey": f"user-{index}"}, "off")
+                    context = {"targetingKey": f"user-{index}"}
+                    client.variation(FLAG, context, "off")
+                    if track:
+                        client.track(FLAG, context, "latency_ms", 100.0 + index % 50)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), 1.0)
 

@@ -70,28 +70,37 @@ def run(
     window_s: float | None = None,
     changes: int | None = None,
     url: str | None = None,
+    metrics: bool | None = None,
 ) -> dict[str, Any]:
-    """Every configured run, and the capacity model fitted to the one-node runs."""
+    """Every configured run, and the capacity model fitted to the one-node runs.
+
+    The full run adds one run at the smallest size with outcomes tracked (`metrics`
+    None); `metrics` True tracks them in every run, False in none."""
     raise_open_files_limit()
     sizes = sizes or ((500,) if quick else (1_000, 2_000, 5_000))
     replicas = (0 if quick else 2) if replicas is None else replicas
     window_s = window_s or (10.0 if quick else 60.0)
     changes = changes or (3 if quick else 10)
-    tiers = [0] if not replicas else [0, replicas]
+    plan = [(workers, 0, bool(metrics)) for workers in sizes]
+    if replicas:
+        plan += [(workers, replicas, bool(metrics)) for workers in sizes]
+    if metrics is None and not quick:
+        plan.append((min(sizes), 0, True))
     runs: dict[str, Any] = {}
-    for tier in tiers:
-        for workers in sizes:
-            name = f"workers_{workers}" + (f"_replicas_{tier}" if tier else "")
-            runs[name] = measure(
-                workers,
-                replicas=tier,
-                processes=processes,
-                window_s=window_s,
-                settle_s=3.0 if quick else 10.0,
-                changes=changes,
-                url=url,
-            )
-            print_run(name, runs[name])
+    for workers, tier, tracked in plan:
+        name = f"workers_{workers}" + (f"_replicas_{tier}" if tier else "")
+        name += "_metrics" if tracked else ""
+        runs[name] = measure(
+            workers,
+            replicas=tier,
+            processes=processes,
+            window_s=window_s,
+            settle_s=3.0 if quick else 10.0,
+            changes=changes,
+            url=url,
+            track_outcomes=tracked,
+        )
+        print_run(name, runs[name])
     return {"note": NOTE, "window_s": window_s, "runs": runs, "model": model(runs)}
 
 
@@ -104,6 +113,7 @@ def measure(
     settle_s: float,
     changes: int,
     url: str | None = None,
+    track_outcomes: bool = False,
 ) -> dict[str, Any]:
     """One run: start `workers` workers, measure the quiet window, then the fan-out."""
     namespace = f"capacity-{uuid.uuid4().hex[:8]}"
@@ -129,6 +139,7 @@ def measure(
                 urls=followed,
                 namespace=namespace,
                 presence_url=primary.url if replicas else None,
+                track_outcomes=track_outcomes,
             )
             with fleet:
                 ramp = fleet.wait_ready(timeout_s=120.0 + workers * 0.1)
@@ -150,6 +161,7 @@ def measure(
         waited=waited,
     )
     return figures | {
+        "metrics": track_outcomes,
         "processes": min(processes, workers),
         "client_health": health,
         "logged": logged,
@@ -311,7 +323,7 @@ def _rounded(value: float | None, digits: int = 1) -> float | None:
 
 def model(runs: dict[str, Any]) -> dict[str, Any]:
     """The one-node runs fitted (least squares) and extrapolated to 10,000 workers."""
-    one_node = [row for row in runs.values() if not row["replicas"]]
+    one_node = [row for row in runs.values() if not row["replicas"] and not row["metrics"]]
     if not one_node:
         return {}
     sizes = [float(row["workers"]) for row in one_node]
@@ -357,6 +369,7 @@ TABLE_HEADER = (
 def table_row(row: dict[str, Any]) -> str:
     """One README table row for one run (same columns as `TABLE_HEADER`)."""
     topology = f"1 primary + {row['replicas']} replicas" if row["replicas"] else "one node"
+    topology += ", outcomes tracked" if row["metrics"] else ""
     replica = f"{row['replica_cpu_percent']:.1f} %" if row["replica_cpu_percent"] else "—"
     applied = row["fan_out"]["all_applied_ms"]
     publish = row["fan_out"]["publish_us_per_change"]
@@ -442,6 +455,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=4, help="worker processes (4)")
     parser.add_argument("--window-s", type=float, help="quiet window (60 s; quick: 10 s)")
     parser.add_argument("--changes", type=int, help="changes timed for fan-out (10; quick: 3)")
+    tracking = parser.add_mutually_exclusive_group()
+    tracking.add_argument(
+        "--metrics",
+        action="store_true",
+        default=None,
+        help="every worker tracks an outcome a second (default: one extra run, full only)",
+    )
+    tracking.add_argument(
+        "--no-metrics", dest="metrics", action="store_false", help="no run tracks outcomes"
+    )
     parser.add_argument("--url", help="an existing server on 127.0.0.1 (default: start one)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 over budget")
@@ -458,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         window_s=args.window_s,
         changes=args.changes,
         url=args.url,
+        metrics=args.metrics,
     )
     print_results(results)
     if args.json:

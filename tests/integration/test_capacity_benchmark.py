@@ -87,6 +87,7 @@ def _row(workers: int, cpu: float, *, publish_us: float = 100.0) -> dict[str, An
     return {
         "workers": workers,
         "replicas": 0,
+        "metrics": False,
         "ready": workers,
         "server_cpu_percent": cpu,
         "commands_per_s_per_worker": 7.0,
