@@ -85,6 +85,14 @@ class Node:
             used_memory=int(memory["used_memory"]),
         )
 
+    def version(self) -> str:
+        """The server's name and version, e.g. `valkey 9.1.2`."""
+        with self.client() as connection:
+            info = connection.info("server")
+        if "valkey_version" in info:
+            return f"valkey {info['valkey_version']}"
+        return f"redis {info['redis_version']}"
+
     def close(self) -> None:
         """Close the INFO connection (idempotent)."""
         connection, self._connection = self._connection, None

@@ -27,6 +27,9 @@ import argparse
 import json
 import logging
 import math
+import os
+import platform
+import subprocess
 import sys
 import time
 import tomllib
@@ -101,7 +104,33 @@ def run(
             track_outcomes=tracked,
         )
         print_run(name, runs[name])
-    return {"note": NOTE, "window_s": window_s, "runs": runs, "model": model(runs)}
+    return {
+        "note": NOTE,
+        "measured": _provenance(),
+        "window_s": window_s,
+        "runs": runs,
+        "model": model(runs),
+    }
+
+
+def _provenance() -> dict[str, Any]:
+    """When, on what and from which commit the figures were taken."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 - git from PATH, read-only
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    return {
+        "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
 def measure(
@@ -116,6 +145,7 @@ def measure(
     track_outcomes: bool = False,
 ) -> dict[str, Any]:
     """One run: start `workers` workers, measure the quiet window, then the fan-out."""
+    raise_open_files_limit()  # inherited by the servers started here
     namespace = f"capacity-{uuid.uuid4().hex[:8]}"
     with nodes(url, replicas, workers) as servers:
         primary = servers[0]
@@ -133,6 +163,7 @@ def measure(
                 }
             )
             baseline = [node.sample() for node in servers]
+            version = primary.version()
             fleet = WorkerProcesses(
                 workers,
                 min(processes, workers),
@@ -161,6 +192,7 @@ def measure(
         waited=waited,
     )
     return figures | {
+        "server": version,
         "metrics": track_outcomes,
         "processes": min(processes, workers),
         "client_health": health,
@@ -169,14 +201,24 @@ def measure(
 
 
 def _quiet_window(servers: list[Node], fleet: WorkerProcesses, window_s: float) -> dict[str, Any]:
-    """Every node's samples around `window_s` seconds without writes, and the workers' CPU."""
+    """Every node's samples around `window_s` seconds without writes, the workers' CPU,
+    and their reconnects and full reloads meanwhile (non-zero: starved simulated workers
+    missed a liveness deadline, and the window's figures are disturbed)."""
+    health = fleet.status()
     before = [node.sample() for node in servers]
     clients_before = fleet.cpu_seconds()
     time.sleep(window_s)
     clients_s = fleet.cpu_seconds() - clients_before
     after = [node.sample() for node in servers]
+    health_after = fleet.status()
     elapsed = after[0].at_s - before[0].at_s
-    return {"before": before, "after": after, "clients_cpu_percent": 100 * clients_s / elapsed}
+    return {
+        "before": before,
+        "after": after,
+        "clients_cpu_percent": 100 * clients_s / elapsed,
+        "reconnects": health_after.get("reconnects", 0) - health.get("reconnects", 0),
+        "resyncs": health_after.get("resyncs", 0) - health.get("resyncs", 0),
+    }
 
 
 def _fan_out(
@@ -300,6 +342,8 @@ def _summary(
         "server_cpu_percent": per_node[0]["cpu_percent"],
         "replica_cpu_percent": round(max(replica_cpu), 2) if replica_cpu else None,
         "clients_cpu_percent": round(quiet["clients_cpu_percent"], 1),
+        "window_reconnects": quiet["reconnects"],
+        "window_resyncs": quiet["resyncs"],
         "nodes": per_node,
         "fan_out": fan_out,
         "wait_propagated": waited,
@@ -386,6 +430,13 @@ def table_row(row: dict[str, Any]) -> str:
 def print_run(name: str, row: dict[str, Any]) -> None:
     """A run's figures as they come in (a long run shows progress)."""
     health = row["client_health"]
+    if row["window_reconnects"] or row["window_resyncs"]:
+        print(
+            f"capacity {name}: DISTURBED: {row['window_reconnects']} reconnects and"
+            f" {row['window_resyncs']} full reloads during the quiet window (simulated"
+            " workers starved of CPU); its rates are not steady state",
+            flush=True,
+        )
     print(
         f"capacity {name}: {row['ready']}/{row['workers']} ready in {row['ramp_s']} s"
         f" ({row['processes']} processes); server CPU {row['server_cpu_percent']} %,"

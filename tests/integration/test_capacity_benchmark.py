@@ -52,6 +52,8 @@ def _check_plausible(row: dict[str, Any]) -> None:
     assert row["wait_propagated"]["reached"] == WORKERS
     assert row["wait_propagated"]["missing"] == 0
     assert row["client_health"]["states"] == {"ready": WORKERS}
+    assert row["window_reconnects"] >= 0
+    assert row["window_resyncs"] >= 0
 
 
 class TestMeasure:
