@@ -85,7 +85,9 @@ class TestMeasure:
             _run("redis://192.0.2.1:6379", replicas=0)
 
 
-def _row(workers: int, cpu: float, *, publish_us: float = 100.0) -> dict[str, Any]:
+def _row(
+    workers: int, cpu: float, *, publish_us: float = 100.0, round_trips: float = 3.0
+) -> dict[str, Any]:
     return {
         "workers": workers,
         "replicas": 0,
@@ -93,7 +95,7 @@ def _row(workers: int, cpu: float, *, publish_us: float = 100.0) -> dict[str, An
         "ready": workers,
         "server_cpu_percent": cpu,
         "commands_per_s_per_worker": 7.0,
-        "round_trips_per_s_per_worker": 3.0,
+        "round_trips_per_s_per_worker": round_trips,
         "connections_per_worker": 2.0,
         "memory_bytes_per_worker": 4000,
         "fan_out": {"workers_missing": 0, "publish_us_per_change": publish_us},
@@ -104,20 +106,34 @@ class TestModel:
     """The fit and the budget check over given rows."""
 
     def test_linear_fit_and_extrapolation(self) -> None:
-        """CPU growing 1 % per 100 workers from 2 % fits exactly; one core is reached
-        where the line crosses 100 %, and 10,000 workers are read off the same line."""
+        """CPU growing 1 % per 100 workers (300 round trips/s) from 2 % fits exactly: one
+        core is reached where the line crosses 100 %, 10,000 workers are read off it."""
         runs = {
             "a": _row(1_000, 12.0, publish_us=500.0),
             "b": _row(2_000, 22.0, publish_us=1_000.0),
             "c": _row(5_000, 52.0, publish_us=2_500.0),
         }
         fitted = capacity.model(runs)
+        assert fitted["server_us_per_round_trip"] == pytest.approx(33.33)
         assert fitted["cpu_percent_per_1000_workers"] == pytest.approx(10.0)
         assert fitted["cpu_percent_intercept"] == pytest.approx(2.0)
         assert fitted["workers_at_one_core"] == 9_800
         assert fitted["cpu_percent_at_10000"] == pytest.approx(102.0)
         assert fitted["publish_ms_per_change_at_10000"] == pytest.approx(5.0)
+        assert fitted["publish_us_per_subscriber"] == pytest.approx(0.5)
         assert fitted["connections_at_10000"] == 20_000
+
+    def test_starved_workers_do_not_look_cheaper(self) -> None:
+        """A large run whose starved workers sent half their round trips costs the server
+        what those round trips cost: the model still charges each worker its full rate."""
+        runs = {
+            "a": _row(1_000, 12.0),  # 3,000 round trips/s
+            "b": _row(5_000, 27.0, round_trips=1.5),  # 7,500 round trips/s
+        }
+        fitted = capacity.model(runs)
+        assert fitted["round_trips_per_s_per_worker"] == 3.0
+        assert fitted["cpu_percent_per_1000_workers"] == pytest.approx(10.0)
+        assert fitted["round_trips_per_s_at_10000"] == 30_000
 
     def test_replica_runs_are_not_fitted(self) -> None:
         """Only one-node runs feed the model (a replica tier spreads the load)."""
