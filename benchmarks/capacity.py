@@ -518,7 +518,11 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 1 when `--check` finds a budget exceeded."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.capacity",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="500 workers, 10 s window (CI)")
     parser.add_argument("--workers", help="comma-separated sizes (default: 1000,2000,5000)")
     parser.add_argument("--replicas", type=int, help="also run with this many replicas")
@@ -540,9 +544,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 over budget")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    sizes = [int(size) for size in args.workers.split(",")] if args.workers else None
+    try:
+        sizes = [int(size) for size in args.workers.split(",")] if args.workers else None
+    except ValueError:
+        parser.error(f"--workers: {args.workers!r} is not a comma-separated list of integers")
     if sizes is not None and any(size < 1 for size in sizes):
         parser.error("--workers: every size must be a positive integer")
+    for option, value, least in (
+        ("--replicas", args.replicas, 0),
+        ("--processes", args.processes, 1),
+        ("--window-s", args.window_s, 1),
+        ("--changes", args.changes, 1),
+    ):
+        if value is not None and value < least:
+            parser.error(f"{option}: must be at least {least} (got {value})")
     results = run(
         quick=args.quick,
         sizes=sizes,
