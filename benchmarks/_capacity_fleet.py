@@ -140,7 +140,14 @@ class WorkerProcesses:
 
     def _read_all(self, timeout_s: float) -> list[dict[str, Any]]:
         futures = [self._pool.submit(_read_reply, process) for process in self._processes]
-        return [future.result(timeout=timeout_s) for future in futures]
+        replies = []
+        for future, log in zip(futures, self._logs, strict=True):
+            try:
+                replies.append(future.result(timeout=timeout_s))
+            except RuntimeError as error:
+                log.seek(0)
+                raise RuntimeError(f"{error}; its last log lines: {log.read()[-2000:]}") from error
+        return replies
 
     def _logged_events(self) -> dict[str, int]:
         events: Counter[str] = Counter()
