@@ -81,7 +81,10 @@ def run(
     None); `metrics` True tracks them in every run, False in none."""
     raise_open_files_limit()
     sizes = sizes or ((500,) if quick else (1_000, 2_000, 5_000))
-    replicas = (0 if quick else 2) if replicas is None else replicas
+    if replicas is None:
+        replicas = 0 if quick or url is not None else 2
+    if url is not None and replicas:
+        raise ValueError("--replicas: only with servers started by the benchmark (no --url)")
     window_s = window_s or (10.0 if quick else 60.0)
     changes = changes or (3 if quick else 10)
     plan = [(workers, 0, bool(metrics)) for workers in sizes]
