@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -50,16 +49,18 @@ from benchmarks._capacity_nodes import (
     reads_between,
     usec_per_call,
 )
+from benchmarks._capacity_report import check, model, print_results, print_run
 from benchmarks._capacity_worker import FLAG, raise_open_files_limit
 from benchmarks.propagation import _percentile as percentile
 from flagsync.publisher import Publisher
+
+__all__ = ["check", "main", "measure", "model", "print_results", "run"]
 
 NOTE = (
     "2 cores: the simulated workers share the CPU with the server, so fan-out times include"
     " their scheduling delays. One process may hold 20,000 open files here, so runs stop at"
     " 5,000 workers and the 10,000-worker figures are extrapolated from a linear fit."
 )
-TARGET_WORKERS = 10_000
 FLAG_DEFINITION = {"variants": {"on": "on", "off": "off"}, "off": "off", "default": "on"}
 """The benchmark's one flag: each change kills or enables it."""
 
@@ -366,157 +367,6 @@ def _distribution(samples: list[float]) -> dict[str, float | int | None]:
 
 def _rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def model(runs: dict[str, Any]) -> dict[str, Any]:
-    """The one-node runs fitted (least squares) and extrapolated to 10,000 workers.
-
-    Server CPU is fitted against the round trips the node served, not the worker count:
-    on 2 cores a large simulated fleet is starved of CPU and sends fewer requests than
-    its timers ask for, which a per-worker fit would read as a cheaper worker. A worker's
-    rate is the highest any one-node run saw (its least starved run); the PUBLISH cost
-    is fitted per subscriber."""
-    one_node = [row for row in runs.values() if not row["replicas"] and not row["metrics"]]
-    if not one_node:
-        return {}
-    trips = [row["round_trips_per_s_per_worker"] * row["workers"] for row in one_node]
-    slope, intercept = _fit(trips, [row["server_cpu_percent"] for row in one_node])
-    nominal = max(one_node, key=lambda row: row["round_trips_per_s_per_worker"])
-    per_worker = slope * nominal["round_trips_per_s_per_worker"]  # % of a core
-    sizes = [float(row["workers"]) for row in one_node]
-    publish = [row["fan_out"]["publish_us_per_change"] or 0.0 for row in one_node]
-    publish_slope, publish_intercept = _fit(sizes, publish)
-    largest = max(one_node, key=lambda row: row["workers"])
-    return {
-        "fitted_from_workers": [row["workers"] for row in one_node],
-        "server_us_per_round_trip": round(slope * 10_000, 2),  # % of a core per 1/s
-        "cpu_percent_intercept": round(intercept, 2),
-        "round_trips_per_s_per_worker": nominal["round_trips_per_s_per_worker"],
-        "commands_per_s_per_worker": nominal["commands_per_s_per_worker"],
-        "cpu_percent_per_1000_workers": round(1000 * per_worker, 2),
-        "workers_at_one_core": round((100 - intercept) / per_worker) if per_worker > 0 else None,
-        "cpu_percent_at_10000": round(intercept + per_worker * TARGET_WORKERS, 1),
-        "round_trips_per_s_at_10000": round(
-            nominal["round_trips_per_s_per_worker"] * TARGET_WORKERS
-        ),
-        "commands_per_s_at_10000": round(nominal["commands_per_s_per_worker"] * TARGET_WORKERS),
-        "connections_at_10000": round(largest["connections_per_worker"] * TARGET_WORKERS),
-        "memory_mb_at_10000": round(largest["memory_bytes_per_worker"] * TARGET_WORKERS / 1e6),
-        "publish_us_per_subscriber": round(publish_slope, 3),
-        "publish_ms_per_change_at_10000": round(
-            (publish_intercept + publish_slope * TARGET_WORKERS) / 1000, 2
-        ),
-    }
-
-
-def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least-squares (slope, intercept); through the origin when there is one point."""
-    if len(xs) == 1 or math.isclose(min(xs), max(xs)):
-        return (sum(ys) / sum(xs), 0.0) if sum(xs) else (0.0, 0.0)
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-        (x - mean_x) ** 2 for x in xs
-    )
-    return slope, mean_y - slope * mean_x
-
-
-TABLE_HEADER = (
-    "| topology | workers | connections / worker | memory / worker (per node)"
-    " | commands / s / worker | round trips / s / worker | primary CPU (% of a core)"
-    " | each replica's CPU | all applied, p50 / p99 | PUBLISH per change |"
-    "\n|---|---|---|---|---|---|---|---|---|---|"
-)
-
-
-def table_row(row: dict[str, Any]) -> str:
-    """One README table row for one run (same columns as `TABLE_HEADER`)."""
-    topology = f"1 primary + {row['replicas']} replicas" if row["replicas"] else "one node"
-    topology += ", outcomes tracked" if row["metrics"] else ""
-    replica = f"{row['replica_cpu_percent']:.1f} %" if row["replica_cpu_percent"] else "—"
-    applied = row["fan_out"]["all_applied_ms"]
-    publish = row["fan_out"]["publish_us_per_change"]
-    return (
-        f"| {topology} | {row['workers']:,} | {row['connections_per_worker']}"
-        f" | {row['memory_bytes_per_worker'] / 1000:.1f} KB"
-        f" | {row['commands_per_s_per_worker']} | {row['round_trips_per_s_per_worker']}"
-        f" | {row['server_cpu_percent']:.1f} %"
-        f" | {replica} | {applied['p50']} / {applied['p99']} ms"
-        f" | {'—' if publish is None else f'{publish / 1000:.2f} ms'} |"
-    )
-
-
-def print_run(name: str, row: dict[str, Any]) -> None:
-    """A run's figures as they come in (a long run shows progress)."""
-    health = row["client_health"]
-    if row["window_reconnects"] or row["window_resyncs"]:
-        print(
-            f"capacity {name}: DISTURBED: {row['window_reconnects']} reconnects and"
-            f" {row['window_resyncs']} full reloads during the quiet window (simulated"
-            " workers starved of CPU); its rates are not steady state",
-            flush=True,
-        )
-    print(
-        f"capacity {name}: {row['ready']}/{row['workers']} ready in {row['ramp_s']} s"
-        f" ({row['processes']} processes); server CPU {row['server_cpu_percent']} %,"
-        f" workers' processes {row['clients_cpu_percent']} %;"
-        f" {row['commands_per_s_per_worker']} commands/s/worker"
-        f" ({row['round_trips_per_s_per_worker']} round trips)"
-        f" {row['commands_by_name_per_s_per_worker']}; reconnects {health.get('reconnects', 0)},"
-        f" resyncs after the first load {health.get('resyncs', 0) - row['ready']};"
-        f" --wait {row['wait_propagated']};"
-        f" logged {row['logged']}",
-        flush=True,
-    )
-
-
-def print_results(results: dict[str, Any]) -> None:
-    """The README's capacity table and model, ready to paste."""
-    print("capacity (README 'Capacity model'; " + results["note"] + ")")
-    print(TABLE_HEADER)
-    for row in results["runs"].values():
-        print(table_row(row))
-    fitted = results["model"]
-    if fitted:
-        print(
-            f"model (one node, fitted to {fitted['fitted_from_workers']} workers): server"
-            f" {fitted['server_us_per_round_trip']} µs per round trip"
-            f" (+{fitted['cpu_percent_intercept']} % idle); a worker"
-            f" {fitted['round_trips_per_s_per_worker']} round trips/s"
-            f" ({fitted['commands_per_s_per_worker']} commands/s) ="
-            f" {fitted['cpu_percent_per_1000_workers']} % of a core per 1,000 workers; one"
-            f" core at ~{fitted['workers_at_one_core']:,} workers. At 10,000 (extrapolated):"
-            f" {fitted['cpu_percent_at_10000']} % of a core,"
-            f" {fitted['round_trips_per_s_at_10000']:,} round trips/s"
-            f" ({fitted['commands_per_s_at_10000']:,} commands/s),"
-            f" {fitted['connections_at_10000']:,} connections, {fitted['memory_mb_at_10000']} MB,"
-            f" PUBLISH {fitted['publish_ms_per_change_at_10000']} ms per change"
-            f" ({fitted['publish_us_per_subscriber']} µs per subscriber)"
-        )
-
-
-def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
-    """Every capacity budget a run exceeds (and any change some worker never applied)."""
-    failures: list[str] = []
-    for name, row in results["runs"].items():
-        if row["ready"] != row["workers"]:
-            failures.append(f"capacity {name}: only {row['ready']}/{row['workers']} ready")
-        if row["fan_out"]["workers_missing"]:
-            failures.append(
-                f"capacity {name}: {row['fan_out']['workers_missing']} worker-changes never applied"
-            )
-        per_1000 = 1000 * row["server_cpu_percent"] / row["workers"]
-        measured = {
-            "commands_per_s_per_worker": row["commands_per_s_per_worker"],
-            "round_trips_per_s_per_worker": row["round_trips_per_s_per_worker"],
-            "connections_per_worker": row["connections_per_worker"],
-            "server_cpu_percent_per_1000_workers": round(per_1000, 2),
-        }
-        failures.extend(
-            f"capacity {name} {metric}: {measured[metric]} > budget {budget}"
-            for metric, budget in budgets.items()
-            if measured[metric] > budget
-        )
-    return failures
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -99,6 +99,7 @@ def _row(
         "connections_per_worker": 2.0,
         "memory_bytes_per_worker": 4000,
         "fan_out": {"workers_missing": 0, "publish_us_per_change": publish_us},
+        "wait_propagated": {"waited_ms": 50.0, "mget_calls": 20, "server_cpu_ms": 10.0},
     }
 
 
@@ -122,6 +123,7 @@ class TestModel:
         assert fitted["publish_ms_per_change_at_10000"] == pytest.approx(5.0)
         assert fitted["publish_us_per_subscriber"] == pytest.approx(0.5)
         assert fitted["connections_at_10000"] == 20_000
+        assert fitted["wait_propagated"]["workers"] == 5_000  # the largest run's
 
     def test_starved_workers_do_not_look_cheaper(self) -> None:
         """A large run whose starved workers sent half their round trips costs the server
