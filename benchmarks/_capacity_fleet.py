@@ -87,6 +87,16 @@ class WorkerProcesses:
         """CPU seconds used so far by all worker processes together."""
         return sum(cpu_seconds(pid) for pid in self.pids)
 
+    def threads(self) -> int:
+        """Threads running in all worker processes together (/proc/<pid>/status)."""
+        total = 0
+        for pid in self.pids:
+            with open(f"/proc/{pid}/status", encoding="ascii") as status:
+                total += next(
+                    int(line.split()[1]) for line in status if line.startswith("Threads:")
+                )
+        return total
+
     def wait_ready(self, timeout_s: float) -> dict[str, Any]:
         """Every process's ramp-up report, summed: workers ready, slowest ramp, errors."""
         replies = self._read_all(timeout_s)

@@ -105,7 +105,8 @@ def print_run(name: str, row: dict[str, Any]) -> None:
     print(
         f"capacity {name}: {row['ready']}/{row['workers']} ready in {row['ramp_s']} s"
         f" ({row['processes']} processes); server CPU {row['server_cpu_percent']} %,"
-        f" workers' processes {row['clients_cpu_percent']} %;"
+        f" workers' processes {row['clients_cpu_percent']} %"
+        f" ({row['worker_threads_per_worker']} threads per worker);"
         f" {row['commands_per_s_per_worker']} commands/s/worker"
         f" ({row['round_trips_per_s_per_worker']} round trips)"
         f" {row['commands_by_name_per_s_per_worker']}; reconnects {health.get('reconnects', 0)},"

@@ -213,6 +213,7 @@ def _quiet_window(servers: list[Node], fleet: WorkerProcesses, window_s: float) 
     clients_before = fleet.cpu_seconds()
     time.sleep(window_s)
     clients_s = fleet.cpu_seconds() - clients_before
+    threads = fleet.threads()
     after = [node.sample() for node in servers]
     health_after = fleet.status()
     elapsed = after[0].at_s - before[0].at_s
@@ -220,6 +221,7 @@ def _quiet_window(servers: list[Node], fleet: WorkerProcesses, window_s: float) 
         "before": before,
         "after": after,
         "clients_cpu_percent": 100 * clients_s / elapsed,
+        "threads": threads,
         "reconnects": health_after.get("reconnects", 0) - health.get("reconnects", 0),
         "resyncs": health_after.get("resyncs", 0) - health.get("resyncs", 0),
     }
@@ -346,6 +348,7 @@ def _summary(
         "server_cpu_percent": per_node[0]["cpu_percent"],
         "replica_cpu_percent": round(max(replica_cpu), 2) if replica_cpu else None,
         "clients_cpu_percent": round(quiet["clients_cpu_percent"], 1),
+        "worker_threads_per_worker": round(quiet["threads"] / workers, 2),
         "window_reconnects": quiet["reconnects"],
         "window_resyncs": quiet["resyncs"],
         "nodes": per_node,

@@ -49,6 +49,7 @@ def _check_plausible(row: dict[str, Any]) -> None:
     assert 0 < row["memory_bytes_per_worker"] < 100_000
     assert 0 <= row["server_cpu_percent"] < 100
     assert row["clients_cpu_percent"] > 0
+    assert row["worker_threads_per_worker"] > 0
     assert row["wait_propagated"]["reached"] == WORKERS
     assert row["wait_propagated"]["missing"] == 0
     assert row["client_health"]["states"] == {"ready": WORKERS}
