@@ -158,8 +158,8 @@ def print_results(results: dict[str, Any]) -> None:
         ),
         (
             f"`wait_propagated` (`kill --wait`) at {waited['workers']:,}",
-            f"{waited['waited_ms']} ms, {waited['mget_calls']} MGETs,"
-            f" {waited['server_cpu_ms']} ms of server CPU",
+            f"{waited['waited_ms']} ms, ~{waited['mget_calls']} MGETs and"
+            f" {waited['server_cpu_ms']} ms of server CPU beyond the steady load",
         ),
     ]
     for label, value in rows:

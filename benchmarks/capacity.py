@@ -155,17 +155,7 @@ def measure(
         primary = servers[0]
         followed = [node.url for node in servers[1:]] or [primary.url]
         with Publisher(primary.url, namespace, actor="capacity-benchmark") as publisher:
-            publisher.apply(
-                {
-                    "flags": {
-                        FLAG: {
-                            "variants": {"on": "on", "off": "off"},
-                            "off": "off",
-                            "default": "on",
-                        }
-                    }
-                }
-            )
+            publisher.apply({"flags": {FLAG: FLAG_DEFINITION}})
             baseline = [node.sample() for node in servers]
             version = primary.version()
             fleet = WorkerProcesses(
@@ -182,7 +172,7 @@ def measure(
                 quiet = _quiet_window(servers, fleet, window_s)
                 fan_out = _fan_out(servers, fleet, publisher, changes)
                 # The flag ends killed after an odd number of changes: change it again.
-                waited = _wait_propagated(primary, fleet, publisher, kill=changes % 2 == 0)
+                waited = _wait_propagated(primary, fleet, publisher, quiet, kill=changes % 2 == 0)
                 health = fleet.status()
                 logged = fleet.stop()
     figures = _summary(
@@ -269,21 +259,33 @@ def _fan_out(
 
 
 def _wait_propagated(
-    primary: Node, fleet: WorkerProcesses, publisher: Publisher, *, kill: bool
+    primary: Node,
+    fleet: WorkerProcesses,
+    publisher: Publisher,
+    quiet: dict[str, Any],
+    *,
+    kill: bool,
 ) -> dict[str, Any]:
-    """One more change, awaited as `kill --wait` does; its wall time and server CPU."""
+    """One more change, awaited as `kill --wait` does: its wall time, and the server CPU
+    and MGETs beyond the quiet window's rates (the workers' own checks are MGETs too)."""
     write = publisher.kill if kill else publisher.enable
     revision = write(FLAG, reason="capacity benchmark: --wait")
     before = primary.sample()
     report = publisher.wait_propagated(revision, timeout=30.0)
     after = primary.sample()
     fleet.ask({"op": "wait", "revision": revision, "timeout_s": 20.0}, 60.0)
+    steady_before, steady_after = quiet["before"][0], quiet["after"][0]
+    steady_s = steady_after.at_s - steady_before.at_s
+    waited_s = after.at_s - before.at_s
+    cpu_rate = (steady_after.cpu_s - steady_before.cpu_s) / steady_s
+    mget_rate = (steady_after.calls.get("mget", 0) - steady_before.calls.get("mget", 0)) / steady_s
+    mgets = after.calls.get("mget", 0) - before.calls.get("mget", 0)
     return {
         "reached": len(report.reached),
         "missing": len(report.missing) + len(report.unconfirmed),
         "waited_ms": round(report.waited_ms, 1),
-        "server_cpu_ms": round(1000 * (after.cpu_s - before.cpu_s), 1),
-        "mget_calls": after.calls.get("mget", 0) - before.calls.get("mget", 0),
+        "server_cpu_ms": round(1000 * (after.cpu_s - before.cpu_s - cpu_rate * waited_s), 1),
+        "mget_calls": round(mgets - mget_rate * waited_s),
     }
 
 
