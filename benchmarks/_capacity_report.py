@@ -8,6 +8,7 @@ output can be pasted there.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 TARGET_WORKERS = 10_000
@@ -79,6 +80,8 @@ def table_row(row: dict[str, Any]) -> str:
     """One README table row for one run (same columns as `TABLE_HEADER`)."""
     topology = f"1 primary + {row['replicas']} replicas" if row["replicas"] else "one node"
     topology += ", outcomes tracked" if row["metrics"] else ""
+    if row["window_reconnects"]:
+        topology += f" (disturbed: {row['window_reconnects']:,} reconnects in the window)"
     replica = f"{row['replica_cpu_percent']:.1f} %" if row["replica_cpu_percent"] else "—"
     applied = row["fan_out"]["all_applied_ms"]
     publish = row["fan_out"]["publish_us_per_change"]
@@ -99,7 +102,8 @@ def print_run(name: str, row: dict[str, Any]) -> None:
         print(
             f"capacity {name}: DISTURBED: {row['window_reconnects']} reconnects and"
             f" {row['window_resyncs']} full reloads during the quiet window (simulated"
-            " workers starved of CPU); its rates are not steady state",
+            " workers starved of CPU); its rates are not steady state (1-minute load"
+            f" average {row['window_load_average']} on {os.cpu_count()} CPUs)",
             flush=True,
         )
     print(

@@ -199,6 +199,7 @@ def _quiet_window(servers: list[Node], fleet: WorkerProcesses, window_s: float) 
     and their reconnects and full reloads meanwhile (non-zero: starved simulated workers
     missed a liveness deadline, and the window's figures are disturbed)."""
     health = fleet.status()
+    load_before = os.getloadavg()[0]
     before = [node.sample() for node in servers]
     clients_before = fleet.cpu_seconds()
     time.sleep(window_s)
@@ -212,6 +213,7 @@ def _quiet_window(servers: list[Node], fleet: WorkerProcesses, window_s: float) 
         "after": after,
         "clients_cpu_percent": 100 * clients_s / elapsed,
         "threads": threads,
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "reconnects": health_after.get("reconnects", 0) - health.get("reconnects", 0),
         "resyncs": health_after.get("resyncs", 0) - health.get("resyncs", 0),
     }
@@ -351,6 +353,7 @@ def _summary(
         "replica_cpu_percent": round(max(replica_cpu), 2) if replica_cpu else None,
         "clients_cpu_percent": round(quiet["clients_cpu_percent"], 1),
         "worker_threads_per_worker": round(quiet["threads"] / workers, 2),
+        "window_load_average": quiet["load_average"],
         "window_reconnects": quiet["reconnects"],
         "window_resyncs": quiet["resyncs"],
         "nodes": per_node,

@@ -99,6 +99,7 @@ def _row(
         "round_trips_per_s_per_worker": round_trips,
         "connections_per_worker": 2.0,
         "memory_bytes_per_worker": 4000,
+        "window_reconnects": 0,
         "fan_out": {"workers_missing": 0, "publish_us_per_change": publish_us},
         "wait_propagated": {"waited_ms": 50.0, "mget_calls": 20, "server_cpu_ms": 10.0},
     }
