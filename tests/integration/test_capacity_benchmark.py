@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from benchmarks import capacity
+from benchmarks._capacity_report import TABLE_HEADER, table_row
 from flagsync.server import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -160,3 +161,15 @@ class TestModel:
         assert any("never applied" in failure for failure in failures)
         assert any("round_trips_per_s_per_worker: 3.0 > budget 2.0" in f for f in failures)
         assert any("server_cpu_percent_per_1000_workers: 40.0" in f for f in failures)
+
+
+class TestTable:
+    """The printed table is the README's, column for column."""
+
+    def test_row_has_one_cell_per_column_and_marks_a_disturbed_run(self) -> None:
+        """Every row has the header's columns; reconnects in the window are shown in it."""
+        row = _row(1_000, 12.0) | {"replica_cpu_percent": None, "window_reconnects": 7}
+        row["fan_out"]["all_applied_ms"] = {"p50": 3.0, "p99": 9.0}
+        line = table_row(row)
+        assert line.count("|") == TABLE_HEADER.splitlines()[0].count("|")
+        assert "disturbed: 7 reconnects" in line
