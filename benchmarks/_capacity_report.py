@@ -146,7 +146,7 @@ def print_results(results: dict[str, Any]) -> None:
             f" ({fitted['commands_per_s_per_worker']} commands/s)",
         ),
         ("server CPU per 1,000 workers", f"{fitted['cpu_percent_per_1000_workers']} % of a core"),
-        ("one core saturates at", f"~{fitted['workers_at_one_core']:,} workers"),
+        ("one core saturates at", f"~{_count(fitted['workers_at_one_core'])} workers"),
         ("10,000 workers: server CPU", f"{fitted['cpu_percent_at_10000']} % of a core"),
         (
             "10,000 workers: requests",
@@ -168,6 +168,11 @@ def print_results(results: dict[str, Any]) -> None:
     ]
     for label, value in rows:
         print(f"| {label} | {value} |")
+
+
+def _count(value: int | None) -> str:
+    """`12,345`, or `—` when there is no figure (no measurable CPU to fit)."""
+    return "—" if value is None else f"{value:,}"
 
 
 def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:

@@ -33,7 +33,8 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -75,11 +76,13 @@ def run(
     changes: int | None = None,
     url: str | None = None,
     metrics: bool | None = None,
+    after_each: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Every configured run, and the capacity model fitted to the one-node runs.
 
     The full run adds one run at the smallest size with outcomes tracked (`metrics`
-    None); `metrics` True tracks them in every run, False in none."""
+    None); `metrics` True tracks them in every run, False in none. `after_each` gets
+    the results so far after every run (an interrupted long run keeps what it measured)."""
     raise_open_files_limit()
     sizes = sizes or ((500,) if quick else (1_000, 2_000, 5_000))
     if replicas is None:
@@ -94,6 +97,7 @@ def run(
     if metrics is None and not quick:
         plan.append((min(sizes), 0, True))
     runs: dict[str, Any] = {}
+    results = {"note": NOTE, "measured": _provenance(), "window_s": window_s, "runs": runs}
     for workers, tier, tracked in plan:
         name = f"workers_{workers}" + (f"_replicas_{tier}" if tier else "")
         name += "_metrics" if tracked else ""
@@ -108,13 +112,10 @@ def run(
             track_outcomes=tracked,
         )
         print_run(name, runs[name])
-    return {
-        "note": NOTE,
-        "measured": _provenance(),
-        "window_s": window_s,
-        "runs": runs,
-        "model": model(runs),
-    }
+        results["model"] = model(runs)
+        if after_each is not None:
+            after_each(results)
+    return results
 
 
 def _provenance() -> dict[str, Any]:
@@ -377,6 +378,10 @@ def _rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def _write_json(path: Path, results: dict[str, Any]) -> None:
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 1 when `--check` finds a budget exceeded."""
     parser = argparse.ArgumentParser(
@@ -428,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         changes=args.changes,
         url=args.url,
         metrics=args.metrics,
+        after_each=None if args.json is None else partial(_write_json, args.json),
     )
     print_results(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     if not args.check:
         return 0
