@@ -102,7 +102,7 @@ def _row(
         "memory_bytes_per_worker": 4000,
         "window_reconnects": 0,
         "fan_out": {"workers_missing": 0, "publish_us_per_change": publish_us},
-        "wait_propagated": {"waited_ms": 50.0, "mget_calls": 20, "server_cpu_ms": 10.0},
+        "wait_propagated": {"waited_ms": 50.0, "server_cpu_ms": 10.0},
     }
 
 
@@ -139,6 +139,14 @@ class TestModel:
         assert fitted["round_trips_per_s_per_worker"] == 3.0
         assert fitted["cpu_percent_per_1000_workers"] == pytest.approx(10.0)
         assert fitted["round_trips_per_s_at_10000"] == 30_000
+
+    def test_disturbed_runs_are_left_out(self) -> None:
+        """A run whose workers reconnected during the window is not fitted while an
+        undisturbed one remains, and the model says which were left out."""
+        stormy = _row(5_000, 5.0, round_trips=0.2) | {"window_reconnects": 10_000}
+        fitted = capacity.model({"a": _row(1_000, 12.0), "b": stormy})
+        assert fitted["fitted_from_workers"] == [1_000]
+        assert fitted["left_out_disturbed"] == [5_000]
 
     def test_replica_runs_are_not_fitted(self) -> None:
         """Only one-node runs feed the model (a replica tier spreads the load)."""
