@@ -76,6 +76,10 @@ class WorkerProcesses:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if exc_type is not None:  # interrupted or failed: no polite close of every client
+            for process in self._processes:
+                if process.poll() is None:
+                    process.kill()
         self.stop()
 
     @property
