@@ -3,6 +3,8 @@
 python -m benchmarks                 # full run
 python -m benchmarks --quick --check # what CI runs: fewer repeats, fail over budget
 python -m benchmarks --json out.json
+python -m benchmarks --only capacity # simulated workers against one node (also alone:
+                                     # python -m benchmarks.capacity, more options)
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from benchmarks import engine, integrity, propagation
+from benchmarks import capacity, engine, integrity, propagation
 
 BUDGETS = Path(__file__).with_name("budgets.toml")
 
@@ -30,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write results as JSON")
     parser.add_argument("--check", action="store_true", help="exit 1 if a budget is exceeded")
     parser.add_argument(
-        "--only", choices=("engine", "sync", "integrity"), help="run one suite (default: all)"
+        "--only",
+        choices=("engine", "sync", "integrity", "capacity"),
+        help="run one suite (default: all)",
     )
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "integrity"):
         results["integrity"] = integrity.run(quick=args.quick)
         integrity.print_results(results["integrity"])
+    if args.only in (None, "capacity"):
+        results["capacity"] = capacity.run(quick=args.quick)
+        capacity.print_results(results["capacity"])
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
@@ -117,6 +124,8 @@ def check(results: dict[str, Any], budgets: dict[str, Any]) -> list[str]:
         ratio = sync["publisher"]["cost_ratio_to_publish"]
         if ratio > limits["publisher"]["cost_ratio_to_publish"]:
             failures.append(f"publisher: {ratio}x a PUBLISH > budget")
+    if "capacity" in results:
+        failures.extend(capacity.check(results["capacity"], budgets["capacity"]))
     return failures
 
 
