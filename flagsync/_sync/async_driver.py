@@ -31,6 +31,7 @@ from flagsync._sync.beacon import (
     beacon_refusal,
     grace_s,
     heard_beacon,
+    read_own_beat,
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.presence import Presence, is_refused_write
@@ -167,9 +168,11 @@ class AsyncDriver:
                     message = await pubsub.get_message(timeout=0)
                 if self._stopping:
                     break
-                await self._due_work(needs, pubsub, commands, timers)
+                # Liveness is judged right after the channel was read (see the thread
+                # driver): frames that came in during our own round trips count as heard.
                 if timers.ping_due():
                     await pubsub.ping(token)
+                await self._due_work(needs, pubsub, commands, timers)
         finally:
             if self._stopping:
                 with anyio.move_on_after(0.3, shield=True), contextlib.suppress(Exception):
@@ -269,6 +272,8 @@ class AsyncDriver:
             publish = beacon.beaten(await _pipelined(writer, beacon.beat_commands(), True))
             if publish is not None:
                 await writer.execute_command(*publish)  # type: ignore[no-untyped-call]
+                if self._writer is None and self._timers is not None:  # read the followed node
+                    read_own_beat(self.follower, self._timers, publish)
         except redis.ResponseError as error:
             beacon.refused(error)
         except redis.RedisError as error:

@@ -63,6 +63,7 @@ __all__ = [
     "grace_s",
     "heard_beacon",
     "is_beacon_refusal",
+    "read_own_beat",
 ]
 
 _log = structlog.get_logger("flagsync.subscriber")
@@ -102,6 +103,7 @@ class Beacon:
         self._next_attempt = math.inf
         self._next_beat = math.inf
         self._next_renew = math.inf
+        self._beat_started = -math.inf
         self._entries: tuple[tuple[Any, ...], int] | None = None
         """(revision, epoch, digest) as read, and the entries counted at it."""
         self.beats = 0
@@ -168,7 +170,8 @@ class Beacon:
         """Read the store's state. Every second (or when the revision moved since) also
         count its entries, and renew the lease (GET + PEXPIRE): one MGET per beat else."""
         commands = beacon_state_commands(self.keys)
-        renew = self._clock() >= self._next_renew
+        self._beat_started = self._clock()
+        renew = self._beat_started >= self._next_renew
         if not renew and self._entries is not None:
             commands = commands[:1]
         if renew:
@@ -181,7 +184,10 @@ class Beacon:
         empty, its revision moved since its entries were counted: counted at once, or
         the lease moved: then this process contends again like any other)."""
         now = self._clock()
-        self._next_beat = now + self.options.beacon_interval_s
+        # From when the read was sent: the beat's own round trips (two of them, 0.2-0.6 s
+        # under latency) must not stretch the interval past the 2-interval "flowing" window.
+        interval = self.options.beacon_interval_s
+        self._next_beat = min(now, max(self._beat_started, now - interval)) + interval
         counted = len(replies) in (3, 5)
         if len(replies) > 3:
             if _text(replies[-2]) != self._worker_id():
@@ -283,6 +289,22 @@ def heard_beacon(follower: Follower, beacon: Beacon, timers: SessionTimers, data
     beacon.heard()
     if verdict == "check":
         timers.check_soon()
+
+
+def read_own_beat(follower: Follower, timers: SessionTimers, publish: Command) -> None:
+    """What the holder does with the heartbeat it is publishing, read from the node it
+    follows: that read is a revision check of its own (the keys of `state_commands`),
+    so one that confirms our state postpones the periodic check like a check would.
+    One that disagrees does nothing here: the heartbeat, heard back on the channel,
+    asks for the check as it does on every worker (a nudge may still be in flight).
+
+    Why: every beat is two round trips on the holder's one thread. Under 100 ms of
+    latency each way its periodic checks queued behind its beats; its heartbeats came
+    more than two intervals apart, so the fast cadence (checks every 0.25 s, pings)
+    came back and saturated it further (S19). Not `timers.beacon_heard`: only a
+    heartbeat heard on the channel proves that link alive."""
+    if follower.on_heartbeat(publish[2]) == "confirmed":
+        timers.beat_read()
 
 
 def grace_s(follower: Follower, state: StoreState, timers: SessionTimers) -> float:

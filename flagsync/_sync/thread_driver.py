@@ -38,6 +38,7 @@ from flagsync._sync.beacon import (
     beacon_refusal,
     grace_s,
     heard_beacon,
+    read_own_beat,
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.logs import SafeLogger
@@ -226,6 +227,11 @@ class ThreadDriver:
                 message = self._next_message(pubsub, 0)
             if self._stop.is_set():
                 return
+            # Liveness is judged here, right after the channel was read: frames that came
+            # in while this thread waited on its own round trips (checks, loads, the
+            # beacon's beats: seconds under latency) are heard first, never counted silent.
+            if timers.ping_due():
+                pubsub.ping(token)
             # Coalesced: a burst of doubtful messages costs one cheap check, not a load each.
             if "resync" in needs:
                 self._resync(commands)
@@ -239,8 +245,6 @@ class ThreadDriver:
             step = beacon.step()
             if step is not None:
                 self._beacon_step(step, commands)
-            if timers.ping_due():
-                pubsub.ping(token)
 
     def _beacon_step(self, step: str, commands: redis.Redis) -> None:
         """Contend for the beacon lease, or (holding it) publish a heartbeat; see `beacon`.
@@ -254,6 +258,8 @@ class ThreadDriver:
             publish = beacon.beaten(_pipelined(writer, beacon.beat_commands()))
             if publish is not None:
                 writer.execute_command(*publish)  # type: ignore[no-untyped-call]
+                if self._writer is None and self._timers is not None:  # read the followed node
+                    read_own_beat(self.follower, self._timers, publish)
         except redis.ResponseError as error:
             beacon.refused(error)
         except redis.RedisError as error:

@@ -74,6 +74,8 @@ class SessionTimers:
         now = clock()
         self.options = options
         self.last_check = now
+        self.last_read = now
+        """The last check, or the last beat of ours that confirmed our state (`beat_read`)."""
         self.next_check = now + options.check_interval_s
         self.next_heartbeat = now
         self.next_ping = now + options.ping_interval_s
@@ -146,14 +148,25 @@ class SessionTimers:
         """The revision check ran: the next one is a check interval away (the slow one
         is chosen when due, so heartbeats that stop bring the fast one back at once)."""
         now = self._clock()
-        self.last_check = now
+        self.last_check = self.last_read = now
         self.urgent = False
         self.next_check = now + self.options.beacon_check_interval_s
+
+    def beat_read(self) -> None:
+        """This process holds the beacon and its beat just read, from the node it follows,
+        a state that confirms ours: the periodic check moves on as after a check (the
+        holder's beats then cost no checks of their own). Not for `check_soon`'s rate
+        limit: a heartbeat that disagrees right after still makes a check due at once."""
+        if self.urgent:
+            return
+        now = self._clock()
+        self.last_read = now
+        self.next_check = max(self.next_check, now + self.options.beacon_check_interval_s)
 
     def grace_fits(self, grace_s: float) -> bool:
         """True when waiting `grace_s` more keeps this check within two polling
         intervals of the one before (a lost nudge is then served within ~0.5 s)."""
-        return self._clock() - self.last_check + grace_s <= 2 * self.options.check_interval_s
+        return self._clock() - self.last_read + grace_s <= 2 * self.options.check_interval_s
 
     def recheck_in(self, delay_s: float) -> None:
         """Check again after `delay_s` (a grace for a message in flight)."""
@@ -178,7 +191,8 @@ class SessionTimers:
         asked), but the fast interval after the last check while heartbeats do not flow."""
         if self.beacon_flowing():
             return self.next_check
-        return min(self.next_check, self.last_check + self.options.check_interval_s)
+        last = max(self.last_check, self.last_read)
+        return min(self.next_check, last + self.options.check_interval_s)
 
     def _ping_at(self) -> float:
         """No pings while heartbeats flow; else every `ping_interval_s`."""

@@ -14,7 +14,7 @@ import pytest
 from flagsync._codec import MalformedMessageError
 from flagsync._digest import StateDigest
 from flagsync._signing import SignedState, Signer, generate_key_pair
-from flagsync._sync.beacon import Beacon, grace_s, heard_beacon
+from flagsync._sync.beacon import Beacon, grace_s, heard_beacon, read_own_beat
 from flagsync._sync.follower import MESSAGE_GRACE_S, Follower
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.presence import Presence
@@ -294,6 +294,64 @@ class TestElection:
             "GET",
             "PEXPIRE",
         ]
+
+    def test_beat_interval_counts_from_the_read(self) -> None:
+        """A beat's own round trips (0.2-0.6 s under 100 ms of latency each way, S19) do
+        not stretch the interval: the next beat is due an interval after the read was
+        sent, or at once when the beat took longer than that."""
+        clock = Clock()
+        beacon = self.make(clock)
+        clock.now = beacon.next_due()
+        beacon.contended([True, b"w-1"])
+        header = [b"5", EPOCH.encode(), b"d" * 40, None]
+        started = clock.now
+        beacon.beat_commands()
+        clock.now += 0.3  # the read's round trip
+        assert beacon.beaten([header, 1, 1]) is not None
+        assert beacon.next_due() == pytest.approx(started + OPTIONS.beacon_interval_s)
+        clock.now = beacon.next_due()
+        beacon.beat_commands()
+        clock.now += 0.9  # longer than an interval: due again at once, never in the past
+        assert beacon.beaten([header]) is not None
+        assert beacon.next_due() == pytest.approx(clock.now)
+
+    def test_own_beat_is_a_check_when_it_confirms(self) -> None:
+        """The holder's beat read the followed node: when it states our state, the
+        periodic check moves a check interval on (as after a check); when it disagrees
+        nothing changes here (the heartbeat heard back on the channel asks for the check)."""
+        clock = Clock()
+        follower = synced_follower(clock)
+        timers = SessionTimers(OPTIONS, clock)
+        timers.beacon_heard()
+        timers.checked()
+        clock.now += 0.9
+        read_own_beat(follower, timers, ("PUBLISH", KEYS.heartbeat, beat()))
+        clock.now += 0.5  # 1.4 s after the last periodic check, 0.5 s after the beat
+        timers.beacon_heard()
+        assert not timers.check_due()
+        assert follower.seconds_since_sync() == pytest.approx(0.5)
+        read_own_beat(follower, timers, ("PUBLISH", KEYS.heartbeat, beat(revision=6)))
+        assert not timers.urgent
+        clock.now += 0.5
+        assert timers.check_due()  # a second after the confirming beat, whatever follows
+        assert follower.heartbeats_rejected == 0
+        timers.checked()
+        clock.now += 0.2
+        read_own_beat(follower, timers, ("PUBLISH", KEYS.heartbeat, beat()))
+        clock.now += 0.1
+        # A disagreeing heartbeat heard back checks 0.25 s after the last *check*: a
+        # confirming beat in between does not delay it (S8's bound).
+        heard_beacon(follower, self.make(clock), timers, beat(revision=6))
+        assert timers.urgent
+        assert timers.check_due()
+        timers.checked()
+        clock.now += 0.9  # heartbeats stopped (the holder's own came back late)
+        assert not timers.beacon_flowing()
+        read_own_beat(follower, timers, ("PUBLISH", KEYS.heartbeat, beat()))
+        clock.now += 0.2  # the fast cadence counts from the confirming beat
+        assert not timers.check_due()
+        clock.now += 0.05
+        assert timers.check_due()
 
     def test_holder_steps_down_when_the_lease_moved(self) -> None:
         clock = Clock()
