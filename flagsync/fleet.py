@@ -30,6 +30,9 @@ __all__ = [
     "WorkerInfo",
 ]
 
+_LOGGED_KEYS = 5
+"""How many unconfirmed presence keys a wait names in its one warning (the report has all)."""
+
 _log = structlog.get_logger("flagsync.fleet")
 _LOG_BATCH: Final = 500
 _PUBLISHED_SEARCH: Final = 2000
@@ -228,8 +231,13 @@ class Fleet:
         unconfirmed = [r for r in records.values() if isinstance(r, UnreadablePresence)]
         reached = [w for w in current if _applied(w, epoch, revision)]
         missing = [w for w in current if not _applied(w, epoch, revision)]
-        for record in unconfirmed:
-            _log.warning("presence_unconfirmed", key=record.key, problem=record.problem)
+        if unconfirmed:  # one line per wait, not one per worker (a reconnect storm has hundreds)
+            _log.warning(
+                "presence_unconfirmed",
+                count=len(unconfirmed),
+                keys=[record.key for record in unconfirmed[:_LOGGED_KEYS]],
+                problems=sorted({record.problem for record in unconfirmed}),
+            )
         acks = [
             WorkerAck(
                 worker,
