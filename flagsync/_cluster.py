@@ -27,12 +27,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, unquote
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
+from flagsync._topology import plain_node_url
 from flagsync._write_script import SHARDED_WRITE_SCRIPT, WRITE_SCRIPT
 from flagsync.errors import StoreURLError
 
@@ -90,10 +91,8 @@ class ClusterTarget:
     def node_url(self, host: str, port: int, *, replica: bool = False) -> str:
         """A plain `redis://` URL of one node, with this target's credentials (a replica's
         carries the mark that makes `connect` send READONLY)."""
-        auth = ""
-        if self.username or self.password:
-            auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
-        return f"redis://{auth}{host}:{port}{_REPLICA_MARK if replica else ''}"
+        url = plain_node_url(host, port, self.username, self.password)
+        return url + _REPLICA_MARK if replica else url
 
 
 def is_cluster_url(url: str) -> bool:

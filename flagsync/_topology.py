@@ -37,6 +37,7 @@ __all__ = [
     "SentinelURLError",
     "is_sentinel_url",
     "parse_sentinel_url",
+    "plain_node_url",
     "replica_url",
     "replica_url_async",
     "sentinel_client",
@@ -68,10 +69,16 @@ class SentinelTarget:
 
     def node_url(self, host: str, port: int) -> str:
         """A plain `redis://` URL of one data node, with this target's credentials."""
-        auth = ""
-        if self.username or self.password:
-            auth = f"{quote(self.username or '', safe='')}:{quote(self.password or '', safe='')}@"
-        return f"redis://{auth}{host}:{port}"
+        return plain_node_url(host, port, self.username, self.password)
+
+
+def plain_node_url(host: str, port: int, username: str | None, password: str | None) -> str:
+    """A plain `redis://` URL of one node found through a topology (Sentinel, Cluster),
+    carrying the data nodes' credentials, quoted."""
+    auth = ""
+    if username or password:
+        auth = f"{quote(username or '', safe='')}:{quote(password or '', safe='')}@"
+    return f"redis://{auth}{host}:{port}"
 
 
 def is_sentinel_url(url: str) -> bool:

@@ -288,10 +288,7 @@ class ThreadDriver:
         ack = self.presence.ack_command()
         writer = self._writer or commands
         try:
-            pipe = writer.pipeline(transaction=False)
-            for each in (command, ack) if ack is not None else (command,):
-                pipe.execute_command(*each)  # type: ignore[no-untyped-call]
-            replies = pipe.execute(raise_on_error=False)
+            replies = _pipelined(writer, [command] if ack is None else [command, ack], False)
             if isinstance(replies[0], Exception):
                 raise replies[0]
         except redis.RedisError as error:
@@ -430,12 +427,14 @@ class ThreadDriver:
             commands.execute_command(*self.presence.withdraw_command())  # type: ignore[no-untyped-call]
 
 
-def _pipelined(client: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+def _pipelined(
+    client: redis.Redis, commands: list[tuple[Any, ...]], raise_on_error: bool = True
+) -> list[Any]:
     """Run `commands` in one round trip (no MULTI: a worker may not have it)."""
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    return pipe.execute()
+    return pipe.execute(raise_on_error=raise_on_error)
 
 
 def _channel(message: dict[str, Any]) -> str:
