@@ -272,8 +272,10 @@ class TestSlowSubscriberDropped:
                 # A revision check can load the latest snapshot before the client has read
                 # through the stalled backlog to the server's close; the drop is noticed then.
                 resubscribed = time_to(
-                    lambda: client.status().reconnects > before.reconnects
-                    and len(raw.client_list(_type="pubsub")) == 1,
+                    lambda: (
+                        client.status().reconnects > before.reconnects
+                        and len(raw.client_list(_type="pubsub")) == 1
+                    ),
                     5.0,
                 )
                 assert resubscribed is not None, f"drop never noticed: {client.status()}"
