@@ -25,6 +25,21 @@ STAFF: Final = {"attr": "email", "op": "ends_with", "values": ["@acme.com"]}
 PAID: Final = {"attr": "plan", "op": "in", "values": ["paid"]}
 ANYONE: Final[dict[str, Any]] = {"key": "user-42"}
 
+FAST: Final[dict[str, Any]] = {
+    "check_interval_s": 0.05,
+    "stale_after_s": 0.5,
+    "liveness_timeout_s": 0.6,
+    "ping_interval_s": 0.2,
+    "socket_timeout_s": 0.5,
+    "connect_timeout_s": 0.5,
+    "heartbeat_interval_s": 0.2,
+    "backoff_max_s": 0.3,
+}
+"""Short deadlines for scenarios about timing (staleness, liveness, reconnects)."""
+
+MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
+"""No periodic revision check within a test: whatever is applied came through pub/sub."""
+
 
 def model_flag(*, default: str = "candidate", enabled: bool = True) -> Document:
     """The LLM model flag: a staff rule, a paid ramp, and a fixed default."""

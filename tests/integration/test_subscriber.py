@@ -36,6 +36,8 @@ from tests.integration.support import (
     ANYONE,
     BASE_VALUES,
     CALLER_DEFAULTS,
+    FAST,
+    MESSAGES_ONLY,
     MODEL_OFF,
     RevisionRecorder,
     base_document,
@@ -51,21 +53,6 @@ from tests.integration.support import (
     wait_until,
     write_by_hand,
 )
-
-FAST: Final[dict[str, Any]] = {
-    "check_interval_s": 0.05,
-    "stale_after_s": 0.5,
-    "liveness_timeout_s": 0.6,
-    "ping_interval_s": 0.2,
-    "socket_timeout_s": 0.5,
-    "connect_timeout_s": 0.5,
-    "heartbeat_interval_s": 0.2,
-    "backoff_max_s": 0.3,
-}
-"""Short deadlines for tests about timing (staleness, reconnects)."""
-
-MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
-"""No periodic revision check within a test: whatever is applied came through pub/sub."""
 
 DRIVERS: Final = ["thread", "asyncio"]
 
