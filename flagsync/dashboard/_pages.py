@@ -221,7 +221,8 @@ class Pages:
     async def write(self, request: Request) -> Response:
         """A form post: kill, enable, ramp or rollback; answers the flag page with the
         propagation report (or the conflict view, via `conflict`)."""
-        from flagsync.dashboard.app import BadRequestError, parse_write  # noqa: PLC0415
+        from flagsync.dashboard._backend import BadRequestError  # noqa: PLC0415
+        from flagsync.dashboard.app import parse_write  # noqa: PLC0415
 
         key, op = request.path_params["key"], request.path_params["op"]
         form = await read_form(request)

@@ -25,7 +25,7 @@ from starlette.staticfiles import StaticFiles
 
 from flagsync.dashboard import _pages
 from flagsync.dashboard._auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Guard, read_form
-from flagsync.dashboard._backend import Backend, StaleWriteError
+from flagsync.dashboard._backend import Backend, BadRequestError, StaleWriteError
 from flagsync.dashboard._config import DashboardConfig
 from flagsync.dashboard._live import Poller
 from flagsync.errors import FlagNotFoundError, FlagsyncError, InvalidFlagError, StoreError
@@ -40,10 +40,6 @@ _MAX_REASON: Final = 2000
 _EVENT_KEEPALIVE_S: Final = 15.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class BadRequestError(FlagsyncError):
-    """The request body is not what the route takes (400), naming the field."""
 
 
 def create_app(config: DashboardConfig, backend: Backend | None = None) -> Starlette:
@@ -197,6 +193,8 @@ class Api:
 
     async def rollout(self, request: Request) -> Response:
         key, action = request.path_params["key"], request.path_params["action"]
+        if action not in _ROLLOUT_ACTIONS:
+            raise FlagNotFoundError("action", action)
         body = await _json_body(request)
         reason = _reason(body)
         result = await run_in_threadpool(self.store.rollout_action, action, key, reason)
@@ -260,7 +258,11 @@ def parse_write(op: str, body: dict[str, Any]) -> tuple[int, str, dict[str, Any]
         variant, percent, rule = body.get("variant"), body.get("percent"), body.get("rule")
         if not isinstance(variant, str) or not variant:
             raise BadRequestError("variant: required, a variant name")
-        if isinstance(percent, bool) or not isinstance(percent, int | float):
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, int | float)
+            or not 0 <= percent <= 100  # also refuses NaN
+        ):
             raise BadRequestError("percent: required, a number from 0 to 100")
         if rule is not None and not isinstance(rule, str):
             raise BadRequestError("rule: a rule name, or null for the fallthrough")

@@ -1,0 +1,94 @@
+"""The issue's public names, checked as written: the write answers, bad input naming its
+field with nothing written, the rollout routes' bodies, and the page names."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from flagsync import FlagClient
+from flagsync.dashboard.serve import DashboardServer
+from flagsync.publisher import Publisher
+from tests.dashboard.support import api
+
+MODEL = "llm-model-version"
+REPORT = re.compile(r"^reached (\d+)/(\d+) workers in \d+\.\d ms")
+
+
+class TestBadInputWritesNothing:
+    """Well-formed JSON that asks for something impossible: 4xx naming the field."""
+
+    @pytest.mark.parametrize(
+        ("op", "body", "field"),
+        [
+            ("ramp", {"variant": "candidate", "percent": 150}, "percent"),
+            ("ramp", {"variant": "candidate", "percent": -1}, "percent"),
+            ("ramp", {"variant": "no-such-variant", "percent": 5}, "variant"),
+            ("ramp", {"variant": "candidate", "percent": 5, "rule": "no-such-rule"}, "rule"),
+            ("rollback", {"to_version": 99}, "to_version"),
+            ("kill", {"expected_version": -1}, "expected_version"),
+        ],
+    )
+    def test_impossible_writes_are_4xx_naming_the_field(
+        self,
+        dashboard: DashboardServer,
+        store: Publisher,
+        op: str,
+        body: dict[str, Any],
+        field: str,
+    ) -> None:
+        """The answer is 400/404/422 with the field's name in the message; the store's
+        revision and the flag's version stay where they were."""
+        before = store.revision()[1]
+        payload = {"expected_version": 1, "reason": "probe", **body}
+        with api(dashboard.url) as client:
+            response = client.post(f"/api/flags/{MODEL}/{op}", json=payload)
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["message"].startswith(f"{field}:"), response.json()
+        assert store.revision()[1] == before
+        assert store.get(MODEL).version == 1  # type: ignore[union-attr]
+
+    def test_nan_percent_is_refused(self, dashboard: DashboardServer, store: Publisher) -> None:
+        """Python's JSON parser reads `NaN`; a ramp to NaN percent is 400, nothing written."""
+        body = '{"expected_version": 1, "variant": "candidate", "percent": NaN, "reason": "r"}'
+        with api(dashboard.url) as client:
+            response = client.post(
+                f"/api/flags/{MODEL}/ramp", content=body,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+        assert response.status_code == 400
+        assert response.json()["message"].startswith("percent:")
+        assert store.get(MODEL).version == 1  # type: ignore[union-attr]
+
+    def test_unknown_rollout_action_is_404_before_the_body_is_read(
+        self, dashboard: DashboardServer
+    ) -> None:
+        """`/api/rollouts/<key>/<action>` takes pause, resume and abort only."""
+        with api(dashboard.url) as client:
+            response = client.post(f"/api/rollouts/{MODEL}/restart", json={"reason": 5})
+        assert response.status_code == 404
+        assert "restart" in response.json()["message"]
+
+
+class TestWriteAnswer:
+    """A write answers the new revision and the `--wait` propagation report."""
+
+    def test_kill_answers_revision_and_reached_n_of_m(
+        self, dashboard: DashboardServer, store: Publisher, workers: list[FlagClient]
+    ) -> None:
+        """`revision` is the store's new revision; `propagation.text` reads
+        `reached 3/3 workers in X ms` and its counts agree with the fields."""
+        with api(dashboard.url) as client:
+            response = client.post(
+                f"/api/flags/{MODEL}/kill", json={"expected_version": 1, "reason": "probe"}
+            )
+        body = response.json()
+        assert response.status_code == 200, body
+        assert body["revision"] == store.revision()[1] == 2
+        assert body["version"] == 2
+        report = body["propagation"]
+        match = REPORT.match(report["text"])
+        assert match is not None, report["text"]
+        assert (int(match[1]), int(match[2])) == (report["reached"], report["total"]) == (3, 3)
