@@ -1,0 +1,136 @@
+"""The pages read and work without JavaScript, by role and accessible name: the issue's
+button names ("Kill", "Enable", "Ramp", "Rollback to v1"), tables with column headers,
+and a kill switch driven by the keyboard alone (Debian's Chromium, scripts disabled)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from flagsync import FlagClient
+from flagsync.dashboard.serve import DashboardServer
+from flagsync.publisher import Publisher
+from tests.dashboard.support import wait_until
+from tests.optional import require_part
+
+pytestmark = pytest.mark.requires("browser")
+
+MODEL = "llm-model-version"
+PROMPT = "prompt-template-v2"
+
+
+@pytest.fixture(scope="module")
+def no_script_browser() -> Iterator[Any]:
+    """Chromium from the system (`executable_path`; Playwright never downloads one)."""
+    chromium = require_part("browser")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def page(no_script_browser: Any) -> Iterator[Any]:
+    """A page with JavaScript off (generous timeouts: a loaded 2-core machine)."""
+    context = no_script_browser.new_context(java_script_enabled=False)
+    try:
+        opened = context.new_page()
+        opened.set_default_timeout(15_000)
+        yield opened
+    finally:
+        context.close()
+
+
+def column_headers(page: Any) -> list[str]:
+    """The text of every column header of the page's tables."""
+    return [str(text).strip() for text in page.get_by_role("columnheader").all_inner_texts()]
+
+
+class TestWithoutJavaScript:
+    """Server-rendered pages: everything readable and every write a plain form."""
+
+    def test_flags_page_reads_with_headers_and_kill_enable_buttons(
+        self, dashboard: DashboardServer, store: Publisher, page: Any
+    ) -> None:
+        """Every flag is a row under named column headers; enabled flags have a "Kill"
+        button, a killed one an "Enable" button."""
+        store.kill(PROMPT, reason="prompt regression")
+        page.goto(f"{dashboard.url}/")
+        assert {"Flag", "State", "Kill switch", "Last change"} <= set(column_headers(page))
+        for key in store.versions():
+            if not key.startswith("beta"):  # a segment, not a flag
+                assert page.get_by_role("link", name=key, exact=True).count() == 1
+        killed = page.locator(f"#flag-{PROMPT}")
+        assert killed.get_by_role("button", name="Enable", exact=True).count() == 1
+        model = page.locator(f"#flag-{MODEL}")
+        assert model.get_by_role("button", name="Kill", exact=True).count() == 1
+        assert "prompt regression" in str(killed.inner_text())
+
+    def test_flag_page_has_ramp_and_rollback_to_a_version(
+        self, dashboard: DashboardServer, store: Publisher, page: Any
+    ) -> None:
+        """After a ramp the flag page offers "Ramp" per rollout and "Rollback to v1"."""
+        store.ramp(MODEL, "candidate", 30, "paid-ramp", reason="quality holds")
+        page.goto(f"{dashboard.url}/flags/{MODEL}")
+        assert page.get_by_role("button", name="Kill", exact=True).count() == 1
+        ramp = page.get_by_role("form", name="Ramp rule paid-ramp")
+        assert ramp.get_by_role("button", name="Ramp", exact=True).count() == 1
+        assert page.get_by_role("button", name="Rollback to v1", exact=True).count() == 1
+        assert {"Version", "Who", "Why", "Rollback"} <= set(column_headers(page))
+        assert "quality holds" in str(page.locator("section.card").last.inner_text())
+
+    def test_kill_by_keyboard_alone_answers_the_propagation_report(
+        self,
+        dashboard: DashboardServer,
+        store: Publisher,
+        workers: list[FlagClient],
+        page: Any,
+    ) -> None:
+        """Type the reason, Tab to "Kill", press Enter: the form posts (no script), the
+        flag is killed with that reason, and the page answers `reached 3/3 workers`."""
+        page.goto(f"{dashboard.url}/flags/{MODEL}")
+        page.get_by_label("Reason").first.focus()
+        page.keyboard.type("keyboard kill")
+        page.keyboard.press("Tab")
+        focused = page.evaluate("document.activeElement.textContent")
+        assert focused == "Kill"
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        outcome = str(page.locator("#outcome").inner_text())
+        assert "reached 3/3 workers in" in outcome, outcome
+        stored = store.get(MODEL)
+        assert stored is not None
+        assert not stored.flag.enabled
+        assert store.history(MODEL, limit=1)[0].reason == "keyboard kill"
+        assert page.get_by_role("button", name="Enable", exact=True).count() == 1
+
+    def test_workers_page_lists_workers_and_convergence_text(
+        self,
+        dashboard: DashboardServer,
+        store: Publisher,
+        workers: list[FlagClient],
+        page: Any,
+    ) -> None:
+        """Each live worker is a row under named headers; the convergence line reads
+        "3/3 workers applied rN" (as server-rendered, no live updates needed)."""
+        revision = store.revision()[1]
+        assert wait_until(lambda: "3/3" in _convergence(dashboard, page), 10)
+        assert f"3/3 workers applied r{revision}" in _convergence(dashboard, page)
+        assert {"Worker", "Host", "PID", "Applied revision", "Lag", "State", "Last seen"} <= set(
+            column_headers(page)
+        )
+        for index in range(3):
+            row = page.get_by_role("row").filter(has_text=f"worker-{index}")
+            assert row.count() == 1
+            assert f"r{revision}" in str(row.inner_text())
+
+
+def _convergence(dashboard: DashboardServer, page: Any) -> str:
+    page.goto(f"{dashboard.url}/workers")
+    return str(page.locator("#convergence-text").inner_text())
