@@ -263,8 +263,8 @@ class Pages:
     async def login(self, request: Request) -> Response:
         """The login form; a correct token sets the HttpOnly session cookie."""
         target = request.query_params.get("next", "/")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = "/"  # only a path here: browsers read `/\host` as `//host`
         if self.guard.secret is None:
             return RedirectResponse(target, status_code=303)
         failed = False

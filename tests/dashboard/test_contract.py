@@ -6,11 +6,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import httpx
 import pytest
 
 from flagsync import FlagClient
 from flagsync.dashboard.serve import DashboardServer
 from flagsync.publisher import Publisher
+from tests.dashboard.conftest import SECRET
 from tests.dashboard.support import api
 
 MODEL = "llm-model-version"
@@ -92,3 +94,17 @@ class TestWriteAnswer:
         match = REPORT.match(report["text"])
         assert match is not None, report["text"]
         assert (int(match[1]), int(match[2])) == (report["reached"], report["total"]) == (3, 3)
+
+
+class TestLogin:
+    """The login form's `next` is a path on this dashboard, never another site."""
+
+    @pytest.mark.parametrize(
+        "target", ["//evil.example/", "/\\evil.example/", "https://evil.example/"]
+    )
+    def test_next_cannot_leave_the_dashboard(self, secured: DashboardServer, target: str) -> None:
+        """A correct token with a `next` pointing elsewhere lands on `/`."""
+        with httpx.Client(base_url=secured.url, timeout=10) as browser:
+            answer = browser.post("/login", params={"next": target}, data={"token": SECRET})
+        assert answer.status_code == 303
+        assert answer.headers["location"] == "/"
