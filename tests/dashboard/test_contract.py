@@ -4,6 +4,7 @@ field with nothing written, the rollout routes' bodies, and the page names."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import httpx
@@ -11,7 +12,9 @@ import pytest
 
 from flagsync import FlagClient
 from flagsync.dashboard.serve import DashboardServer
+from flagsync.metrics import MetricStat, encode_series, flush_commands
 from flagsync.publisher import Publisher
+from flagsync.store import StoreKeys
 from tests.dashboard.conftest import SECRET
 from tests.dashboard.support import api
 
@@ -108,3 +111,49 @@ class TestLogin:
             answer = browser.post("/login", params={"next": target}, data={"token": SECRET})
         assert answer.status_code == 303
         assert answer.headers["location"] == "/"
+
+
+class TestMetricCharts:
+    """Per variant over time: requests, error rate, p95 latency, cost per request and each
+    tracked outcome, as server-rendered SVG."""
+
+    def test_every_metric_kind_is_a_chart_with_a_line_per_variant(
+        self, dashboard: DashboardServer, store: Publisher
+    ) -> None:
+        """Errors, latency, cost and a tracked `thumbs_down` from two workers give five
+        charts, each with both variants in its legend; the candidate's worse error and
+        thumbs-down rates are the charts' maxima."""
+        keys = StoreKeys(store.keys.namespace)
+        now_ms = int(time.time() * 1000)
+        for variant, worker, bad in (("candidate", "w1", 0.5), ("current", "w2", 0.1)):
+            fields: dict[str, Any] = {}
+            for metric, values in (
+                ("exposures", [1.0] * 40),
+                ("error", [1.0] * int(40 * bad) + [0.0] * int(40 * (1 - bad))),
+                ("latency_ms", [300.0] * 40),
+                ("cost", [0.008] * 40),
+                ("thumbs_down", [1.0] * int(40 * bad) + [0.0] * int(40 * (1 - bad))),
+            ):
+                stat = MetricStat()
+                for value in values:
+                    stat.add(value)
+                fields |= encode_series(variant, metric, stat)
+            for command in flush_commands(keys, {MODEL: fields}, 600_000, now_ms, worker):
+                store.client.execute_command(*command)
+        with api(dashboard.url) as client:
+            page = client.get(f"/flags/{MODEL}").text
+        charts = {
+            match[1]: match[0]
+            for match in re.finditer(
+                r"<svg[^>]*>\s*<title>([^<]*) per variant</title>.*?</svg>", page, re.S
+            )
+        }
+        assert set(charts) == {
+            "requests", "error rate", "p95 latency_ms", "cost per request", "thumbs_down rate",
+        }  # fmt: skip
+        for svg in charts.values():
+            assert "&#9632; candidate" in svg
+            assert "&#9632; current" in svg
+        assert "max 0.5<" in charts["error rate"]
+        assert "max 0.5<" in charts["thumbs_down rate"]
+        assert "max $0.008<" in charts["cost per request"]
