@@ -12,7 +12,7 @@ import pytest
 from flagsync import FlagClient
 from flagsync.dashboard.serve import DashboardServer
 from flagsync.publisher import Publisher
-from tests.dashboard.support import wait_until
+from tests.dashboard.support import fake_presence, wait_until
 from tests.optional import require_part
 
 pytestmark = pytest.mark.requires("browser")
@@ -134,3 +134,45 @@ class TestWithoutJavaScript:
 def _convergence(dashboard: DashboardServer, page: Any) -> str:
     page.goto(f"{dashboard.url}/workers")
     return str(page.locator("#convergence-text").inner_text())
+
+
+class TestLateWorker:
+    """A worker that has not applied the latest revision within 1 s is shown red."""
+
+    def test_a_stuck_worker_turns_red_and_the_applied_ones_do_not(
+        self,
+        dashboard: DashboardServer,
+        store: Publisher,
+        workers: list[FlagClient],
+        namespace: str,
+        page: Any,
+    ) -> None:
+        """One presence record stays at the old revision (a stuck worker); after a kill
+        the three live workers apply it and the stuck one is drawn in the "bad" red with
+        the convergence line saying "3/4 ... 1 late"."""
+        epoch, old = store.revision()
+        assert epoch is not None
+        fake_presence(store.client, namespace, 1, old, epoch)
+        store.kill(MODEL, reason="stuck-worker probe")
+        revision = store.revision()[1]
+        assert wait_until(lambda: sum(w.revision == revision for w in store.workers()) == 3, 10)
+
+        def stuck_row_is_late() -> bool:
+            page.goto(f"{dashboard.url}/workers")
+            row = page.get_by_role("row").filter(has_text="load-0000")
+            return row.count() == 1 and "late" in str(row.get_attribute("class") or "")
+
+        assert wait_until(stuck_row_is_late, 15, interval_s=0.3), page.content()[-2500:]
+        line = str(page.locator("#convergence-text").inner_text())
+        assert line.startswith(f"3/4 workers applied r{revision}"), line
+        assert "1 late" in line
+        red = "rgb(207, 34, 46)"  # --bad in dashboard.css
+        stuck = page.get_by_role("row").filter(has_text="load-0000").get_by_role("rowheader")
+        assert stuck.evaluate("cell => getComputedStyle(cell).color") == red
+        for index in range(3):
+            row = page.get_by_role("row").filter(has_text=f"worker-{index}")
+            assert "late" not in str(row.get_attribute("class") or "")
+            cell = row.get_by_role("rowheader")
+            assert cell.evaluate("cell => getComputedStyle(cell).color") != red
+        text = page.locator("#convergence-text")
+        assert text.evaluate("p => getComputedStyle(p).color") == red
