@@ -8,6 +8,7 @@ diff, so a stale screen can never overwrite a colleague's change.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -20,7 +21,13 @@ import msgspec
 from flagsync._cluster import scan_keys
 from flagsync.dashboard._config import SIGNING_KEY_ENV, DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
-from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError, InvalidFlagError
+from flagsync.errors import (
+    ConflictError,
+    FlagNotFoundError,
+    FlagsyncError,
+    InvalidFlagError,
+    StoreError,
+)
 from flagsync.fleet import HistoryEntry, PropagationReport
 from flagsync.model import Flag
 from flagsync.publisher import Publisher, StoredFlag
@@ -191,7 +198,8 @@ class Backend:
         if self.config.read_only:
             return self.config.read_only
         if self._signed_store is None:
-            self.revision()
+            with contextlib.suppress(StoreError):  # unknown while the store is down; a
+                self.revision()  # write fails on that anyway (503), pages still render
         if self._signed_store is not None and self._signed_store[1] and not self.signs:
             return (
                 "the store is in signed mode and this dashboard has no signing key "

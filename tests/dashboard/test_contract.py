@@ -14,11 +14,13 @@ from flagsync import FlagClient
 from flagsync.dashboard.serve import DashboardServer
 from flagsync.metrics import MetricStat, encode_series, flush_commands
 from flagsync.publisher import Publisher
+from flagsync.server import free_port
 from flagsync.store import StoreKeys
-from tests.dashboard.conftest import SECRET
-from tests.dashboard.support import api
+from tests.dashboard.conftest import SECRET, DashboardFactory
+from tests.dashboard.support import api, sse_events
 
 MODEL = "llm-model-version"
+PASSWORD = "hunter2-not-shown"  # noqa: S105 - a test URL's password
 REPORT = re.compile(r"^reached (\d+)/(\d+) workers in \d+\.\d ms")
 
 
@@ -157,3 +159,34 @@ class TestMetricCharts:
         assert "max 0.5<" in charts["error rate"]
         assert "max 0.5<" in charts["thumbs_down rate"]
         assert "max $0.008<" in charts["cost per request"]
+
+
+class TestStoreDown:
+    """A dashboard started before its server answers 503 saying why, never a 500, and
+    never shows the password of its URL."""
+
+    def test_every_route_answers_503_or_the_stale_state_without_the_password(
+        self, make_dashboard: DashboardFactory
+    ) -> None:
+        """Nothing listens on the URL's port (127.0.0.1): pages and API reads/writes are
+        503 naming the redacted URL, the workers page and the event stream say not live."""
+        url = f"redis://ops:{PASSWORD}@127.0.0.1:{free_port()}/0"
+        running = make_dashboard(url=url)
+        with api(running.url) as client:
+            for path in ("/", f"/flags/{MODEL}", "/api/flags", f"/api/flags/{MODEL}",
+                         "/api/history", "/api/workers"):  # fmt: skip
+                answer = client.get(path)
+                assert answer.status_code == 503, (path, answer.status_code)
+                assert PASSWORD not in answer.text
+                assert "redis://ops:***@127.0.0.1" in answer.text, path
+            written = client.post(f"/api/flags/{MODEL}/kill", json={"expected_version": 1})
+            assert written.status_code == 503
+            assert PASSWORD not in written.text
+            workers = client.get("/workers")
+            assert workers.status_code == 200
+            assert PASSWORD not in workers.text
+            with client.stream("GET", "/api/events") as stream:
+                event, state = next(sse_events(stream))
+        assert event == "state"
+        assert state["ok"] is False
+        assert PASSWORD not in state["error"]
