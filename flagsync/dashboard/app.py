@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -27,7 +28,7 @@ from flagsync.dashboard import _pages
 from flagsync.dashboard._auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Guard, read_form
 from flagsync.dashboard._backend import Backend, BadRequestError, StaleWriteError
 from flagsync.dashboard._config import DashboardConfig
-from flagsync.dashboard._live import Poller
+from flagsync.dashboard._live import Poller, worker_row
 from flagsync.errors import FlagNotFoundError, FlagsyncError, InvalidFlagError, StoreError
 
 __all__ = ["create_app"]
@@ -203,7 +204,20 @@ class Api:
     async def workers(self, request: Request) -> Response:
         state = self.poller.state if self.poller.state.ok else None
         workers = await run_in_threadpool(self.store.workers)
-        return _json({"workers": workers, "live": None if state is None else state.to_json()})
+        epoch, revision = await run_in_threadpool(self.store.revision)
+        now_ms = int(time.time() * 1000)
+        rows = [  # the presence record, and what the workers page derives from it
+            {**msgspec.to_builtins(worker), **worker_row(worker, epoch, revision, now_ms)}
+            for worker in workers
+        ]
+        return _json(
+            {
+                "epoch": epoch,
+                "revision": revision,
+                "workers": rows,
+                "live": None if state is None else state.to_json(),
+            }
+        )
 
     async def history(self, request: Request) -> Response:
         key = request.query_params.get("key") or None

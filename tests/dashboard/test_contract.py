@@ -17,7 +17,7 @@ from flagsync.publisher import Publisher
 from flagsync.server import free_port
 from flagsync.store import StoreKeys
 from tests.dashboard.conftest import SECRET, DashboardFactory
-from tests.dashboard.support import api, sse_events
+from tests.dashboard.support import api, fake_presence, sse_events, wait_until
 
 MODEL = "llm-model-version"
 PASSWORD = "hunter2-not-shown"  # noqa: S105 - a test URL's password
@@ -190,3 +190,36 @@ class TestStoreDown:
         assert event == "state"
         assert state["ok"] is False
         assert PASSWORD not in state["error"]
+
+
+class TestWorkersApi:
+    """`GET /api/workers`: each live worker with what the workers page shows."""
+
+    def test_each_worker_has_id_host_pid_revision_lag_state_and_last_seen(
+        self,
+        dashboard: DashboardServer,
+        store: Publisher,
+        workers: list[FlagClient],
+        namespace: str,
+    ) -> None:
+        """Three workers at the new revision have lag 0; one stuck a revision behind has
+        lag 1 and is not applied; every row has its heartbeat time and state."""
+        epoch, old = store.revision()
+        assert epoch is not None
+        fake_presence(store.client, namespace, 1, old, epoch)
+        store.kill(MODEL, reason="lag probe")
+        revision = store.revision()[1]
+        assert wait_until(lambda: sum(w.revision == revision for w in store.workers()) == 3, 10)
+        with api(dashboard.url) as client:
+            body = client.get("/api/workers").json()
+        assert (body["epoch"], body["revision"]) == (epoch, revision)
+        rows = {row["id"]: row for row in body["workers"]}
+        assert set(rows) == {"worker-0", "worker-1", "worker-2", "load-0000"}
+        for row in rows.values():
+            assert {"host", "pid", "revision", "lag", "state", "heartbeat_ms"} <= set(row)
+            assert row["state"] == "ready"
+        assert [rows[f"worker-{i}"]["lag"] for i in range(3)] == [0, 0, 0]
+        assert all(rows[f"worker-{i}"]["applied"] for i in range(3))
+        stuck = rows["load-0000"]
+        assert (stuck["revision"], stuck["lag"], stuck["applied"]) == (old, 1, False)
+        assert stuck["host"] == "loadhost"
