@@ -1,6 +1,7 @@
-"""The pages read and work without JavaScript, by role and accessible name: the issue's
-button names ("Kill", "Enable", "Ramp", "Rollback to v1"), tables with column headers,
-and a kill switch driven by the keyboard alone (Debian's Chromium, scripts disabled)."""
+"""The pages by role and accessible name in Debian's Chromium: without JavaScript they
+read and work (the issue's button names "Kill", "Enable", "Ramp", "Rollback to v1",
+tables with column headers, a kill by keyboard alone); a late worker is red; with
+JavaScript the kill switch asks first, and a token's login form leads to a logged kill."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from flagsync import FlagClient
 from flagsync.dashboard.serve import DashboardServer
 from flagsync.publisher import Publisher
+from tests.dashboard.conftest import SECRET
 from tests.dashboard.support import fake_presence, wait_until
 from tests.optional import require_part
 
@@ -176,3 +178,80 @@ class TestLateWorker:
             assert cell.evaluate("cell => getComputedStyle(cell).color") != red
         text = page.locator("#convergence-text")
         assert text.evaluate("p => getComputedStyle(p).color") == red
+
+
+@pytest.fixture
+def scripted(no_script_browser: Any) -> Iterator[Any]:
+    """A page with JavaScript on; dialogs are answered by `page.answer` (accept with a
+    text, or dismiss when it is None)."""
+    context = no_script_browser.new_context()
+    try:
+        opened = context.new_page()
+        opened.set_default_timeout(15_000)
+        answers: list[str | None] = []
+
+        def on_dialog(dialog: Any) -> None:
+            given = answers.pop(0) if answers else None
+            if given is None:
+                dialog.dismiss()
+            else:
+                dialog.accept(given)
+
+        opened.on("dialog", on_dialog)
+        yield opened, answers
+    finally:
+        context.close()
+
+
+class TestConfirmation:
+    """The kill switch asks before it writes; "no" writes nothing."""
+
+    def test_dismissed_confirmation_and_prompt_write_nothing(
+        self, dashboard: DashboardServer, store: Publisher, scripted: Any
+    ) -> None:
+        """On the flag page a dismissed confirm, in the flags table a dismissed reason
+        prompt: the flag stays enabled at v1; an accepted prompt kills with its reason."""
+        page, answers = scripted
+        page.goto(f"{dashboard.url}/flags/{MODEL}")
+        page.locator("#switch-reason").fill("second thoughts")
+        answers.append(None)
+        page.get_by_role("button", name="Kill", exact=True).click()
+        page.goto(f"{dashboard.url}/")
+        row = page.locator(f"#flag-{MODEL}")
+        answers.append(None)
+        row.get_by_role("button", name="Kill", exact=True).click()
+        page.wait_for_timeout(500)  # a submit would have navigated by now; none may
+        assert store.get(MODEL).version == 1  # type: ignore[union-attr]
+        answers.append("from the table")
+        with page.expect_navigation():
+            row.get_by_role("button", name="Kill", exact=True).click()
+        stored = store.get(MODEL)
+        assert stored is not None
+        assert (stored.version, stored.flag.enabled) == (2, False)
+        assert store.history(MODEL, limit=1)[0].reason == "from the table"
+
+
+class TestLoginInBrowser:
+    """With a token: the login form, an HttpOnly session, and a kill by the operator."""
+
+    def test_login_then_kill_is_logged_under_the_tokens_name(
+        self, secured: DashboardServer, store: Publisher, scripted: Any
+    ) -> None:
+        """The flag page sends the browser to the login form; the token (labelled
+        "Dashboard token") opens it; the session cookie is invisible to scripts; a kill
+        from the page is written as alice (the token's name) with the typed reason."""
+        page, answers = scripted
+        page.goto(f"{secured.url}/flags/{MODEL}")
+        assert "/login" in page.url
+        page.get_by_label("Dashboard token").fill(SECRET)
+        with page.expect_navigation():
+            page.get_by_role("button", name="Log in").click()
+        assert page.url.endswith(f"/flags/{MODEL}")
+        assert page.evaluate("document.cookie") == ""
+        page.locator("#switch-reason").fill("logged-in kill")
+        answers.append("")
+        with page.expect_navigation():
+            page.get_by_role("button", name="Kill", exact=True).click()
+        assert f"kill {MODEL}: revision 2 (v2)" in str(page.locator("#outcome").inner_text())
+        entry = store.history(MODEL, limit=1)[0]
+        assert (entry.op, entry.actor, entry.reason) == ("kill", "alice", "logged-in kill")
