@@ -440,7 +440,7 @@ class Backend:
                 f"rule: no rule {options['rule']!r} "
                 f"(rules: {', '.join(rules) or 'none'}; null means the default)"
             )
-        return BadRequestError(f"{options.get('rule') or 'default'}: {problems}")
+        return error  # the ramped definition itself is invalid: the publisher's paths say where
 
     def propagation(self, revision: int) -> Propagation:
         """Wait (up to the configured time) for the live workers to apply `revision`."""
