@@ -5,13 +5,16 @@ JavaScript the kill switch asks first, and a token's login form leads to a logge
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from flagsync import FlagClient
+from flagsync.controller import RolloutController, RolloutPlan
 from flagsync.dashboard.serve import DashboardServer
+from flagsync.metrics import MetricStat, encode_series, flush_commands
 from flagsync.publisher import Publisher
 from tests.dashboard.conftest import SECRET
 from tests.dashboard.support import fake_presence, wait_until
@@ -255,3 +258,58 @@ class TestLoginInBrowser:
         assert f"kill {MODEL}: revision 2 (v2)" in str(page.locator("#outcome").inner_text())
         entry = store.history(MODEL, limit=1)[0]
         assert (entry.op, entry.actor, entry.reason) == ("kill", "alice", "logged-in kill")
+
+
+class TestGuardedRolloutView:
+    """The guarded rollout on the flag page, read without JavaScript."""
+
+    def test_step_guard_values_with_both_sides_samples_decisions_and_controls(
+        self, dashboard: DashboardServer, store: Publisher, page: Any
+    ) -> None:
+        """Step 1/3 at 5 %; the guard's row shows the candidate's and the control's
+        thumbs-down rates and sample counts (240 and 600); the decisions table has the
+        controller's decisions; "Pause" and "Abort" are buttons, "Resume" is not."""
+        controller = RolloutController(store, MODEL)
+        controller.set_plan(
+            RolloutPlan(variant="candidate", control="current", rule="paid-ramp",
+                        steps=[5, 25, 50], hold_s=3600, window_s=600, min_samples=100,
+                        guards=[GUARD])
+        )  # fmt: skip
+        controller.tick()  # step 1 starts counting samples now
+        flush_thumbs(store, {"candidate": (240, 0.05), "current": (600, 0.03)})
+        controller.tick()
+        page.goto(f"{dashboard.url}/flags/{MODEL}")
+        section = page.get_by_role("region", name="Guarded rollout: running")
+        assert "step 1/3" in str(section.inner_text())
+        guards = section.get_by_role("table", name="Guards on this step's samples")
+        headers = [str(t).strip() for t in guards.get_by_role("columnheader").all_inner_texts()]
+        assert headers == [
+            "Guard", "Verdict", "Candidate", "Candidate samples", "Compared with",
+            "Control samples",
+        ]  # fmt: skip
+        cells = [str(t).strip() for t in guards.get_by_role("row").nth(1).get_by_role(
+            "cell").all_inner_texts()]  # fmt: skip
+        assert cells[1:] == ["0.05", "240", "0.045", "600"], cells
+        decisions = section.get_by_role("table", name="Decisions (newest first)")
+        assert decisions.get_by_role("row").count() >= 2
+        assert section.get_by_role("button", name="Pause", exact=True).count() == 1
+        assert section.get_by_role("button", name="Abort", exact=True).count() == 1
+        assert section.get_by_role("button", name="Resume", exact=True).count() == 0
+
+
+GUARD = "thumbs_down_rate(candidate) <= thumbs_down_rate(current) * 1.5"
+
+
+def flush_thumbs(store: Publisher, sides: dict[str, tuple[int, float]]) -> None:
+    """One metrics flush for the model flag: per variant (samples, thumbs-down rate)."""
+    fields: dict[str, str] = {}
+    for variant, (samples, rate) in sides.items():
+        exposures, thumbs = MetricStat(), MetricStat()
+        for index in range(samples):
+            exposures.add(1.0)
+            thumbs.add(1.0 if index < rate * samples else 0.0)
+        fields |= encode_series(variant, "exposures", exposures)
+        fields |= encode_series(variant, "thumbs_down", thumbs)
+    now_ms = int(time.time() * 1000)
+    for command in flush_commands(store.keys, {MODEL: fields}, 3_600_000, now_ms):
+        store.client.execute_command(*command)
