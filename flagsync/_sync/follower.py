@@ -25,13 +25,14 @@ from typing import Any, Literal
 
 from flagsync._codec import MalformedMessageError, Message, decode_definition
 from flagsync._sync.integrity import Integrity
+from flagsync._sync.llm_section import LLM_CHANGE_KIND, LLMSection, decode_section
 from flagsync._sync.loads import apply_load
 from flagsync._sync.logs import SafeLogger
 from flagsync._sync.options import SyncOptions
 from flagsync._sync.quarantine import references_hold
 from flagsync._validation import parse_flag, parse_segment
 from flagsync.errors import InvalidFlagError
-from flagsync.model import Flag, Segment
+from flagsync.model import Flag, LLMSettings, Segment
 from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus, SyncState
 from flagsync.store import (
@@ -148,6 +149,8 @@ class Follower:
         """The store state a check last gave a grace to (`grace_s`)."""
         self.heartbeats_rejected = 0
         """Heartbeats ignored: malformed, or (signed mode) not validly signed."""
+        self.llm = LLMSection()
+        """The namespace's `llm:` section (prices) as of the snapshot: see `llm_section`."""
 
     # -- what the drivers report -------------------------------------------------
 
@@ -203,7 +206,7 @@ class Follower:
         if message.revision != snapshot.revision + 1 or message.changes is None:
             return "check"  # also our own revision with another digest: one of us diverged
         try:
-            flags, segments, versions = _decode_changes(
+            flags, segments, versions, section = _decode_changes(
                 message, snapshot.definitions.segments.keys()
             )
             updated, changed = snapshot.apply(
@@ -222,6 +225,8 @@ class Follower:
         if not self.integrity.message_fits(message, snapshot.revision):
             return "check"  # badly signed, or not the store's next state from ours
         self.integrity.message_applied(message)
+        if section is not None:  # before the swap: a listener hearing of it sees the prices
+            self.llm.changed(*section)
         self.confirm()  # first: a reader never sees the new revision reported STALE
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
@@ -437,16 +442,28 @@ class Follower:
 
 def _decode_changes(
     message: Message, known_segments: Collection[str]
-) -> tuple[dict[str, Flag | None], dict[str, Segment | None], dict[str, int]]:
-    """The flags and segments a message puts (or deletes: None), each validated, and the
-    store versions of the put flags with a `kind` (see `Snapshot.versions`)."""
+) -> tuple[
+    dict[str, Flag | None],
+    dict[str, Segment | None],
+    dict[str, int],
+    tuple[bytes, LLMSettings] | None,
+]:
+    """The flags and segments a message puts (or deletes: None), each validated, the
+    store versions of the put flags with a `kind` (see `Snapshot.versions`), and the
+    `llm:` section it stores, if any (its bytes and parsed form)."""
     flags: dict[str, Flag | None] = {}
     segments: dict[str, Segment | None] = {}
     versions: dict[str, int] = {}
+    section: tuple[bytes, LLMSettings] | None = None
     changes = message.changes.changes if message.changes is not None else []
     segment_names = set(known_segments)
     segment_names.update(change.key for change in changes if change.kind == "segment")
     for change in changes:
+        if change.kind == LLM_CHANGE_KIND:
+            if change.blob is None:
+                raise MalformedMessageError("llm section change without content")
+            section = (change.blob, decode_section(change.blob))
+            continue
         if change.kind not in ("flag", "segment"):
             raise MalformedMessageError(f"unknown change kind {change.kind!r}")
         if change.blob is None:
@@ -459,4 +476,4 @@ def _decode_changes(
                 versions[change.key] = stored.version
         else:
             segments[change.key] = parse_segment(change.key, stored.definition)
-    return flags, segments, versions
+    return flags, segments, versions, section

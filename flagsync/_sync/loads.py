@@ -63,6 +63,7 @@ def apply_load(follower: Follower, loaded: LoadedStore) -> bool:
         and current.revision == loaded.revision
     ):
         follower.integrity.same_load(loaded)
+        follower.llm.loaded(loaded.llm, follower.keys.namespace)
         follower.confirm()
         follower.ready.set()
         return True
@@ -85,6 +86,7 @@ def apply_load(follower: Follower, loaded: LoadedStore) -> bool:
         )
         return False
     follower._blobs = blobs
+    follower.llm.loaded(loaded.llm, follower.keys.namespace)  # before the swap, as the flags
     _report_quarantine(follower, quarantine, loaded.revision)
     follower.integrity.load_applied(loaded)
     if follower.last_error and follower.last_error.startswith("snapshot rejected"):
@@ -121,6 +123,7 @@ def _apply_deferred(follower: Follower, loaded: LoadedStore, deferred: DeferredL
     then every flag checked here, and the snapshot corrected if any is quarantined
     (see `flagsync._sync.quarantine`)."""
     follower._blobs = (loaded.flags, loaded.segments)
+    follower.llm.loaded(loaded.llm, follower.keys.namespace)  # with the snapshot it belongs to
     follower.integrity.load_applied(loaded)
     if follower.last_error and follower.last_error.startswith("snapshot rejected"):
         follower.last_error = None
