@@ -458,6 +458,10 @@ _live_drivers: weakref.WeakSet[ThreadDriver] = weakref.WeakSet()
 
 
 def _restart_in_child() -> None:
+    if _forked_by_subprocess():
+        # The child is about to exec another program: a sync started here could write a
+        # presence record under its pid before the exec (a phantom worker until the TTL).
+        return
     for driver in list(_live_drivers):
         driver.after_fork_in_child()
 
