@@ -36,6 +36,7 @@ __all__ = [
     "SentinelTarget",
     "SentinelURLError",
     "is_sentinel_url",
+    "no_primary_message",
     "parse_sentinel_url",
     "plain_node_url",
     "replica_url",
@@ -129,6 +130,27 @@ def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
         password=password,
         sentinel_username=options.get("sentinel_username") or None,
         sentinel_password=options.get("sentinel_password") or None,
+    )
+
+
+def no_primary_message(url: str, shown: str, error: str) -> str:
+    """What redis-py's `MasterNotFoundError` means, without its dump of client reprs:
+    no sentinel answered, or those that did name no primary that is up for the service."""
+    target = parse_sentinel_url(url, shown)
+    addresses = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
+    service = target.service
+    detail = error.partition(" : ")[2]
+    if not detail:
+        return (
+            f"the sentinels ({addresses}) answered, but none names a primary that is up for "
+            f"service {service!r}: check the service name (a failover may be under way)"
+        )
+    silent = [f"{h}:{p}" for h, p in target.sentinels if f"host={h},port={p}," in detail]
+    if len(silent) == len(target.sentinels):
+        return f"no sentinel answered ({addresses}: connection refused or timed out)"
+    return (
+        f"no primary for service {service!r}: sentinel(s) {', '.join(silent) or addresses} "
+        "did not answer and the others name no primary that is up"
     )
 
 
