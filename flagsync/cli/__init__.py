@@ -163,7 +163,11 @@ def _common_options(
     parser.add_argument(
         "--url",
         default=default(None),
-        help="server URL, e.g. redis://user:pass@host:6379/0 (default: $REDIS_URL)",
+        help=(
+            "server URL, e.g. redis://user:pass@host:6379/0, "
+            "redis+sentinel://host:26379[,host:port...]/SERVICE or "
+            "redis+cluster://host:port[,host:port...] (default: $REDIS_URL)"
+        ),
     )
     parser.add_argument("-n", "--namespace", default=default(None), help=namespace_help)
     parser.add_argument("--json", action="store_true", default=default(False), help="print JSON")
