@@ -133,7 +133,7 @@ def check_url(url: str) -> None:
 # The password runs to the *last* "@" of the authority (redis-py reads "u:p@ss@host" so),
 # and redis-py also takes one from the query string (`?password=...`).
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^/?#]*@", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_)?password=)[^&#]*", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_|ssl_)?password=)[^&#]*", re.I)
 
 
 def redact_url(url: str) -> str:

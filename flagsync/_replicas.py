@@ -82,8 +82,12 @@ def check_query(url: str, shown: str) -> None:
 
 
 def reads_from_replica(url: str) -> bool:
-    """True for a plain URL with `read_from=replica` (checked by `check_query` first)."""
-    return dict(parse_qsl(urlsplit(url).query)).get("read_from") == "replica"
+    """True for a plain `redis://`/`rediss://` URL with `read_from=replica` (checked by
+    `check_query` first); never for a Sentinel or Cluster URL, which have their own."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        return False
+    return dict(parse_qsl(parts.query)).get("read_from") == "replica"
 
 
 def primary_url(url: str) -> str:

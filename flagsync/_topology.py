@@ -11,8 +11,12 @@ sentinels themselves (the user and password of the URL are the data nodes').
 `read_from=replica` makes a *worker* (both drivers) subscribe and read on one replica the
 sentinels list as up (the same one for both connections: a nudge arrives behind its data
 only on the node that holds the data), while its presence and metrics go to the primary;
-writers (publisher, CLI, fleet view) always use the primary. TLS (`rediss+sentinel://`)
-is not supported yet and is refused by name.
+writers (publisher, CLI, fleet view) always use the primary.
+
+TLS: `rediss+sentinel://` speaks TLS to the sentinels and to the data nodes alike, with
+redis-py's `ssl_*` options from the query string (`ssl_ca_certs`, `ssl_ca_path`,
+`ssl_certfile`, `ssl_keyfile`, `ssl_password`, `ssl_cert_reqs`, `ssl_check_hostname`);
+given on a `redis+sentinel://` URL they are refused, never ignored.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import random
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import redis
 from redis.sentinel import Sentinel
@@ -46,9 +50,26 @@ __all__ = [
 ]
 
 SENTINEL_SCHEME: Final = "redis+sentinel"
-_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password", "read_from"})
+_TLS_SCHEME: Final = "rediss+sentinel"
+_TLS_OPTIONS: Final = frozenset(
+    {
+        "ssl_ca_certs",
+        "ssl_ca_path",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_password",
+        "ssl_cert_reqs",
+        "ssl_check_hostname",
+    }
+)
+_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password", "read_from"}) | _TLS_OPTIONS
+_PATHS: Final = frozenset({"ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"})
+_CERT_REQS: Final = ("none", "optional", "required")
+_BOOLEANS: Final = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 _READ_FROM: Final = ("primary", "replica")
-_SHAPE: Final = "redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE"
+_SHAPE: Final = (
+    "redis+sentinel://[user:pass@]host:port[,host:port...]/SERVICE (rediss+sentinel:// for TLS)"
+)
 
 
 class SentinelURLError(StoreURLError):
@@ -67,10 +88,26 @@ class SentinelTarget:
     sentinel_password: str | None = None
     read_from: str = "primary"
     """`replica`: workers follow a replica (see the module docstring)."""
+    tls: tuple[tuple[str, str], ...] | None = None
+    """None: plaintext; else TLS everywhere, with these `ssl_*` options (may be empty)."""
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py's keyword options for TLS to a sentinel or data node ({} without)."""
+        if self.tls is None:
+            return {}
+        options: dict[str, Any] = {"ssl": True}
+        for name, value in self.tls:
+            options[name] = _BOOLEANS[value.lower()] if name == "ssl_check_hostname" else value
+        return options
 
     def node_url(self, host: str, port: int) -> str:
-        """A plain `redis://` URL of one data node, with this target's credentials."""
-        return plain_node_url(host, port, self.username, self.password)
+        """A plain URL of one data node, with this target's credentials (and TLS options:
+        `rediss://` with them in the query string)."""
+        url = plain_node_url(host, port, self.username, self.password)
+        if self.tls is None:
+            return url
+        query = f"?{urlencode(self.tls)}" if self.tls else ""
+        return f"rediss{url.removeprefix('redis')}{query}"
 
 
 def plain_node_url(host: str, port: int, username: str | None, password: str | None) -> str:
@@ -91,11 +128,8 @@ def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
     """The target of a Sentinel URL; `SentinelURLError` naming what is wrong (`shown`
     is the URL with its password redacted, for the message)."""
     scheme, _, rest = url.partition("://")
-    if scheme.lower() != SENTINEL_SCHEME:
-        raise SentinelURLError(
-            f"{shown!r}: {scheme}:// is not supported (TLS to Sentinel deployments is not "
-            f"built yet); use {_SHAPE}"
-        )
+    if scheme.lower() not in (SENTINEL_SCHEME, _TLS_SCHEME):
+        raise SentinelURLError(f"{shown!r}: {scheme}:// is not supported; use {_SHAPE}")
     rest, _, query = rest.partition("?")
     authority, _, path = rest.partition("/")
     credentials, _, hosts = authority.rpartition("@")
@@ -123,6 +157,7 @@ def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
             f"{shown!r}: read_from={read_from!r} is not one of {', '.join(_READ_FROM)}"
         )
     return SentinelTarget(
+        tls=_tls(scheme.lower() == _TLS_SCHEME, options, shown),
         read_from=read_from,
         sentinels=sentinels,
         service=service,
@@ -147,11 +182,38 @@ def no_primary_message(url: str, shown: str, error: str) -> str:
         )
     silent = [f"{h}:{p}" for h, p in target.sentinels if f"host={h},port={p}," in detail]
     if len(silent) == len(target.sentinels):
+        if target.tls is not None:
+            return (
+                f"no sentinel answered over TLS ({addresses}: connection refused, timed out "
+                "or the TLS handshake failed: check ssl_ca_certs and the certificates)"
+            )
         return f"no sentinel answered ({addresses}: connection refused or timed out)"
     return (
         f"no primary for service {service!r}: sentinel(s) {', '.join(silent) or addresses} "
         "did not answer and the others name no primary that is up"
     )
+
+
+def _tls(on: bool, options: dict[str, str], shown: str) -> tuple[tuple[str, str], ...] | None:
+    """The checked `ssl_*` options of a `rediss+sentinel://` URL (None: no TLS)."""
+    given = tuple(sorted((k, v) for k, v in options.items() if k in _TLS_OPTIONS))
+    if not on:
+        if given:
+            names = ", ".join(name for name, _ in given)
+            raise SentinelURLError(
+                f"{shown!r}: {names} need TLS: write rediss+sentinel:// to use them"
+            )
+        return None
+    for name, value in given:
+        if name == "ssl_cert_reqs" and value.lower() not in _CERT_REQS:
+            raise SentinelURLError(
+                f"{shown!r}: ssl_cert_reqs={value!r} is not one of {', '.join(_CERT_REQS)}"
+            )
+        if name == "ssl_check_hostname" and value.lower() not in _BOOLEANS:
+            raise SentinelURLError(f"{shown!r}: ssl_check_hostname={value!r} is not true or false")
+        if name in _PATHS and not value:
+            raise SentinelURLError(f"{shown!r}: {name} is empty (a file or directory path)")
+    return given
 
 
 def _host_port(part: str, shown: str) -> tuple[str, int]:
@@ -167,7 +229,8 @@ def _settings(
     target: SentinelTarget, options: dict[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sentinel connection options, data node connection options)."""
-    node = {**options, "username": target.username, "password": target.password}
+    tls = target.tls_options()
+    node = {**options, "username": target.username, "password": target.password, **tls}
     sentinel: dict[str, Any] = {
         name: options[name]
         for name in ("socket_timeout", "socket_connect_timeout", "retry", "protocol")
@@ -178,6 +241,7 @@ def _settings(
         password=target.sentinel_password,
         client_name=options.get("client_name"),
         driver_info=None,
+        **tls,
     )
     return sentinel, node
 
