@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
+import anyio
 import pytest
 import redis
 
+from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess, _die_with_parent, find_server_binary, free_port
 from flagsync.store import StoreKeys
@@ -139,6 +141,43 @@ class TestSentinelOverTls:
         assert listed.returncode == 1, listed
         assert "no sentinel answered over TLS" in listed.stderr
         assert "ssl_ca_certs" in listed.stderr
+
+
+class TestAsyncDriverOverTls:
+    """The asyncio driver through the same URL."""
+
+    @pytest.fixture
+    def anyio_backend(self) -> str:
+        """redis.asyncio runs on asyncio only."""
+        return "asyncio"
+
+    @pytest.mark.anyio
+    async def test_async_workers_on_primary_and_replica_apply_a_change(
+        self, deployment: tuple[str, str, ServerProcess, ServerProcess], namespace: str
+    ) -> None:
+        """Both async workers become READY over TLS (one on the replica) and apply a
+        change written through the URL."""
+        url, ca, _, replica = deployment
+        with Publisher(url, namespace, "operator", timeout_s=5.0) as publisher:
+            assert await anyio.to_thread.run_sync(
+                lambda: wait_until(lambda: _wrote(publisher), 15, 0.1)
+            )
+            async with (
+                FlagClient.connect_async(url, namespace, **FAST) as primary_worker,
+                FlagClient.connect_async(
+                    f"{url}&read_from=replica", namespace, **FAST
+                ) as replica_worker,
+            ):
+                for client in (primary_worker, replica_worker):
+                    assert await client.wait_ready_async(10), client.status()
+                assert subscribers_over_tls(replica, ca, namespace) == 1
+                revision = publisher.kill(KEY)
+                with anyio.move_on_after(5):
+                    while min(primary_worker.revision, replica_worker.revision) < revision:
+                        await anyio.sleep(0.01)
+                revisions = [primary_worker.revision, replica_worker.revision]
+
+        assert revisions == [revision, revision]
 
 
 def subscribers_over_tls(node: ServerProcess, ca: str, namespace: str) -> int:
