@@ -36,6 +36,7 @@ __all__ = [
     "reads_from_replica",
     "replica_node_url",
     "replica_node_url_async",
+    "with_read_from",
 ]
 
 _log = structlog.get_logger("flagsync.sync")
@@ -92,12 +93,22 @@ def reads_from_replica(url: str) -> bool:
 
 def primary_url(url: str) -> str:
     """`url` without its `read_from` option: the primary, as redis-py connects to it."""
-    parts = urlsplit(url)
-    if "read_from" not in dict(parse_qsl(parts.query)):
+    base, _, given = url.partition("?")  # not urlunsplit: it drops unix:///'s "//"
+    query = parse_qsl(given, keep_blank_values=True)
+    if all(name != "read_from" for name, _ in query):
         return url
-    query = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True)]
     kept = urlencode([(name, value) for name, value in query if name != "read_from"])
-    return urlunsplit(parts._replace(query=kept))
+    return f"{base}?{kept}" if kept else base
+
+
+def with_read_from(url: str, read_from: str) -> str:
+    """`url` with its `read_from` option set to `read_from` (the `read_from=` keyword of
+    `FlagClient.connect`/`connect_async`; any URL scheme that takes the option)."""
+    if read_from not in _READ_FROM:
+        raise ValueError(f"read_from: must be one of {', '.join(_READ_FROM)}, got {read_from!r}")
+    base, _, given = url.partition("?")  # not urlunsplit: it drops unix:///'s "//"
+    query = [(k, v) for k, v in parse_qsl(given, keep_blank_values=True) if k != "read_from"]
+    return f"{base}?{urlencode([*query, ('read_from', read_from)])}"
 
 
 def _node(url: str, host: str, port: int) -> str:

@@ -130,13 +130,16 @@ class TestAsyncDriver:
     async def test_follows_the_replica_and_reports_presence_to_the_primary(
         self, server_kind: str, namespace: str
     ) -> None:
-        """The async worker subscribes on the replica, applies a change written through the
-        same URL, and is counted by the fleet view on the primary."""
+        """The async worker given `read_from="replica"` (the keyword form) subscribes on
+        the replica, applies a change written on the primary, and is counted by the fleet
+        view on the primary."""
         with ReplicaSet(server_kind) as nodes:
-            url = f"{nodes.primary.url}?read_from=replica"
+            url = nodes.primary.url
             with Publisher(url, namespace, "operator") as publisher:
                 publisher.put(KEY, flag("v0"))
-                async with FlagClient.connect_async(url, namespace, **FAST) as client:
+                async with FlagClient.connect_async(
+                    url, namespace, read_from="replica", **FAST
+                ) as client:
                     assert await client.wait_ready_async(5), client.status()
                     assert subscribers(nodes.replicas[0], namespace) == 1
                     assert subscribers(nodes.primary, namespace) == 0

@@ -92,6 +92,7 @@ class TestPrimaryUrl:
                 "redis://u:p@h:1/2?socket_timeout=1",
             ),
             ("redis://h:1?socket_timeout=1", "redis://h:1?socket_timeout=1"),
+            ("unix:///tmp/r.sock?read_from=primary", "unix:///tmp/r.sock"),
         ],
     )
     def test_read_from_is_dropped(self, url: str, primary: str) -> None:
