@@ -41,6 +41,25 @@ def watched(server_kind: str) -> Iterator[tuple[ServerProcess, SentinelProcess]]
             sentinel.close()
 
 
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis+sentinel://127.0.0.1:1", "the path must be the service name"),
+        ("redis+sentinel://127.0.0.1:1/svc?readfrom=replica", "unknown option(s) readfrom"),
+        ("redis+cluster://127.0.0.1:1?read_from=replicas", "read_from='replicas'"),
+        ("redis://127.0.0.1:1?read_from=replcia", "read_from='replcia'"),
+        ("redis://127.0.0.1:1?ssl_ca_cert=/ca.pem", "unknown option(s) ssl_ca_cert"),
+    ],
+)
+def test_a_bad_url_exits_2_naming_the_fault(url: str, words: str, namespace: str) -> None:
+    """Refused before anything is sent (nothing listens there anyway): exit 2, one line."""
+    result = flagsync(url, namespace, "kill", KEY)
+
+    assert result.returncode == 2, result
+    assert words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 class TestUnreachable:
     """Nothing listens where the URL says the sentinels are."""
 
