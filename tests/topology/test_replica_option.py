@@ -9,6 +9,8 @@ link, by every revision the worker applies serving the content written under it.
 
 from __future__ import annotations
 
+import secrets
+import shlex
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ import pytest
 import redis
 
 from flagsync import FlagClient
+from flagsync.acl import acl_setuser_commands
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys
@@ -116,6 +119,42 @@ class TestThreadDriver:
                 assert subscribers(nodes.primary, namespace) == 1
                 assert client.revision == revision
                 assert client.variation(KEY, {}, None) == "v1"
+
+
+class TestLeastPrivilege:
+    """`flagsync acl`'s worker user is enough to follow a replica found with ROLE."""
+
+    def test_an_acl_worker_follows_the_replica_without_a_denial(
+        self, server_kind: str, make_client: ClientFactory, namespace: str
+    ) -> None:
+        """With the printed users on both nodes (ACLs do not replicate), the worker asks
+        the primary for its replicas, follows one, is counted, and nothing is denied."""
+        worker_password, operator_password = secrets.token_hex(8), secrets.token_hex(8)
+        lines = acl_setuser_commands(
+            namespace, worker_password=worker_password, operator_password=operator_password
+        )
+        with ReplicaSet(server_kind) as nodes:
+            for node in (nodes.primary, *nodes.replicas):
+                with redis.Redis(port=node.port, protocol=2) as admin:
+                    for line in lines:
+                        admin.execute_command(*shlex.split(line))
+                    admin.execute_command("ACL", "LOG", "RESET")
+            address = nodes.primary.url.partition("://")[2]
+            operator = f"redis://flagsync-operator:{operator_password}@{address}"
+            worker = f"redis://flagsync-worker:{worker_password}@{address}?read_from=replica"
+            with Publisher(operator, namespace, "operator") as publisher:
+                publisher.put(KEY, flag("v1"))
+                client = make_client(worker, **FAST)
+                assert client.wait_ready(5), client.status()
+                assert subscribers(nodes.replicas[0], namespace) == 1
+                assert wait_until(lambda: len(publisher.workers()) == 1, 5), client.status()
+            denials = []
+            for node in (nodes.primary, *nodes.replicas):
+                with redis.Redis(port=node.port, protocol=2) as admin:
+                    denials += admin.execute_command("ACL", "LOG")
+
+        assert denials == []
+        assert client.variation(KEY, {}, None) == "v1"
 
 
 class TestAsyncDriver:
