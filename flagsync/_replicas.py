@@ -1,16 +1,15 @@
 """Plain URLs with `?read_from=replica`: a worker follows one replica of a standalone primary.
 
 `redis://primary:6379?read_from=replica` names the primary, as every URL does; writers
-(publisher, CLI, fleet view) use it as it is. A *worker* asks the primary which replicas
-are attached and in sync, subscribes and reads on one
-of them (both connections on the same one: a nudge arrives behind its data only on the
-node that holds that data) and writes its presence and metrics to the primary. The
-replicas are asked with `ROLE` (it lists only replicas that are online; the worker ACL
-grants it, unlike INFO); a primary that refuses it is followed itself, with a warning. With no
-replica online it follows the primary; while the primary cannot be asked, it keeps the
-replica it followed last. The query string is checked here too: redis-py passes an unknown
-option on to its connection class, which fails with a bare `TypeError` at the first
-command, so an unknown name is refused by name up front instead.
+(publisher, CLI, fleet view) use it as it is. A *worker* asks the primary for its
+replicas with `ROLE` (it lists only those online; the worker ACL grants it, unlike INFO),
+subscribes and reads on one of them (both connections on the same one: a nudge arrives
+behind its data only on the node that holds that data) and writes its presence and
+metrics to the primary. With no replica online it follows the primary, as it does, with
+a warning, when the primary refuses `ROLE`; while the primary cannot be asked it keeps
+the replica it followed last. The query string is checked here too: redis-py passes an
+unknown option on to its connection class, which fails with a bare `TypeError` at the
+first command, so an unknown name is refused by name up front instead.
 """
 
 from __future__ import annotations
