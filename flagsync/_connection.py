@@ -20,7 +20,6 @@ import redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError
 
 from flagsync._cluster import (
     CLUSTER_SCHEME,
@@ -45,7 +44,6 @@ from flagsync._replicas import (
 from flagsync._topology import (
     SENTINEL_SCHEME,
     is_sentinel_url,
-    no_primary_message,
     parse_sentinel_url,
     replica_url,
     replica_url_async,
@@ -355,10 +353,6 @@ def store_error(
         return StoreUnavailableError(
             f"{prefix}{where} cannot serve this now (a cluster slot is moving or has no "
             f"owner yet): {type(error).__name__}: {text}"
-        )
-    if isinstance(error, MasterNotFoundError) and is_sentinel_url(url):
-        return StoreUnavailableError(
-            f"{prefix}cannot reach {where}: {no_primary_message(url, where, text)}"
         )
     if isinstance(error, redis.ConnectionError | redis.TimeoutError):
         hint = connection_hint(url, error)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import redis
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from flagsync.errors import StoreURLError
 
@@ -40,7 +40,6 @@ __all__ = [
     "SentinelTarget",
     "SentinelURLError",
     "is_sentinel_url",
-    "no_primary_message",
     "parse_sentinel_url",
     "plain_node_url",
     "replica_url",
@@ -168,10 +167,9 @@ def parse_sentinel_url(url: str, shown: str) -> SentinelTarget:
     )
 
 
-def no_primary_message(url: str, shown: str, error: str) -> str:
+def no_primary_message(target: SentinelTarget, error: str) -> str:
     """What redis-py's `MasterNotFoundError` means, without its dump of client reprs:
     no sentinel answered, or those that did name no primary that is up for the service."""
-    target = parse_sentinel_url(url, shown)
     addresses = ", ".join(f"{host}:{port}" for host, port in target.sentinels)
     service = target.service
     detail = error.partition(" : ")[2]
@@ -246,6 +244,44 @@ def _settings(
     return sentinel, node
 
 
+class _Sentinel(Sentinel):
+    """redis-py's `Sentinel`, whose "no primary" error says in one line what happened
+    (a worker's `last_error`, the CLI, the logs) instead of listing client reprs."""
+
+    def __init__(self, target: SentinelTarget, sentinel_kwargs: dict[str, Any]) -> None:
+        super().__init__(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        self.target = target
+
+    def discover_master(self, service_name: str) -> Any:
+        try:
+            return super().discover_master(service_name)  # type: ignore[no-untyped-call]
+        except MasterNotFoundError as error:
+            raise MasterNotFoundError(no_primary_message(self.target, str(error))) from None
+
+
+@cache
+def _async_sentinel() -> type[Any]:
+    """The async twin of `_Sentinel` (built on first use: redis.asyncio loads late)."""
+    from redis.asyncio.sentinel import (  # noqa: PLC0415
+        MasterNotFoundError as AsyncMasterNotFoundError,  # its own class, not redis.sentinel's
+    )
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel  # noqa: PLC0415
+
+    class AsyncCleanSentinel(AsyncSentinel):
+        def __init__(self, target: SentinelTarget, sentinel_kwargs: dict[str, Any]) -> None:
+            super().__init__(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+            self.target = target
+
+        async def discover_master(self, service_name: str) -> Any:
+            try:
+                return await super().discover_master(service_name)
+            except AsyncMasterNotFoundError as error:
+                message = no_primary_message(self.target, str(error))
+                raise AsyncMasterNotFoundError(message) from None
+
+    return AsyncCleanSentinel
+
+
 class _PrimaryClient(redis.Redis):
     """`master_for`'s client that also closes the sentinel connections behind it."""
 
@@ -276,7 +312,7 @@ def _async_primary_client() -> type[aredis.Redis]:
 def sentinel_client(target: SentinelTarget, options: dict[str, Any]) -> redis.Redis:
     """A client of the service's current primary (redis-py's `Sentinel.master_for`)."""
     sentinel_options, node_options = _settings(target, options)
-    manager = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    manager = _Sentinel(target, sentinel_options)
     client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
         target.service, redis_class=_PrimaryClient, **node_options
     )
@@ -285,10 +321,8 @@ def sentinel_client(target: SentinelTarget, options: dict[str, Any]) -> redis.Re
 
 def sentinel_client_async(target: SentinelTarget, options: dict[str, Any]) -> aredis.Redis:
     """The async twin of `sentinel_client` (`redis.asyncio.sentinel`)."""
-    from redis.asyncio.sentinel import Sentinel as AsyncSentinel  # noqa: PLC0415
-
     sentinel_options, node_options = _settings(target, options)
-    manager = AsyncSentinel(list(target.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    manager = _async_sentinel()(target, sentinel_options)
     client: aredis.Redis = manager.master_for(
         target.service, redis_class=_async_primary_client(), **node_options
     )
