@@ -113,7 +113,7 @@ def check_url(url: str) -> None:
         raise StoreURLError(
             f"{shown!r} is not a Redis URL ({scheme}:// is not a Redis scheme): "
             "use redis://HOST:PORT, rediss://HOST:PORT (TLS), unix:///path, "
-            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE or "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE (rediss+sentinel:// for TLS) or "
             "redis+cluster://HOST:PORT[,HOST:PORT...]"
         )
     check_query(url, shown)
