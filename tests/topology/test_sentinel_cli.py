@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -73,6 +74,20 @@ class TestUnreachable:
         assert "no sentinel answered" in result.stderr
         assert f"127.0.0.1:{ports[0]}, 127.0.0.1:{ports[1]}" in result.stderr
         assert "<redis." not in result.stderr, result.stderr
+
+    def test_a_write_retries_for_the_failover_timeout_then_says_so(self, namespace: str) -> None:
+        """`flagsync kill --failover-timeout 0.5`: retried with backoff for 0.5 s (not the
+        default 5 s), then exit 1 saying how long it tried and that no sentinel answered."""
+        url = f"redis+sentinel://127.0.0.1:{free_port()}/{SERVICE}"
+        started = time.monotonic()
+        result = flagsync(url, namespace, "kill", KEY, "--failover-timeout", "0.5")
+        took_s = time.monotonic() - started
+
+        assert result.returncode == 1, result
+        assert "over 0.5 s" in result.stderr
+        assert "failover_timeout_s=0.5" in result.stderr
+        assert "no sentinel answered" in result.stderr
+        assert took_s < 4.5, took_s  # the process, imports included, under the 5 s default
 
 
 class TestThroughASentinel:
