@@ -24,6 +24,7 @@ from flagsync import FlagClient
 from flagsync.acl import acl_setuser_commands
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
+from flagsync.status import SyncState
 from flagsync.store import StoreKeys
 from tests.faults.test_worker_credential import run_kill_wait
 from tests.integration.conftest import ClientFactory
@@ -119,6 +120,32 @@ class TestThreadDriver:
                 assert subscribers(nodes.primary, namespace) == 1
                 assert client.revision == revision
                 assert client.variation(KEY, {}, None) == "v1"
+
+    def test_with_the_primary_down_a_reconnect_keeps_the_replica(
+        self, server_kind: str, make_client: ClientFactory, namespace: str
+    ) -> None:
+        """The primary is SIGKILLed and the worker's connections to its replica are
+        killed: the reconnect cannot ask the primary, so it follows the replica it
+        followed last and is READY there again, serving what the replica holds."""
+        with ReplicaSet(server_kind) as nodes:
+            url = f"{nodes.primary.url}?read_from=replica"
+            replica = nodes.replicas[0]
+            with Publisher(url, namespace, "operator") as publisher:
+                revision = publisher.put(KEY, flag("v1"))
+            client = make_client(url, **FAST)
+            assert client.wait_ready(5), client.status()
+            assert wait_until(lambda: client.revision == revision, 5), client.status()
+            nodes.primary.kill()
+            with redis.Redis(port=replica.port, protocol=2) as admin:
+                admin.client_kill_filter(_type="pubsub")
+            assert wait_until(lambda: client.status().reconnects >= 1, 5), client.status()
+            assert wait_until(
+                lambda: client.status().connected and subscribers(replica, namespace) == 1, 10
+            ), client.status()
+            status = client.status()
+
+        assert status.state == SyncState.READY, status
+        assert client.variation(KEY, {}, None) == "v1"
 
 
 class TestLeastPrivilege:
