@@ -13,12 +13,14 @@ write may be in the store or lost in a failover, and that is `WriteOutcomeUnknow
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
 import redis
+from redis.exceptions import RedisClusterException
 
 from flagsync.errors import WriteOutcomeUnknownError
 from flagsync.store import WriteApplied, parse_write_reply
@@ -38,9 +40,9 @@ words: the script was refused by a demoted primary, nothing was written."""
 class Replication(msgspec.Struct, frozen=True):
     """How many replicas acknowledged a write (`WAIT`) before the publisher returned.
 
-    `replicas` is how many were connected to the primary (`INFO replication`), or None
-    when not known (credentials without `+info`, a client with no single connection
-    pool); `required` is the publisher's `min_replicas`.
+    `replicas` is how many were connected to the primary (the slot owner on a cluster;
+    `INFO replication`), or None when not known (credentials without `+info`);
+    `required` is the publisher's `min_replicas`.
     """
 
     acked: int
@@ -87,7 +89,8 @@ class ConfirmedWriter:
         self.min_replicas = min_replicas
         self.timeout_s = float(timeout_s)
         self._clock = clock
-        self._replicas: tuple[int | None, float] | None = None
+        self._replicas: tuple[Any, int | None, float] | None = None
+        """(the node asked, its replica count, until when it is reused)."""
         self.last: Replication | None = None
         """The replication of the last write this writer sent."""
 
@@ -95,17 +98,18 @@ class ConfirmedWriter:
         """Ask the primary again next time (after a connection error: maybe a new one)."""
         self._replicas = None
 
-    def replica_count(self) -> int | None:
+    def replica_count(self, node: Any = None) -> int | None:
         """The primary's connected replicas (cached briefly), None if INFO is refused."""
+        node = self._client if node is None else node
         now = self._clock()
-        if self._replicas is not None and self._replicas[1] > now:
-            return self._replicas[0]
+        if self._replicas is not None and self._replicas[0] is node and self._replicas[2] > now:
+            return self._replicas[1]
         try:
-            info = self._client.info("replication")
+            info = node.info("replication")
             count: int | None = int(info.get("connected_slaves", 0))
         except redis.exceptions.NoPermissionError:
             count = None  # an operator user without +info: WAIT for min_replicas only
-        self._replicas = (count, now + _REPLICA_COUNT_TTL_S)
+        self._replicas = (node, count, now + _REPLICA_COUNT_TTL_S)
         return count
 
     def run(self, keys: Sequence[str], args: Sequence[object], op: str) -> Any:
@@ -115,21 +119,50 @@ class ConfirmedWriter:
         `WriteOutcomeUnknownError` when the script was sent and the outcome is unknown.
         """
         if getattr(self._client, "connection_pool", None) is None:
-            # No single pool (a cluster client): the script through redis-py, replication
-            # not checked (reported as such, never as confirmed beyond min_replicas=0).
-            reply = self._script(keys=keys, args=args)
-            if isinstance(parse_write_reply(reply), WriteApplied):
-                self.last = Replication(0, None, self.min_replicas)
-            return reply
-        replicas = self.replica_count()
+            return self._run_on_owner(keys, args, op)
+        return self._run_on(self._client, keys, args, op)
+
+    def _run_on_owner(self, keys: Sequence[str], args: Sequence[object], op: str) -> Any:
+        """A cluster client has a pool per node: the script and its `WAIT`s go to the
+        owner of the namespace's slot (one slot: every key shares the hash tag), on one
+        of its connections, as on a single primary. A MOVED or ASK reply (nothing was run)
+        refreshes the slot map and is sent once more at once; any other failure refreshes
+        it for the caller's next attempt."""
+        cluster = self._client
+        for attempt in range(2):
+            try:
+                node = cluster.get_redis_connection(cluster.get_node_from_key(keys[0]))
+                return self._run_on(node, keys, args, op)
+            except (
+                redis.exceptions.AskError,  # MovedError too
+                redis.exceptions.ClusterDownError,
+                redis.exceptions.TryAgainError,
+            ):
+                self._refresh_slots()
+                if attempt:
+                    raise
+            except (redis.RedisError, WriteOutcomeUnknownError):
+                self._refresh_slots()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refresh_slots(self) -> None:
+        """Ask the cluster for its slot map again (a node may be gone or the slot moved)."""
+        self.forget_replicas()
+        # No seed answering now is no error here: the next attempt asks again.
+        with contextlib.suppress(redis.RedisError, RedisClusterException):
+            self._client.nodes_manager.initialize()
+
+    def _run_on(self, node: Any, keys: Sequence[str], args: Sequence[object], op: str) -> Any:
+        replicas = self.replica_count(node)
         waits = self._waits(replicas)
         for attempt in range(2):
-            reply, acked = self._send(keys, args, op, waits)
+            reply, acked = self._send(node, keys, args, op, waits)
             if reply is not _NO_SCRIPT:
                 break
             if attempt:
                 raise redis.exceptions.NoScriptError("the write script could not be loaded")
-            self._client.script_load(self._script.script)
+            node.script_load(self._script.script)
         result = parse_write_reply(reply)
         if isinstance(result, WriteApplied):
             self.last = Replication(acked, replicas, self.min_replicas)
@@ -148,12 +181,13 @@ class ConfirmedWriter:
 
     def _send(
         self,
+        node: Any,
         keys: Sequence[str],
         args: Sequence[object],
         op: str,
         waits: Sequence[tuple[int, float]],
     ) -> tuple[Any, int]:
-        pool = self._client.connection_pool
+        pool = node.connection_pool
         connection = pool.get_connection()  # a failure here: nothing was sent
         clean = False
         try:

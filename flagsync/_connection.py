@@ -34,6 +34,13 @@ from flagsync._cluster import (
     readonly_on_connect_async,
     strip_replica_mark,
 )
+from flagsync._replicas import (
+    check_query,
+    primary_url,
+    reads_from_replica,
+    replica_node_url,
+    replica_node_url_async,
+)
 from flagsync._topology import (
     SENTINEL_SCHEME,
     is_sentinel_url,
@@ -106,9 +113,10 @@ def check_url(url: str) -> None:
         raise StoreURLError(
             f"{shown!r} is not a Redis URL ({scheme}:// is not a Redis scheme): "
             "use redis://HOST:PORT, rediss://HOST:PORT (TLS), unix:///path, "
-            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE or "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE (rediss+sentinel:// for TLS) or "
             "redis+cluster://HOST:PORT[,HOST:PORT...]"
         )
+    check_query(url, shown)
     if scheme == "unix":
         return
     try:
@@ -123,7 +131,7 @@ def check_url(url: str) -> None:
 # The password runs to the *last* "@" of the authority (redis-py reads "u:p@ss@host" so),
 # and redis-py also takes one from the query string (`?password=...`).
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^/?#]*@", re.I)
-_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_)?password=)[^&#]*", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<name>[?&](?:sentinel_|ssl_)?password=)[^&#]*", re.I)
 
 
 def redact_url(url: str) -> str:
@@ -189,7 +197,7 @@ def connect(
         # RedisCluster learns the slot map now: no seed answering is a StoreUnavailableError.
         with store_errors(url):
             return cluster_client(parse_cluster_url(url, redact_url(url)), settings)  # type: ignore[return-value]
-    client: redis.Redis = redis.Redis.from_url(url, **settings)
+    client: redis.Redis = redis.Redis.from_url(primary_url(url), **settings)
     return client
 
 
@@ -212,13 +220,13 @@ def connect_async(
         return sentinel_client_async(parse_sentinel_url(url, redact_url(url)), settings)
     if is_cluster_url(url):
         return cluster_client_async(parse_cluster_url(url, redact_url(url)), settings)  # type: ignore[return-value]
-    client: aredis.Redis = aredis.Redis.from_url(url, **settings)
+    client: aredis.Redis = aredis.Redis.from_url(primary_url(url), **settings)
     return client
 
 
 def writable_url(url: str, presence_url: str | None) -> str | None:
     """Where a worker following `url` writes its presence and metrics: `presence_url` if
-    given, the primary for a `read_from=replica` Sentinel URL (the slot's owner for a
+    given, the primary for a `read_from=replica` Sentinel or plain URL (the slot's owner for a
     cluster URL), else None (`url` itself)."""
     if presence_url is not None:
         return presence_url
@@ -226,16 +234,21 @@ def writable_url(url: str, presence_url: str | None) -> str | None:
         return url  # connect() on a cluster URL routes each key to its slot's owner
     if is_sentinel_url(url) and parse_sentinel_url(url, redact_url(url)).read_from == "replica":
         return url  # connect() on a Sentinel URL always reaches the primary
+    if reads_from_replica(url):
+        return primary_url(url)
     return None
 
 
 def follow_url(url: str, timeout_s: float, key: str = "") -> str:
     """The node a worker subscribes and reads on for one session: for a `read_from=replica`
-    Sentinel URL, one replica the sentinels list as up (asked now); for a cluster URL, the
+    Sentinel URL, one replica the sentinels list as up (asked now); for a plain one, one
+    replica its primary lists as online (see `flagsync._replicas`); for a cluster URL, the
     owner of `key`'s slot or one of its replicas (asked of the seeds now); else `url`."""
     if is_cluster_url(url):
         settings = connection_options(timeout_s, timeout_s, None)
         return node_for_slot(parse_cluster_url(url, redact_url(url)), settings, key)
+    if reads_from_replica(url):
+        return replica_node_url(url, connection_options(timeout_s, timeout_s, None))
     if not is_sentinel_url(url):
         return url
     target = parse_sentinel_url(url, redact_url(url))
@@ -250,6 +263,8 @@ async def follow_url_async(url: str, timeout_s: float, key: str = "") -> str:
     if is_cluster_url(url):
         settings = connection_options(timeout_s, timeout_s, None)
         return await node_for_slot_async(parse_cluster_url(url, redact_url(url)), settings, key)
+    if reads_from_replica(url):
+        return await replica_node_url_async(url, connection_options(timeout_s, timeout_s, None))
     if not is_sentinel_url(url):
         return url
     target = parse_sentinel_url(url, redact_url(url))

@@ -44,7 +44,7 @@ __all__ = ["WORKER_ID_PATTERN", "acl_rules", "acl_setuser_commands", "check_work
 _CONNECTION = "+ping +hello +auth +client|setname +client|id"
 _WORKER_COMMANDS = (
     "+subscribe +unsubscribe +ssubscribe +sunsubscribe "
-    "+get +mget +hget +hgetall +hlen +xrange +set +del +xadd +pexpire"
+    "+get +mget +hget +hgetall +hlen +xrange +set +del +xadd +pexpire +role"
 )
 # On a Redis Cluster (`redis+cluster://`): shard pub/sub, READONLY on a replica, and the
 # topology reads of a worker finding its slot's node (CLUSTER SHARDS) and of redis-py's

@@ -272,7 +272,8 @@ class FlagClient:
         `wait_ready(timeout)` before relying on the flags. Options (seconds unless named
         otherwise) are `SyncOptions` fields: `check_interval_s`, `stale_after_s`,
         `liveness_timeout_s`, `lkg_path`, ...; `worker_id`; `presence_url` (a writable
-        node for the presence record and metrics when `url` is a read-only replica); and
+        node for the presence record and metrics when `url` is a read-only replica);
+        `read_from` (`"replica"`: the URL's `read_from=replica` option, as a keyword); and
         the metrics options `metrics`, `exposures`, `metrics_interval_s`,
         `metrics_max_series`. Use as a context manager or call `close()`.
         """

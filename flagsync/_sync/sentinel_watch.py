@@ -125,6 +125,7 @@ class SwitchWatch:
             protocol=2,
             client_name="flagsync-sentinel-watch",
             driver_info=None,
+            **self.target.tls_options(),
         )
         self._clients.add(client)
         try:

@@ -23,6 +23,7 @@ import anyio
 import msgspec
 
 from flagsync._connection import check_url, resolve_url
+from flagsync._replicas import with_read_from
 from flagsync._sync.follower import Follower, Listener
 from flagsync._sync.lkg import read_lkg, write_lkg
 from flagsync._sync.options import SyncOptions
@@ -47,7 +48,7 @@ _METRIC_DEFAULTS: dict[str, Any] = {
     "metrics_max_series": 10_000,
 }
 _SYNC_NAMES = frozenset(field.name for field in dataclasses.fields(SyncOptions))
-_OPTION_NAMES = _SYNC_NAMES | {"worker_id", "presence_url", *_METRIC_DEFAULTS}
+_OPTION_NAMES = _SYNC_NAMES | {"worker_id", "presence_url", "read_from", *_METRIC_DEFAULTS}
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,12 @@ class ConnectSettings:
         presence_url = options.get("presence_url")
         if presence_url is not None:
             check_url(presence_url)
+        resolved = resolve_url(url)
+        if options.get("read_from") is not None:  # the URL option, as a keyword
+            resolved = with_read_from(resolved, options["read_from"])
+            check_url(resolved)
         return cls(
-            url=resolve_url(url),
+            url=resolved,
             namespace=namespace,
             sync=SyncOptions(**sync),
             worker_id=options.get("worker_id"),

@@ -117,6 +117,11 @@ def _add_command(subparsers: Any, name: str, command: Command) -> None:
             "--replication-timeout", type=_seconds, default=1.0, metavar="SECONDS",
             help="how long a write waits for its replicas to acknowledge it (default 1 s)",
         )  # fmt: skip
+        sub.add_argument(
+            "--failover-timeout", type=_retry_seconds, default=5.0, metavar="SECONDS",
+            help="while no primary answers (a failover), retry with backoff this long "
+            "before failing (default 5 s; 0: no retry)",
+        )  # fmt: skip
     _add_args(sub, command.args)
     sub.set_defaults(_command=command)
 
@@ -137,8 +142,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _retry_seconds(text: str) -> float:
+    """A number of seconds in [0, 3600]."""
+    value = float(text)
+    if not 0 <= value <= 3600:  # also refuses nan
+        raise ValueError(text)
+    return value
+
+
 _count.__name__ = "replica count"  # argparse: "invalid replica count value: '-1'"
 _seconds.__name__ = "number of seconds"
+_retry_seconds.__name__ = "number of seconds"
 
 
 def _add_args(parser: argparse.ArgumentParser, args: Iterable[Arg | OneOf]) -> None:
@@ -163,7 +177,11 @@ def _common_options(
     parser.add_argument(
         "--url",
         default=default(None),
-        help="server URL, e.g. redis://user:pass@host:6379/0 (default: $REDIS_URL)",
+        help=(
+            "server URL, e.g. redis://user:pass@host:6379/0, "
+            "redis+sentinel://host:26379[,host:port...]/SERVICE or "
+            "redis+cluster://host:port[,host:port...] (default: $REDIS_URL)"
+        ),
     )
     parser.add_argument("-n", "--namespace", default=default(None), help=namespace_help)
     parser.add_argument("--json", action="store_true", default=default(False), help="print JSON")

@@ -78,6 +78,7 @@ def publisher(args: argparse.Namespace) -> Publisher:
             actor=getattr(args, "actor", None),
             min_replicas=getattr(args, "min_replicas", 0),
             replication_timeout_s=getattr(args, "replication_timeout", 1.0),
+            failover_timeout_s=getattr(args, "failover_timeout", 5.0),
         )
     except ValueError as error:  # redis-py's URL parsing (e.g. a database that is not a number)
         raise UsageError(

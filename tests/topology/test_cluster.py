@@ -15,8 +15,8 @@ from __future__ import annotations
 import secrets
 import shlex
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, Final, TypeVar
+from collections.abc import Iterator
+from typing import Any, Final
 
 import anyio
 import pytest
@@ -25,7 +25,6 @@ from redis.crc import key_slot
 
 from flagsync import FlagClient
 from flagsync.acl import acl_setuser_commands
-from flagsync.errors import StoreUnavailableError
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
 from flagsync.status import SyncState
@@ -43,7 +42,6 @@ FAST: Final[dict[str, Any]] = {"check_interval_s": 0.1, "heartbeat_interval_s": 
 PROMOTE_BUDGET_S: Final = 15.0
 CONVERGE_BUDGET_S: Final = 5.0
 """Worker reconnects back off up to `backoff_max_s` (2 s) while the slot has no owner."""
-_T = TypeVar("_T")
 
 
 @pytest.fixture
@@ -51,19 +49,6 @@ def cluster(server_kind: str) -> Iterator[ClusterDeployment]:
     """3 primaries + 3 replicas, every node stopped by PID after the test."""
     with ClusterDeployment(server_kind) as started:
         yield started
-
-
-def retried(call: Callable[[], _T], budget_s: float = 5.0) -> _T:
-    """`call()`, retried every 50 ms while the store is unavailable (the publisher does not
-    retry by itself yet): bounded by `budget_s`."""
-    deadline = time.monotonic() + budget_s
-    while True:
-        try:
-            return call()
-        except StoreUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def flag_value(value: str) -> dict[str, Any]:
@@ -115,10 +100,11 @@ class TestClusterWorkers:
     ) -> None:
         """Each worker's two connections are on the slot's owner, subscribed with
         SSUBSCRIBE (no classic subscriber anywhere), and every change written through the
-        same URL (SPUBLISH from the write script) reaches them all; metrics are flushed to
-        the owner; `kill --wait` through the CLI reports reached N/N."""
+        same URL (SPUBLISH from the write script, `WAIT`ed for on the owner: its one
+        replica acknowledged each) reaches them all; metrics are flushed to the owner;
+        `kill --wait` through the CLI reports reached N/N and replicated to 1/1."""
         channel = StoreKeys(namespace).channel
-        with Publisher(cluster.url, namespace, "operator") as publisher:
+        with Publisher(cluster.url, namespace, "operator", min_replicas=1) as publisher:
             publisher.apply(model_document())
             reporting = make_client(cluster.url, metrics_interval_s=0.05, **FAST)
             clients = [reporting, *(make_client(cluster.url, **FAST) for _ in range(3))]
@@ -134,6 +120,8 @@ class TestClusterWorkers:
                 revision = publisher.put(KEY, flag_value(value))
                 assert reached(clients, revision), [c.status() for c in clients]
                 assert {c.variation(KEY, {}, None) for c in clients} == {value}
+                assert publisher.last_write is not None
+                assert str(publisher.last_write.replication) == "replicated to 1/1 replicas"
             assert wait_until(lambda: len(publisher.workers()) == len(clients), 5)
             for user in range(20):
                 reporting.track(KEY, {"key": f"user-{user}"}, "latency_ms", 5.0)
@@ -142,7 +130,7 @@ class TestClusterWorkers:
             killer = run_kill_wait(cluster.url, namespace, 5.0)
             out, err = killer.communicate(timeout=30)
         assert killer.returncode == 0, (out, err)
-        assert f"reached {len(clients)}/{len(clients)}" in out
+        assert f"replicated to 1/1 replicas, reached {len(clients)}/{len(clients)}" in out
 
 
 def promote(cluster: ClusterDeployment, namespace: str) -> tuple[ServerProcess, float]:
@@ -169,8 +157,9 @@ class TestClusterFailover:
     ) -> None:
         """After the owner is SIGKILLed, every worker is READY on the promoted replica
         within a few seconds, a write made through the same URL afterwards reaches all of
-        them, and so does `flagsync kill --wait` (reached N/N); each worker logs one
-        connection_lost for the episode, not one per retry."""
+        them (the publisher's slot map still names the dead node: its own failover retry
+        asks the cluster again), and so does `flagsync kill --wait` (reached N/N); each
+        worker logs one connection_lost for the episode, not one per retry."""
         with Publisher(cluster.url, namespace, "operator") as publisher:
             publisher.apply(model_document())
             publisher.put(KEY, flag_value("before"))
@@ -189,7 +178,7 @@ class TestClusterFailover:
                 assert all(following(raw, client) for client in clients)
 
                 started = time.monotonic()
-                revision = retried(lambda: publisher.put(KEY, flag_value("after")))
+                revision = publisher.put(KEY, flag_value("after"))  # its own retry
                 written = time.monotonic()
                 assert wait_until(
                     lambda: all(client.revision >= revision for client in clients), 3, 0.002
@@ -203,6 +192,7 @@ class TestClusterFailover:
         assert f"reached {WORKERS}/{WORKERS}" in out
         lost = events(logs, "connection_lost")
         assert len(lost) <= WORKERS, lost
+        assert len(events(logs, "store_failover_retrying")) <= 1, logs
         record(
             "cluster-failover",
             cluster.kind,
@@ -262,8 +252,8 @@ class TestClusterAsyncDriver:
                         await anyio.sleep(0.01)
                 assert all_ready(list(clients)), [c.status() for c in clients]
                 assert shard_subscribers(promoted, channel) == 2
-                revision = await anyio.to_thread.run_sync(
-                    retried, lambda: publisher.put(KEY, flag_value("after"))
+                revision = await anyio.to_thread.run_sync(  # its own failover retry
+                    lambda: publisher.put(KEY, flag_value("after"))
                 )
                 with anyio.move_on_after(3):
                     while not all(c.revision >= revision for c in clients):

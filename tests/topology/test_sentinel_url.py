@@ -38,7 +38,15 @@ class TestSentinelURL:
             ("redis+sentinel://127.0.0.1:port/flags", "'127.0.0.1:port' is not HOST:PORT"),
             ("redis+sentinel://127.0.0.1:0/flags", "port in 1..65535"),
             ("redis+sentinel://127.0.0.1:26379/flags?db=2", "unknown option(s) db"),
-            ("rediss+sentinel://127.0.0.1:26379/flags", "TLS to Sentinel"),
+            ("redis+sentinel://127.0.0.1:1/flags?ssl_ca_certs=/ca.pem", "need TLS: write rediss+"),
+            ("rediss+sentinel://127.0.0.1:1/flags?ssl_cert_reqs=maybe", "ssl_cert_reqs='maybe'"),
+            ("rediss+sentinel://127.0.0.1:1/flags?ssl_check_hostname=sure", "true or false"),
+            ("rediss+sentinel://127.0.0.1:1/flags?ssl_ca_certs=", "ssl_ca_certs is empty"),
+            (
+                "rediss+sentinel://127.0.0.1:1/flags?ssl_ca_cert=/ca.pem",
+                "unknown option(s) ssl_ca_cert",
+            ),
+            ("redis+tls+sentinel://127.0.0.1:1/flags", "is not supported"),
             ("redis+sentinel://127.0.0.1:26379/flags?read_from=any", "read_from='any'"),
         ],
     )
@@ -49,6 +57,26 @@ class TestSentinelURL:
         assert isinstance(caught.value, SentinelURLError)
         assert fact in str(caught.value)
 
+    def test_tls_options_reach_sentinels_data_nodes_and_replica_urls(self) -> None:
+        """`rediss+sentinel://` turns TLS on for both kinds of connection, with its
+        `ssl_*` options; a replica's URL is `rediss://` with the same options."""
+        url = (
+            "rediss+sentinel://w:pw@127.0.0.1:1/flags?ssl_ca_certs=/tls/ca.pem"
+            "&ssl_check_hostname=false&read_from=replica"
+        )
+        target = parse_sentinel_url(url, "shown")
+        assert target.tls_options() == {
+            "ssl": True,
+            "ssl_ca_certs": "/tls/ca.pem",
+            "ssl_check_hostname": False,
+        }
+        assert target.node_url("127.0.0.1", 6380) == (
+            "rediss://w:pw@127.0.0.1:6380?ssl_ca_certs=%2Ftls%2Fca.pem&ssl_check_hostname=false"
+        )
+        plain = parse_sentinel_url("redis+sentinel://127.0.0.1:1/flags", "shown")
+        assert plain.tls_options() == {}
+        assert plain.node_url("127.0.0.1", 6380) == "redis://127.0.0.1:6380"
+
     def test_a_replica_url_carries_the_data_nodes_credentials(self) -> None:
         """The plain URL a `read_from=replica` worker follows keeps user and password,
         quoted, so redis-py reads them back unchanged."""
@@ -58,9 +86,13 @@ class TestSentinelURL:
     def test_passwords_are_redacted_in_messages(self) -> None:
         """Both the data nodes' password and `sentinel_password` are shown as *** (in a
         refusal of a URL that names no service, too)."""
-        url = "redis+sentinel://u:topsecret@127.0.0.1:1/?sentinel_password=alsosecret"
+        url = (
+            "rediss+sentinel://u:topsecret@127.0.0.1:1/?sentinel_password=alsosecret"
+            "&ssl_password=keysecret"
+        )
         with pytest.raises(SentinelURLError) as caught:
             check_url(url)
         for text in (redact_url(url), str(caught.value)):
             assert "topsecret" not in text
             assert "alsosecret" not in text
+            assert "keysecret" not in text

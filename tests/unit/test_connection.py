@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from flagsync._connection import redact_url, resolve_url
+from flagsync._replicas import primary_url
 from flagsync.errors import FlagsyncError, StoreURLError
 
 
@@ -40,6 +41,9 @@ class TestResolveUrl:
             "REDIS://h",
             "unix:///tmp/r.sock",
             "redis://[::1]:7",
+            "redis://h:1?read_from=replica",
+            "redis://h:1/0?read_from=primary&socket_timeout=1",
+            "rediss://h:1?ssl_ca_certs=/ca.pem&ssl_cert_reqs=required",
         ],
     )
     def test_redis_urls_pass(self, url: str) -> None:
@@ -54,6 +58,10 @@ class TestResolveUrl:
             ("127.0.0.1:6379", "has no scheme: write redis://127.0.0.1:6379"),
             ("redis://127.0.0.1:abc", "port 'abc' is not a number"),
             ("redis://127.0.0.1:99999", "port '99999' is not a number in 0..65535"),
+            ("redis://h:1?read_from=replcia", "read_from='replcia' is not one of primary, replica"),
+            ("redis://h:1?readfrom=replica", "unknown option(s) readfrom"),
+            ("rediss://h:1?ssl_ca_cert=/ca.pem", "unknown option(s) ssl_ca_cert"),
+            ("unix:///tmp/r.sock?read_from=replica", "read_from=replica needs the primary's"),
         ],
     )
     def test_malformed_urls(self, url: str, words: str) -> None:
@@ -70,6 +78,26 @@ class TestResolveUrl:
             resolve_url("http://user:hunter2@host:1")
         assert "hunter2" not in str(caught.value)
         assert "user:***@host" in str(caught.value)
+
+
+class TestPrimaryUrl:
+    """A plain URL's `read_from` is the worker's: writers connect to the URL without it."""
+
+    @pytest.mark.parametrize(
+        ("url", "primary"),
+        [
+            ("redis://h:1?read_from=replica", "redis://h:1"),
+            (
+                "redis://u:p@h:1/2?socket_timeout=1&read_from=replica",
+                "redis://u:p@h:1/2?socket_timeout=1",
+            ),
+            ("redis://h:1?socket_timeout=1", "redis://h:1?socket_timeout=1"),
+            ("unix:///tmp/r.sock?read_from=primary", "unix:///tmp/r.sock"),
+        ],
+    )
+    def test_read_from_is_dropped(self, url: str, primary: str) -> None:
+        """Only `read_from` goes; credentials, database and other options stay."""
+        assert primary_url(url) == primary
 
 
 class TestRedactUrl:

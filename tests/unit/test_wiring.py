@@ -61,6 +61,35 @@ class TestConnectSettings:
         with pytest.raises(FlagsyncError, match="REDIS_URL"):
             ConnectSettings.parse(None, "ns", {})
 
+    @pytest.mark.parametrize(
+        ("url", "followed"),
+        [
+            ("redis://127.0.0.1:1", "redis://127.0.0.1:1?read_from=replica"),
+            ("redis://127.0.0.1:1?read_from=primary", "redis://127.0.0.1:1?read_from=replica"),
+            (
+                "redis+sentinel://127.0.0.1:1/svc",
+                "redis+sentinel://127.0.0.1:1/svc?read_from=replica",
+            ),
+            ("redis+cluster://127.0.0.1:1", "redis+cluster://127.0.0.1:1?read_from=replica"),
+        ],
+    )
+    def test_read_from_keyword_is_the_url_option(self, url: str, followed: str) -> None:
+        """`read_from="replica"` sets the URL's option (replacing one the URL had)."""
+        assert ConnectSettings.parse(url, "ns", {"read_from": "replica"}).url == followed
+
+    @pytest.mark.parametrize(
+        ("url", "value", "words"),
+        [
+            ("redis://127.0.0.1:1", "replcia", "read_from: must be one of primary, replica"),
+            ("unix:///tmp/r.sock", "replica", "read_from=replica needs the primary's"),
+        ],
+    )
+    def test_bad_read_from_keyword_names_the_field(self, url: str, value: str, words: str) -> None:
+        """A bad value (or a URL that cannot take it) is a ValueError naming `read_from`."""
+        with pytest.raises(ValueError, match="read_from") as caught:
+            ConnectSettings.parse(url, "ns", {"read_from": value})
+        assert words in str(caught.value)
+
     def test_metrics_off_keeps_no_tables(self) -> None:
         """With metrics and exposures off nothing is counted or flushed."""
         assert not ConnectSettings.parse(URL, "ns", {"metrics": False}).wants_metrics
