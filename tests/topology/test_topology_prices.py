@@ -19,19 +19,12 @@ from tests.integration.support import wait_until
 from tests.llm.test_synced_prices import costed_without_io, input_cost, priced
 from tests.topology.cluster_nodes import ClusterDeployment
 from tests.topology.nodes import SentinelDeployment
-from tests.topology.test_cluster import retried
 
 FAST: Final[dict[str, Any]] = {
     "check_interval_s": 0.1,
     "heartbeat_interval_s": 0.2,
     "metrics_interval_s": 60,
 }
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """redis.asyncio runs on asyncio only."""
-    return "asyncio"
 
 
 @pytest.fixture
@@ -81,7 +74,7 @@ class TestCluster:
                 raw = make_raw(cluster.owner(StoreKeys(namespace).channel).url)
                 assert costed_without_io(raw, on_owner) == pytest.approx(2.5)
                 assert input_cost(on_replica) == pytest.approx(2.5)
-                revision = retried(lambda: publisher.apply(priced(8.0)))
+                revision = publisher.apply(priced(8.0))
                 assert await applied([on_owner, on_replica], revision)
                 assert costed_without_io(raw, on_owner) == pytest.approx(8.0)
                 assert input_cost(on_replica) == pytest.approx(8.0)
