@@ -110,14 +110,17 @@ class TestStateListeners:
         """After `remove_state_listener` nothing more is reported to it (CLOSED included)."""
         publisher.apply(base_document())
         client = make_client(publisher.url)
-        seen = Transitions()
+        seen, kept = Transitions(), Transitions()
         client.add_state_listener(seen)
+        client.add_state_listener(kept)
         assert client.wait_ready(5.0)
-        assert wait_until(lambda: seen.states() == [SyncState.READY], 2.0)
         assert client.remove_state_listener(seen)
         assert not client.remove_state_listener(seen)
         client.close()
-        assert seen.states() == [SyncState.READY]
+        assert wait_until(lambda: SyncState.CLOSED in kept.states(), 5.0), kept.states()
+        # READY may have been told before the removal (or come before either listener was
+        # added: no transition then); CLOSED, after it, never.
+        assert seen.states() in ([], [SyncState.READY])
 
     def test_offline_client_has_none(self) -> None:
         """An offline client never transitions; registering and removing are harmless."""
