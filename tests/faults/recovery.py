@@ -87,6 +87,20 @@ def on_latest(client: FlagClient, publisher: Publisher) -> Callable[[], bool]:
     return recovered
 
 
+def reconnected(client: FlagClient, reconnects_before: int) -> Callable[[], bool]:
+    """A predicate: `client` is connected again after at least one more reconnect.
+
+    Being on the latest revision does not imply this: a revision check can load the
+    latest snapshot before the subscriber thread has noticed its connection is gone.
+    """
+
+    def back() -> bool:
+        status = client.status()
+        return status.connected and status.reconnects > reconnects_before
+
+    return back
+
+
 def recovery_s(
     client: FlagClient, publisher: Publisher, timeout_s: float, *, since: float | None = None
 ) -> float:

@@ -27,6 +27,7 @@ from tests.faults.recovery import (
     EvaluationTimes,
     at_revision,
     ready_client,
+    reconnected,
     recovery_s,
     time_to,
     timing_window,
@@ -100,6 +101,10 @@ class TestConnectionReset:
                 assert time.monotonic() < window_ends_at, "published after the window"
                 time.sleep(max(0.0, window_ends_at - time.monotonic()))
                 recovered_s = recovery_s(client, publisher, 5.0, since=window_ends_at)
+                # On the latest revision is not yet reconnected (a revision check can load
+                # it first): wait, bounded, for the reconnect the assertions below count.
+                back = time_to(reconnected(client, before.reconnects), 5.0)
+                assert back is not None, f"never reconnected: {client.status()}"
             stats = proxy.stats
         assert logged == [("connection_lost", "warning"), ("connection_restored", "info")]
         after = client.status()
@@ -137,6 +142,8 @@ class TestConnectionReset:
             killed_at = time.monotonic()
             final = publish_three(publisher)
             recovered_s = recovery_s(client, publisher, 5.0, since=killed_at)
+            back = time_to(reconnected(client, before.reconnects), 5.0)  # as in the RST test
+            assert back is not None, f"never reconnected: {client.status()}"
         assert logged == [("connection_lost", "warning"), ("connection_restored", "info")]
         after = client.status()
         assert after.revision == final
@@ -165,7 +172,7 @@ class TestHalfOpenLink:
         publisher.apply(base_document())
         with FaultProxy(server.port) as proxy:
             client = ready_client(make_client, proxy.url, **FAST)
-            assert wait_until(client.is_healthy, 1)
+            assert wait_until(client.is_healthy, 5)
             assert client.variation("model", ANYONE, "x") == "gpt-4.1"  # serving: compiled
             times = EvaluationTimes()
             stale_s = disconnected_s = None
@@ -272,8 +279,10 @@ class TestSlowSubscriberDropped:
                 # A revision check can load the latest snapshot before the client has read
                 # through the stalled backlog to the server's close; the drop is noticed then.
                 resubscribed = time_to(
-                    lambda: client.status().reconnects > before.reconnects
-                    and len(raw.client_list(_type="pubsub")) == 1,
+                    lambda: (
+                        client.status().reconnects > before.reconnects
+                        and len(raw.client_list(_type="pubsub")) == 1
+                    ),
                     5.0,
                 )
                 assert resubscribed is not None, f"drop never noticed: {client.status()}"

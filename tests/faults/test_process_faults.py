@@ -37,7 +37,9 @@ from tests.faults.recovery import (
     flagsync_threads,
     open_sockets,
     ready_client,
+    reconnected,
     recovery_s,
+    time_to,
     timing_window,
 )
 from tests.integration.conftest import ClientFactory, PublisherFactory, RawFactory
@@ -179,8 +181,10 @@ class TestServerKilledRestartedEmpty:
             time.sleep(0.005)
         assert missing_s is not None, client.status()
         assert stale_s is not None, client.status()
+        # Reconnected: the server is back, its data is not. The revision checks that saw the
+        # empty store may run before the subscriber's backed-off reconnect: wait, bounded.
+        assert time_to(reconnected(client, before.reconnects), 5.0) is not None, client.status()
         status = client.status()
-        assert status.connected, status  # reconnected: the server is back, its data is not
         assert (status.epoch, status.revision) == (old_epoch, old_revision)
         assert (status.state, status.snapshot_missing) == (SyncState.STALE, True)
         assert status.reconnects == before.reconnects + 1
@@ -270,7 +274,7 @@ class TestUnreachableAtStart:
         started = time.monotonic()
         assert not client.wait_ready(0.5)
         waited_s = time.monotonic() - started
-        assert 0.45 <= waited_s < 0.6, waited_s  # it waited, and no longer
+        assert 0.45 <= waited_s < 1.0, waited_s  # it waited, and not much longer
         assert served(client) == expected
         detail = client.detail("model", ANYONE, "x")
         if cold_start == "lkg-file":
@@ -337,14 +341,14 @@ class TestUnreachableAtStart:
             started = time.monotonic()
             assert not client.wait_ready(0.5)
             waited_s = time.monotonic() - started
-            assert 0.45 <= waited_s < 0.6, waited_s  # it waited, and no longer
+            assert 0.45 <= waited_s < 1.0, waited_s  # it waited, and not much longer
             assert served(client) == CALLER_DEFAULTS
             detail = client.detail("model", ANYONE, "x")
             assert (detail.reason, detail.error_code) == (
                 Reason.ERROR,
                 ErrorCode.PROVIDER_NOT_READY,
             )
-            assert wait_until(lambda: client.status().last_error is not None, 1.0)
+            assert wait_until(lambda: client.status().last_error is not None, 5.0)
             status = client.status()
             assert (status.state, status.connected) == (SyncState.CONNECTING, False)
             assert "timeout" in (status.last_error or "").lower(), status.last_error
@@ -377,7 +381,7 @@ class TestServerFrozen:
         publisher = make_publisher(dedicated_server.url)
         publisher.apply(base_document())
         client = ready_client(make_client, dedicated_server.url, **FAST)
-        assert wait_until(client.is_healthy, 1)
+        assert wait_until(client.is_healthy, 5)
         assert client.variation("model", ANYONE, "x") == "gpt-4.1"  # serving: compiled
         times = EvaluationTimes()
         stale_s = disconnected_s = None
