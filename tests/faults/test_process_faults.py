@@ -709,7 +709,7 @@ class TestCancellationAndShutdown:
             dedicated_server.start()
             publisher.apply(base_document())
         else:
-            assert wait_until(lambda: not connections_named(raw, client), 1)
+            assert wait_until(lambda: not connections_named(raw, client), 5)
         restarted_at = time.monotonic()
         fresh = ready_client(make_client, dedicated_server.url)
         ready_s = time.monotonic() - restarted_at
