@@ -43,6 +43,9 @@ class LoadedStore(msgspec.Struct, frozen=True):
     """The digest the store states for this revision (None: a store older than digests)."""
     signature: str | None = None
     """The signature record of this state (signed mode), None when unsigned."""
+    llm: bytes | None = None
+    """The namespace's stored `llm:` section (msgpack), None when none is stored. The write
+    script stores it with the revision it bumps, so it belongs to this revision too."""
 
 
 class StoreState(msgspec.Struct, frozen=True):
@@ -66,15 +69,22 @@ def load_commands(keys: StoreKeys) -> list[Command]:
 
     No MULTI: a least-privilege worker may not have it. Every write bumps the revision
     atomically with its data, so equal (epoch, revision) before and after proves the
-    hashes in between belong to that revision.
+    hashes in between belong to that revision. The `llm:` section (prices, allow-list)
+    comes in the same round trip, so `llm_call` never reads the store itself.
     """
     revision = ("MGET", keys.revision, keys.epoch, keys.digest, keys.signature)
-    return [revision, ("HGETALL", keys.flags), ("HGETALL", keys.segments), revision]
+    return [
+        revision,
+        ("HGETALL", keys.flags),
+        ("HGETALL", keys.segments),
+        ("GET", keys.llm),
+        revision,
+    ]
 
 
 def parse_load(results: Sequence[Any]) -> LoadedStore | None:
     """The loaded store, or None when a write slipped in between (read again)."""
-    before, flags, segments, after = results
+    before, flags, segments, llm, after = results
     if before != after:
         return None
     revision, epoch = _parse_revision(before[:2])
@@ -86,6 +96,7 @@ def parse_load(results: Sequence[Any]) -> LoadedStore | None:
         segments=_blobs(segments),
         digest=digest,
         signature=signature,
+        llm=llm if isinstance(llm, bytes) or llm is None else text(llm).encode(),
     )
 
 

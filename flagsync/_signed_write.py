@@ -68,7 +68,7 @@ def run_write_script(
     is the one it lands on (bounded). `execute(keys, args)` sends it and returns its reply
     (see `flagsync._confirmed_write`); `llm_section`: see `store.script_arguments`."""
     blobs = encode_blobs(writes)
-    payload = encode_payload(writes, blobs, actor=actor, reason=reason)
+    payload = encode_payload(writes, blobs, actor=actor, reason=reason, llm_section=llm_section)
     for _ in range(_SIGNED_RETRIES):
         epoch_candidate = uuid.uuid4().hex
         plan = None

@@ -26,7 +26,6 @@ from flagsync.status import ClientStatus, SyncState
 if TYPE_CHECKING:
     from flagsync._sync.wiring import ConnectSettings, SyncHandle
     from flagsync.llm.config import LLMConfig
-    from flagsync.llm.policy import StoredSettings
     from flagsync.llm.serve import DefaultConfig
     from flagsync.llm.tracker import LLMCall
     from flagsync.metrics import MetricsTables, MetricStat
@@ -56,7 +55,6 @@ class FlagClient:
         "__weakref__",
         "_is_stale",
         "_llm_configs",
-        "_llm_store",
         "_metrics",
         "_snapshot",
         "_sync",
@@ -75,9 +73,6 @@ class FlagClient:
         self._llm_configs: dict[str, tuple[Any, Any, dict[str, LLMConfig]]] = {}
         """llm flag key -> its configs per outcome, the table entry they belong to, and
         per variant: see `flagsync.llm.serve.cached_config`."""
-        self._llm_store: StoredSettings | None = None
-        """A connected client's view of its namespace's stored `llm:` section (the price
-        table `llm_call` costs calls with): see `flagsync.llm.policy.StoredSettings`."""
 
     @classmethod
     def offline(cls, source: FlagSource) -> FlagClient:
@@ -244,8 +239,8 @@ class FlagClient:
         """`with client.llm_call(config) as call:` times one call and records latency,
         tokens, errors and cost against the flag and variant that served `config`
         (prices: `prices`, else the namespace's `llm.prices`: the flag file's offline, the
-        stored section when connected, re-read after each new revision). `call.id` is for
-        feedback."""
+        stored section when connected, which the sync keeps current: no I/O here). `call.id`
+        is for feedback."""
         from flagsync.llm.tracker import LLMCall  # noqa: PLC0415
 
         return LLMCall(self, config, prices=prices)
@@ -285,7 +280,6 @@ class FlagClient:
 
         settings = ConnectSettings.parse(url, namespace, options)
         client = MeteredFlagClient() if settings.exposures else cls()
-        client._store_settings(settings)
         client._follow(start_thread_sync(settings, client._install, client._tables(settings)))
         return client
 
@@ -303,7 +297,6 @@ class FlagClient:
 
         settings = ConnectSettings.parse(url, namespace, options)
         client = MeteredFlagClient() if settings.exposures else cls()
-        client._store_settings(settings)
         return client._follow_async(settings)
 
     @asynccontextmanager
@@ -313,12 +306,6 @@ class FlagClient:
         async with run_async_sync(settings, self._install, self._tables(settings)) as handle:
             self._follow(handle)
             yield self
-
-    def _store_settings(self, settings: ConnectSettings) -> None:
-        """Where `llm_call` reads the namespace's stored `llm:` section (prices) from."""
-        from flagsync.llm.policy import StoredSettings  # noqa: PLC0415 - a small module
-
-        self._llm_store = StoredSettings(settings.url, settings.namespace)
 
     def _follow(self, handle: SyncHandle) -> None:
         """Be kept current by `handle` (the one place a sync attaches to a client)."""

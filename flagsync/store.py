@@ -325,14 +325,23 @@ def encode_blobs(writes: Sequence[ScriptWrite]) -> list[bytes]:
 
 
 def encode_payload(
-    writes: Sequence[ScriptWrite], blobs: Sequence[bytes], *, actor: str, reason: str
+    writes: Sequence[ScriptWrite],
+    blobs: Sequence[bytes],
+    *,
+    actor: str,
+    reason: str,
+    llm_section: bytes | None = None,
 ) -> bytes:
-    """The change set subscribers receive (empty when too large to inline)."""
+    """The change set subscribers receive (empty when too large to inline). A new `llm:`
+    section rides along as a change of kind `llm` (key `settings`), so workers keep their
+    prices current without reading the store (see `flagsync._sync.llm_section`)."""
     changes = [
         Change(write.kind, write.key, write.op, blob or None)
         for write, blob in zip(writes, blobs, strict=True)
         if write.op not in NO_DATA_OPS
     ]
+    if llm_section is not None:
+        changes.append(Change("llm", "settings", "put", llm_section))
     return encode_changeset(ChangeSet(actor=actor, reason=reason, changes=changes))
 
 

@@ -34,7 +34,7 @@ from flagsync._sync.beacon import (
     read_own_beat,
 )
 from flagsync._sync.follower import Follower
-from flagsync._sync.presence import Presence, is_refused_write
+from flagsync._sync.presence import Presence
 from flagsync._sync.sentinel_watch import async_waker, pause_async, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
@@ -243,23 +243,14 @@ class AsyncDriver:
 
     async def _heartbeat(self, commands: aredis.Redis) -> None:
         """Write (or withdraw) the presence record; see `ThreadDriver._heartbeat`."""
-        command = self.presence.heartbeat_command()
-        if command is None:
+        batch = self.presence.write_commands()
+        if batch is None:
             return
-        ack = self.presence.ack_command()
-        writer = self._writer or commands
         try:
-            replies = await _pipelined(writer, [command] if ack is None else [command, ack])
-            if isinstance(replies[0], Exception):
-                raise replies[0]
+            self.presence.write_replied(await _pipelined(self._writer or commands, batch))
         except redis.RedisError as error:
-            if self._writer is None and not is_refused_write(error):
-                raise
-            self.presence.refused(error, redact_url(self.presence_url or self._node))
-        else:
-            self.presence.written()
-            if ack is not None and isinstance(replies[1], Exception):
-                self.presence.ack_refused(replies[1])
+            where = redact_url(self.presence_url or self._node)
+            self.presence.write_failed(error, separate_node=self._writer is not None, where=where)
 
     async def _beacon_step(self, step: str, commands: aredis.Redis) -> None:
         """See `ThreadDriver._beacon_step`."""

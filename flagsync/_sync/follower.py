@@ -25,20 +25,15 @@ from typing import Any, Literal
 
 from flagsync._codec import MalformedMessageError, Message, decode_definition
 from flagsync._sync.integrity import Integrity
+from flagsync._sync.llm_section import LLM_CHANGE_KIND, LLMSection, decode_section
+from flagsync._sync.loads import apply_load
 from flagsync._sync.logs import SafeLogger
 from flagsync._sync.options import SyncOptions
-from flagsync._sync.quarantine import (
-    DeferredLoad,
-    defer_load,
-    kind_versions,
-    load_definitions,
-    references_hold,
-    stored_versions,
-)
+from flagsync._sync.quarantine import references_hold
 from flagsync._validation import parse_flag, parse_segment
 from flagsync.errors import InvalidFlagError
-from flagsync.model import Flag, Segment
-from flagsync.snapshot import Quarantine, Snapshot
+from flagsync.model import Flag, LLMSettings, Segment
+from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus, SyncState
 from flagsync.store import (
     LoadedStore,
@@ -154,6 +149,8 @@ class Follower:
         """The store state a check last gave a grace to (`grace_s`)."""
         self.heartbeats_rejected = 0
         """Heartbeats ignored: malformed, or (signed mode) not validly signed."""
+        self.llm = LLMSection()
+        """The namespace's `llm:` section (prices) as of the snapshot: see `llm_section`."""
 
     # -- what the drivers report -------------------------------------------------
 
@@ -209,7 +206,7 @@ class Follower:
         if message.revision != snapshot.revision + 1 or message.changes is None:
             return "check"  # also our own revision with another digest: one of us diverged
         try:
-            flags, segments, versions = _decode_changes(
+            flags, segments, versions, section = _decode_changes(
                 message, snapshot.definitions.segments.keys()
             )
             updated, changed = snapshot.apply(
@@ -228,6 +225,8 @@ class Follower:
         if not self.integrity.message_fits(message, snapshot.revision):
             return "check"  # badly signed, or not the store's next state from ours
         self.integrity.message_applied(message)
+        if section is not None:  # before the swap: a listener hearing of it sees the prices
+            self.llm.changed(*section)
         self.confirm()  # first: a reader never sees the new revision reported STALE
         self._swap(updated, changed, message.published_us)
         self.counts["applied_changes"] += 1
@@ -275,131 +274,7 @@ class Follower:
     def on_loaded(self, loaded: LoadedStore) -> bool:
         """Apply a whole-store read; False when it was refused (LKG kept, status says why)."""
         with self._lock:
-            return self._on_loaded(loaded)
-
-    def _on_loaded(self, loaded: LoadedStore) -> bool:
-        self.counts["resyncs"] += 1
-        self._last_load = self._clock()
-        current = self.snapshot
-        # Every write bumps the revision with its data, so flags that are gone while the
-        # revision is not past ours were deleted behind the protocol's back (`DEL` of the
-        # flags hash): as missing as after a FLUSHALL, never "all flags off".
-        vanished = (
-            not loaded.flags
-            and len(current) > 0
-            and loaded.epoch == current.epoch
-            and loaded.revision <= current.revision
-        )
-        if loaded.epoch is None or vanished:
-            was_missing, self.snapshot_missing = self.snapshot_missing, True
-            if len(current) or current.epoch:
-                if not was_missing:
-                    _log.warning(
-                        "snapshot_missing", namespace=self.keys.namespace, kept=current.revision
-                    )
-                return False
-            self.ready.set()  # a namespace nobody has written to yet: nothing to serve
-            self.confirm()
-            return True
-        self.snapshot_missing = False
-        blobs = (loaded.flags, loaded.segments)
-        if (
-            self._blobs == blobs
-            and current.epoch == loaded.epoch
-            and current.revision == loaded.revision
-        ):
-            self.integrity.same_load(loaded)
-            self.confirm()
-            self.ready.set()
-            return True
-        if not self.integrity.load_fits(loaded, current.revision):
-            return False  # signed mode refused it: LKG kept, status and logs say why
-        deferred = defer_load(loaded) if loaded.flags and _serves_nothing(current) else None
-        if deferred is not None:
-            return self._load_deferred(loaded, deferred)
-        try:
-            definitions, quarantine = load_definitions(loaded, current.definitions)
-        except InvalidFlagError as error:  # the store as a whole, beyond any quarantine
-            self.counts["rejected_snapshots"] += 1
-            self.last_error = f"snapshot rejected: {error}"
-            _log.error(
-                "snapshot_rejected",
-                namespace=self.keys.namespace,
-                revision=loaded.revision,
-                error=str(error),
-                kept_revision=current.revision,
-            )
-            return False
-        self._blobs = blobs
-        self._report_quarantine(quarantine, loaded.revision)
-        self.integrity.load_applied(loaded)
-        if self.last_error and self.last_error.startswith("snapshot rejected"):
-            self.last_error = None
-        if (
-            current.epoch == loaded.epoch
-            and current.revision == loaded.revision
-            and current.quarantine == quarantine
-            and current.definitions == definitions
-        ):
-            # The revision we hold, read again (a resync after a change we applied from
-            # its message): nothing to swap, and listeners heard of this revision once.
-            if not self._announced:  # this process's first load (a forked child's): say so
-                self._log_loaded(loaded, len(current), quarantine, unchanged=True)
-            self.confirm()
-            self.ready.set()
-            return True
-        snapshot = Snapshot.build(
-            definitions,
-            revision=loaded.revision,
-            epoch=loaded.epoch,
-            quarantine=quarantine,
-            versions=stored_versions(loaded.flags, definitions, quarantine, current),
-        )
-        self.confirm()  # first: a reader never sees the new revision reported STALE
-        self._swap(snapshot, current.changed_keys(snapshot), 0)
-        self._log_loaded(loaded, len(snapshot), quarantine, unchanged=False)
-        self.ready.set()
-        return True
-
-    def _load_deferred(self, loaded: LoadedStore, deferred: DeferredLoad) -> bool:
-        """A first load: ready once the store is read, each flag checked on its first use;
-        then every flag checked here, and the snapshot corrected if any is quarantined
-        (see `flagsync._sync.quarantine`)."""
-        self._blobs = (loaded.flags, loaded.segments)
-        self.integrity.load_applied(loaded)
-        if self.last_error and self.last_error.startswith("snapshot rejected"):
-            self.last_error = None
-        epoch = loaded.epoch or ""
-        snapshot = Snapshot.deferred(
-            deferred,
-            deferred.segments,
-            revision=loaded.revision,
-            epoch=epoch,
-            versions=kind_versions(loaded.flags),
-        )
-        self.confirm()
-        self._swap(snapshot, frozenset(loaded.flags), 0)
-        # Logged before ready: a process that forks once ready (a pre-fork server) must
-        # not fork while this thread holds the log stream's lock.
-        self._log_loaded(loaded, len(snapshot), snapshot.quarantine, unchanged=False)
-        self.ready.set()
-        definitions, quarantine = deferred.settle()  # after ready: the whole check
-        if quarantine or self._quarantine_logged:
-            self._report_quarantine(quarantine, loaded.revision)
-        if quarantine:  # rare: the snapshot without the quarantined flags
-            snapshot = Snapshot.build(
-                definitions,
-                revision=loaded.revision,
-                epoch=epoch,
-                quarantine=quarantine,
-                versions=stored_versions(loaded.flags, definitions, quarantine, snapshot),
-            )
-            self._swap(snapshot, frozenset(quarantine.flags), 0)
-        else:
-            _ = snapshot.definitions  # adopts the verdict: the snapshot is settled
-            if self._persist is not None:
-                self._persist(snapshot)
-        return True
+            return apply_load(self, loaded)
 
     def on_revision(self, state: StoreState) -> RevisionVerdict:
         """Compare the store's (epoch, revision, digest) with ours: `confirmed`, `resync`
@@ -537,20 +412,6 @@ class Follower:
 
     # -- internals -------------------------------------------------------------
 
-    def _log_loaded(
-        self, loaded: LoadedStore, flags: int, quarantine: Quarantine, *, unchanged: bool
-    ) -> None:
-        self._announced = True
-        _log.info(
-            "snapshot_loaded",
-            namespace=self.keys.namespace,
-            epoch=loaded.epoch,
-            revision=loaded.revision,
-            flags=flags,
-            quarantined=len(quarantine.flags),
-            **({"unchanged": True} if unchanged else {}),
-        )
-
     def _swap(self, snapshot: Snapshot, changed: frozenset[str], published_us: int) -> None:
         if self._watching_use and not self._used:
             self._used = bool(self.snapshot.compiled_flags())  # before its compiled flags go
@@ -565,29 +426,6 @@ class Follower:
                 _log.exception("listener_failed", listener=repr(listener))
         if self._persist is not None and snapshot.settled:  # else: once settled
             self._persist(snapshot)
-
-    def _report_quarantine(self, quarantine: Quarantine, revision: int) -> None:
-        """Log each quarantined flag or segment once per reason, and each one lifted."""
-        reported: dict[tuple[str, str], str] = {}
-        for kind, reasons in (("flag", quarantine.flags), ("segment", quarantine.segments)):
-            for key, reason in reasons.items():
-                reported[kind, key] = reason
-                if self._quarantine_logged.get((kind, key)) != reason:
-                    _log.warning(
-                        f"{kind}_quarantined",
-                        namespace=self.keys.namespace,
-                        key=key,
-                        reason=reason[:500],
-                        revision=revision,
-                    )
-        for kind, key in self._quarantine_logged.keys() - reported.keys():
-            _log.info(
-                f"{kind}_quarantine_lifted",
-                namespace=self.keys.namespace,
-                key=key,
-                revision=revision,
-            )
-        self._quarantine_logged = reported
 
     def _malformed(self, reason: str) -> None:
         self.counts["malformed_messages"] += 1
@@ -604,16 +442,28 @@ class Follower:
 
 def _decode_changes(
     message: Message, known_segments: Collection[str]
-) -> tuple[dict[str, Flag | None], dict[str, Segment | None], dict[str, int]]:
-    """The flags and segments a message puts (or deletes: None), each validated, and the
-    store versions of the put flags with a `kind` (see `Snapshot.versions`)."""
+) -> tuple[
+    dict[str, Flag | None],
+    dict[str, Segment | None],
+    dict[str, int],
+    tuple[bytes, LLMSettings] | None,
+]:
+    """The flags and segments a message puts (or deletes: None), each validated, the
+    store versions of the put flags with a `kind` (see `Snapshot.versions`), and the
+    `llm:` section it stores, if any (its bytes and parsed form)."""
     flags: dict[str, Flag | None] = {}
     segments: dict[str, Segment | None] = {}
     versions: dict[str, int] = {}
+    section: tuple[bytes, LLMSettings] | None = None
     changes = message.changes.changes if message.changes is not None else []
     segment_names = set(known_segments)
     segment_names.update(change.key for change in changes if change.kind == "segment")
     for change in changes:
+        if change.kind == LLM_CHANGE_KIND:
+            if change.blob is None:
+                raise MalformedMessageError("llm section change without content")
+            section = (change.blob, decode_section(change.blob))
+            continue
         if change.kind not in ("flag", "segment"):
             raise MalformedMessageError(f"unknown change kind {change.kind!r}")
         if change.blob is None:
@@ -626,9 +476,4 @@ def _decode_changes(
                 versions[change.key] = stored.version
         else:
             segments[change.key] = parse_segment(change.key, stored.definition)
-    return flags, segments, versions
-
-
-def _serves_nothing(snapshot: Snapshot) -> bool:
-    """No flag, segment or quarantine: no last-known-good version a load would keep."""
-    return not (len(snapshot) or snapshot.definitions.segments or snapshot.quarantine)
+    return flags, segments, versions, section

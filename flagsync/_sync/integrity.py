@@ -14,6 +14,7 @@ from collections.abc import Callable
 from flagsync._codec import Message
 from flagsync._digest import StateDigest
 from flagsync._signing import SignatureRejected, SignedState, verifier_from
+from flagsync._sync.llm_section import LLM_CHANGE_KIND
 from flagsync._sync.logs import SafeLogger
 from flagsync.store import Heartbeat, LoadedStore, StoreKeys, StoreState
 
@@ -114,7 +115,10 @@ class Integrity:
                 self._reject(str(error), serving)
                 return False
             self._pending = signed
-        if digest.preview((c.kind, c.key, c.blob) for c in changes.changes) != message.digest:
+        digested = (  # the `llm:` section is not in the digest (see `llm_section`)
+            (c.kind, c.key, c.blob) for c in changes.changes if c.kind != LLM_CHANGE_KIND
+        )
+        if digest.preview(digested) != message.digest:
             # Not the store's next state from ours: forged, or ours is not the store's
             # (the check tells: the store at this very state means we diverged).
             self._unexplained = StoreState(message.revision, message.epoch, message.digest)

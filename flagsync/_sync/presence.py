@@ -36,6 +36,7 @@ import os
 import socket
 import time
 import uuid
+from typing import Any
 
 import redis
 
@@ -131,6 +132,34 @@ class Presence:
         return ack_command(
             self.keys, self.worker_id, snapshot.epoch, snapshot.revision, self.follower.applied_us
         )
+
+    def write_commands(self) -> list[Command] | None:
+        """One heartbeat's pipeline: the record's write (or withdrawal) and, after it, the
+        ack of a newly applied revision; None when nothing is due. Both drivers run it
+        with errors returned, not raised, and hand the replies to `write_replied`."""
+        command = self.heartbeat_command()
+        if command is None:
+            return None
+        ack = self.ack_command()
+        return [command] if ack is None else [command, ack]
+
+    def write_replied(self, replies: list[Any]) -> None:
+        """Note the replies to `write_commands`' pipeline. A refused record write is
+        raised (the driver's `write_failed` judges it); a refused ack only stops acking."""
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        self.written()
+        if len(replies) > 1 and isinstance(replies[1], Exception):
+            self.ack_refused(replies[1])
+
+    def write_failed(self, error: redis.RedisError, *, separate_node: bool, where: str) -> None:
+        """A heartbeat pipeline failed with `error`. On the followed node only a refusal
+        (a read-only replica) is reported here; any other failure is re-raised, ending
+        the session. On a separate presence node (`separate_node`) every failure is
+        reported, never a reason to reconnect: the followed node is fine."""
+        if not separate_node and not is_refused_write(error):
+            raise error
+        self.refused(error, where)
 
     def ack_refused(self, error: BaseException) -> None:
         """The store refused an ack: warn once, stop acking (the record still counts)."""

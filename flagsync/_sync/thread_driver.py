@@ -42,7 +42,7 @@ from flagsync._sync.beacon import (
 )
 from flagsync._sync.follower import Follower
 from flagsync._sync.logs import SafeLogger
-from flagsync._sync.presence import Presence, is_refused_write
+from flagsync._sync.presence import Presence
 from flagsync._sync.sentinel_watch import pause, switch_watch
 from flagsync._sync.timers import SessionTimers, backoff_delay, is_permanent, retry_cap_s
 from flagsync.store import (
@@ -282,23 +282,14 @@ class ThreadDriver:
         """Write (or withdraw) the presence record. A refusal (a read-only replica), or any
         failure of a separate presence node, is reported, never a reason to reconnect: the
         followed node is fine. A failure of the followed node itself ends the session."""
-        command = self.presence.heartbeat_command()
-        if command is None:
+        batch = self.presence.write_commands()
+        if batch is None:
             return
-        ack = self.presence.ack_command()
-        writer = self._writer or commands
         try:
-            replies = _pipelined(writer, [command] if ack is None else [command, ack], False)
-            if isinstance(replies[0], Exception):
-                raise replies[0]
+            self.presence.write_replied(_pipelined(self._writer or commands, batch, False))
         except redis.RedisError as error:
-            if self._writer is None and not is_refused_write(error):
-                raise
-            self.presence.refused(error, redact_url(self.presence_url or self._node))
-        else:
-            self.presence.written()
-            if ack is not None and isinstance(replies[1], Exception):
-                self.presence.ack_refused(replies[1])
+            where = redact_url(self.presence_url or self._node)
+            self.presence.write_failed(error, separate_node=self._writer is not None, where=where)
 
     def _next_message(self, pubsub: Any, wait_s: float) -> dict[str, Any] | None:
         """The next channel message, if a whole one arrives within `wait_s` (0: if buffered).
@@ -467,6 +458,10 @@ _live_drivers: weakref.WeakSet[ThreadDriver] = weakref.WeakSet()
 
 
 def _restart_in_child() -> None:
+    if _forked_by_subprocess():
+        # The child is about to exec another program: a sync started here could write a
+        # presence record under its pid before the exec (a phantom worker until the TTL).
+        return
     for driver in list(_live_drivers):
         driver.after_fork_in_child()
 

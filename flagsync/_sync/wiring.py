@@ -30,6 +30,7 @@ from flagsync._sync.presence import Presence
 from flagsync._sync.state_watch import StateListener, StateWatch
 from flagsync._sync.thread_driver import ThreadDriver
 from flagsync.metrics import MetricsTables
+from flagsync.model import LLMSettings
 from flagsync.reporter import MetricsReporter
 from flagsync.snapshot import Snapshot
 from flagsync.status import ClientStatus
@@ -131,6 +132,12 @@ class SyncHandle:
     def alive(self) -> bool:
         """True while the driver (thread or task) runs."""
         return self._running()
+
+    @property
+    def llm_settings(self) -> LLMSettings | None:
+        """The namespace's stored `llm:` section (prices) as of the current snapshot, kept
+        by the sync itself: reading it is one attribute read, never I/O."""
+        return self._follower.llm.settings
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until the first sync (True), or `timeout` seconds (False)."""

@@ -8,6 +8,7 @@ diff, so a stale screen can never overwrite a colleague's change.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -20,12 +21,25 @@ import msgspec
 from flagsync._cluster import scan_keys
 from flagsync.dashboard._config import SIGNING_KEY_ENV, DashboardConfig
 from flagsync.diff import FieldChange, definition_changes
-from flagsync.errors import ConflictError, FlagNotFoundError, FlagsyncError
+from flagsync.errors import (
+    ConflictError,
+    FlagNotFoundError,
+    FlagsyncError,
+    InvalidFlagError,
+    StoreError,
+)
 from flagsync.fleet import HistoryEntry, PropagationReport
 from flagsync.model import Flag
 from flagsync.publisher import Publisher, StoredFlag
 
-__all__ = ["Backend", "Propagation", "StaleWriteError", "StoreView", "WriteOutcome"]
+__all__ = [
+    "Backend",
+    "BadRequestError",
+    "Propagation",
+    "StaleWriteError",
+    "StoreView",
+    "WriteOutcome",
+]
 
 _LAST_CHANGE_SCAN: Final = 2000
 """Change-log entries read to find each flag's last change for the flags table."""
@@ -34,6 +48,11 @@ _METRIC_KEYS_TTL_S: Final = 2.0
 _SHARES_TTL_S: Final = 1.0
 _INCREMENTAL_MAX: Final = 200
 """Revisions a cached view is moved forward by from the change log (more: read again)."""
+
+
+class BadRequestError(FlagsyncError):
+    """A write's input is not what the route takes (400): the message starts with the
+    field's public name (`percent: ...`), and nothing was written."""
 
 
 class StaleWriteError(FlagsyncError):
@@ -179,7 +198,8 @@ class Backend:
         if self.config.read_only:
             return self.config.read_only
         if self._signed_store is None:
-            self.revision()
+            with contextlib.suppress(StoreError):  # unknown while the store is down; a
+                self.revision()  # write fails on that anyway (503), pages still render
         if self._signed_store is not None and self._signed_store[1] and not self.signs:
             return (
                 "the store is in signed mode and this dashboard has no signing key "
@@ -382,6 +402,8 @@ class Backend:
                 revision = actions[op]()
             except ConflictError:
                 raise self._stale(key, expected_version) from None
+            except InvalidFlagError as error:
+                raise self._field_error(op, key, error, options) from None
             last = self.publisher.last_write
             changed = last is None or last.changed
             stored = self.publisher.get(key)
@@ -396,6 +418,30 @@ class Backend:
             op, key, changed, revision, version, self.actor, reason, propagation, message
         )
 
+    def _field_error(
+        self, op: str, key: str, error: InvalidFlagError, options: dict[str, Any]
+    ) -> FlagsyncError:
+        """The publisher's refusal in the API's terms: the body field that named something
+        the flag does not have (the publisher speaks of definition paths)."""
+        problems = "; ".join(issue.message for issue in error.issues)
+        if op == "rollback":
+            return BadRequestError(f"to_version: {problems}")
+        stored = self.publisher.get(key) if op == "ramp" else None
+        if stored is None:
+            return error
+        variants = stored.flag.variants
+        rules = [rule.name or f"rules[{i}]" for i, rule in enumerate(stored.flag.rules)]
+        if options["variant"] not in variants:
+            return BadRequestError(
+                f"variant: unknown variant {options['variant']!r} (variants: {', '.join(variants)})"
+            )
+        if options.get("rule") is not None and options["rule"] not in rules:
+            return BadRequestError(
+                f"rule: no rule {options['rule']!r} "
+                f"(rules: {', '.join(rules) or 'none'}; null means the default)"
+            )
+        return error  # the ramped definition itself is invalid: the publisher's paths say where
+
     def propagation(self, revision: int) -> Propagation:
         """Wait (up to the configured time) for the live workers to apply `revision`."""
         from flagsync.cli._render import propagation as describe  # noqa: PLC0415
@@ -406,7 +452,7 @@ class Backend:
         return Propagation(
             revision=revision,
             reached=len(report.reached),
-            total=len(report.reached) + len(report.missing),
+            total=len(report.reached) + len(report.missing) + len(report.unconfirmed),
             complete=report.complete,
             max_latency_ms=report.max_latency_ms,
             waited_ms=report.waited_ms,

@@ -221,7 +221,8 @@ class Pages:
     async def write(self, request: Request) -> Response:
         """A form post: kill, enable, ramp or rollback; answers the flag page with the
         propagation report (or the conflict view, via `conflict`)."""
-        from flagsync.dashboard.app import BadRequestError, parse_write  # noqa: PLC0415
+        from flagsync.dashboard._backend import BadRequestError  # noqa: PLC0415
+        from flagsync.dashboard.app import parse_write  # noqa: PLC0415
 
         key, op = request.path_params["key"], request.path_params["op"]
         form = await read_form(request)
@@ -262,8 +263,8 @@ class Pages:
     async def login(self, request: Request) -> Response:
         """The login form; a correct token sets the HttpOnly session cookie."""
         target = request.query_params.get("next", "/")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"
+        if not target.startswith("/") or target.startswith("//") or "\\" in target:
+            target = "/"  # only a path here: browsers read `/\host` as `//host`
         if self.guard.secret is None:
             return RedirectResponse(target, status_code=303)
         failed = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -25,9 +26,9 @@ from starlette.staticfiles import StaticFiles
 
 from flagsync.dashboard import _pages
 from flagsync.dashboard._auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Guard, read_form
-from flagsync.dashboard._backend import Backend, StaleWriteError
+from flagsync.dashboard._backend import Backend, BadRequestError, StaleWriteError
 from flagsync.dashboard._config import DashboardConfig
-from flagsync.dashboard._live import Poller
+from flagsync.dashboard._live import Poller, worker_row
 from flagsync.errors import FlagNotFoundError, FlagsyncError, InvalidFlagError, StoreError
 
 __all__ = ["create_app"]
@@ -40,10 +41,6 @@ _MAX_REASON: Final = 2000
 _EVENT_KEEPALIVE_S: Final = 15.0
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-class BadRequestError(FlagsyncError):
-    """The request body is not what the route takes (400), naming the field."""
 
 
 def create_app(config: DashboardConfig, backend: Backend | None = None) -> Starlette:
@@ -197,6 +194,8 @@ class Api:
 
     async def rollout(self, request: Request) -> Response:
         key, action = request.path_params["key"], request.path_params["action"]
+        if action not in _ROLLOUT_ACTIONS:
+            raise FlagNotFoundError("action", action)
         body = await _json_body(request)
         reason = _reason(body)
         result = await run_in_threadpool(self.store.rollout_action, action, key, reason)
@@ -205,7 +204,20 @@ class Api:
     async def workers(self, request: Request) -> Response:
         state = self.poller.state if self.poller.state.ok else None
         workers = await run_in_threadpool(self.store.workers)
-        return _json({"workers": workers, "live": None if state is None else state.to_json()})
+        epoch, revision = await run_in_threadpool(self.store.revision)
+        now_ms = int(time.time() * 1000)
+        rows = [  # the presence record, and what the workers page derives from it
+            {**msgspec.to_builtins(worker), **worker_row(worker, epoch, revision, now_ms)}
+            for worker in workers
+        ]
+        return _json(
+            {
+                "epoch": epoch,
+                "revision": revision,
+                "workers": rows,
+                "live": None if state is None else state.to_json(),
+            }
+        )
 
     async def history(self, request: Request) -> Response:
         key = request.query_params.get("key") or None
@@ -260,7 +272,11 @@ def parse_write(op: str, body: dict[str, Any]) -> tuple[int, str, dict[str, Any]
         variant, percent, rule = body.get("variant"), body.get("percent"), body.get("rule")
         if not isinstance(variant, str) or not variant:
             raise BadRequestError("variant: required, a variant name")
-        if isinstance(percent, bool) or not isinstance(percent, int | float):
+        if (
+            isinstance(percent, bool)
+            or not isinstance(percent, int | float)
+            or not 0 <= percent <= 100  # also refuses NaN
+        ):
             raise BadRequestError("percent: required, a number from 0 to 100")
         if rule is not None and not isinstance(rule, str):
             raise BadRequestError("rule: a rule name, or null for the fallthrough")

@@ -14,6 +14,8 @@ from flagsync.dashboard.app import create_app
 
 __all__ = ["DashboardServer", "serve_forever"]
 
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104 - names, not binds
+
 
 def _server(config: DashboardConfig) -> uvicorn.Server:
     check_config(config)  # before anything binds
@@ -48,8 +50,9 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        """`http://host:port` of the running dashboard."""
-        host = self.config.host
+        """`http://host:port` of the running dashboard; listening on every address
+        (`0.0.0.0`, `::`), it is reached on this machine's loopback."""
+        host = _WILDCARDS.get(self.config.host, self.config.host)
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.config.port}"
 
     def start(self, timeout_s: float = 10.0) -> DashboardServer:

@@ -11,8 +11,6 @@ refused before anything is written, whoever writes, whatever races.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -24,7 +22,6 @@ from flagsync.model import Flag, LLMSettings
 
 __all__ = [
     "SETTINGS_FIELD",
-    "StoredSettings",
     "check_against_stored",
     "encode_settings",
     "fetch_settings",
@@ -80,9 +77,8 @@ def check_against_stored(flags: Mapping[str, Flag], settings: LLMSettings | None
 def fetch_settings(
     url: str | None = None, namespace: str = "default", *, timeout_s: float = 2.0
 ) -> LLMSettings | None:
-    """The namespace's stored `llm:` section, read once over a short-lived connection (the
-    sync itself follows flags and segments only; a connected client's `llm_call` reads it
-    through `StoredSettings`)."""
+    """The namespace's stored `llm:` section, read once over a short-lived connection (for
+    tools; a connected client's sync keeps its own copy: see `flagsync._sync.llm_section`)."""
     from flagsync._connection import connect, resolve_url, store_errors  # noqa: PLC0415
     from flagsync.store import StoreKeys  # noqa: PLC0415
 
@@ -93,50 +89,3 @@ def fetch_settings(
             return read_settings(redis, StoreKeys(namespace).llm)
     finally:
         redis.close()
-
-
-class StoredSettings:
-    """A connected client's copy of its namespace's stored `llm:` section: the price table
-    `client.llm_call(config)` costs calls with when the caller gives none.
-
-    Read on the first tracked call, then again on the first tracked call after the client
-    applies a new revision (`Publisher.apply` writes a file's section in the same atomic
-    write as its flags). One GET over a short-lived connection with a short timeout; while
-    the client is STALE, or for `retry_s` after a failed read, the copy in hand is used.
-    Never raises."""
-
-    def __init__(
-        self,
-        url: str,
-        namespace: str,
-        *,
-        timeout_s: float = 0.5,
-        retry_s: float = 10.0,
-        fetch: Any = None,
-    ) -> None:
-        self.url = url
-        self.namespace = namespace
-        self.timeout_s = timeout_s
-        self.retry_s = retry_s
-        self._fetch = fetch or fetch_settings
-        self._lock = threading.Lock()
-        self._revision = -1
-        self._settings: LLMSettings | None = None
-        self._retry_at = 0.0
-
-    def get(self, revision: int, *, stale: bool = False) -> LLMSettings | None:
-        """The section as of `revision` (the client's), read from the store when needed."""
-        if revision == self._revision or (stale and self._revision >= 0):
-            return self._settings
-        if time.monotonic() < self._retry_at or not self._lock.acquire(blocking=False):
-            return self._settings  # a read failed lately, or another thread is reading
-        try:
-            settings = self._fetch(self.url, self.namespace, timeout_s=self.timeout_s)
-        except Exception:  # noqa: BLE001 - telemetry never breaks the request path
-            self._retry_at = time.monotonic() + self.retry_s
-            return self._settings
-        else:
-            self._settings, self._revision = settings, revision
-            return settings
-        finally:
-            self._lock.release()

@@ -125,9 +125,8 @@ class LLMCall:
         if self._prices is not None:
             return self._prices
         client = self._client
-        settings = client.snapshot.definitions.llm  # an offline client's flag file
-        if settings is None and client._llm_store is not None:  # a connected client's store
-            settings = client._llm_store.get(client.revision, stale=client._is_stale())
+        sync = client._sync  # connected: the section the sync keeps (memory, no I/O)
+        settings = client.snapshot.definitions.llm if sync is None else sync.llm_settings
         return {} if settings is None else settings.prices
 
     def __exit__(

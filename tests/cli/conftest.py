@@ -15,7 +15,8 @@ import pytest
 from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess
-from tests.cli.support import EXAMPLE, Cli, wait_until
+from tests.cli.support import EXAMPLE, Cli
+from tests.integration.support import wait_until
 
 WORKER_ID = "cli-test-worker"
 
@@ -66,7 +67,9 @@ def worker(server: ServerProcess, namespace: str, example: int) -> Iterator[Flag
             assert wait_until(
                 lambda: any(
                     w.id == WORKER_ID and w.revision == example for w in publisher.workers()
-                )
+                ),
+                5.0,
+                0.02,
             ), "the worker never heartbeated"
         yield client
     finally:

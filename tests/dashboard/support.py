@@ -13,6 +13,7 @@ import httpx
 
 from flagsync._codec import WorkerInfo, encode_presence
 from flagsync.store import StoreKeys
+from tests.integration.support import wait_until as poll_until
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 EXAMPLE: Final = ROOT / "examples" / "flags.yaml"
@@ -34,13 +35,9 @@ def hostile_flag() -> dict[str, Any]:
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.01) -> bool:
-    """Poll `predicate` until it is true or `timeout_s` passes (bounded)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
+    """`tests.integration.support.wait_until`, polling every 10 ms unless told otherwise
+    (most predicates here are HTTP requests or store scans)."""
+    return poll_until(predicate, timeout_s, interval_s)
 
 
 def fake_presence(raw: Any, namespace: str, count: int, revision: int, epoch: str) -> None:

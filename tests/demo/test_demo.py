@@ -182,8 +182,14 @@ class TestDemo:
         assert summary["steps"]
         if shutil.which("pgrep") is None:
             pytest.skip("pgrep is not installed")  # pragma: no cover
+        # This run's workers only: this environment's Python, this test's namespace (other
+        # checkouts on the machine may be running their own demo meanwhile).
+        ours = (
+            f"^{re.escape(sys.prefix)}/.* -m flagsync[.]examples[.]inference "
+            f".*--namespace {DEMO_NAMESPACE}( |$)"
+        )
         leftovers = subprocess.run(
-            ["pgrep", "-f", "flagsync.examples.inference"],
+            ["pgrep", "-f", ours],
             capture_output=True,
             text=True,
             check=False,

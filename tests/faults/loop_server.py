@@ -5,8 +5,8 @@ sit between a client and a real server process and are driven from the test's th
 both need the same lifecycle, kept here once. `start()` returns once the server
 listens (its start-up error raised in the caller's thread); `close()` stops the loop
 after the subclass has closed its connections, joins the thread, and is safe to call
-twice; the class is a context manager, so a failing test still closes everything. It
-only ever listens on 127.0.0.1.
+twice; as a `tests.deployment.Deployment` it is a context manager, so a failing test
+still closes everything. It only ever listens on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import contextlib
 import socket
 import threading
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
+
+from tests.deployment import Deployment
 
 __all__ = ["CHUNK_BYTES", "LOOPBACK", "LoopServer"]
 
@@ -30,13 +31,15 @@ CALL_TIMEOUT_S: Final = 5.0
 _T = TypeVar("_T")
 
 
-class LoopServer:
+class LoopServer(Deployment):
     """Listens on 127.0.0.1:`port` (0: a free one) from a loop thread named `thread_name`.
 
     Subclasses implement `_accept` (one connection, on the loop) and `_shutdown` (close
     what they hold, on the loop, once the listener has closed), and may override
     `_prepare` (loop-side state, created on the loop before it listens).
     """
+
+    start_timeout_s = CALL_TIMEOUT_S
 
     def __init__(self, *, thread_name: str, port: int = 0) -> None:
         self.port = port
@@ -61,17 +64,15 @@ class LoopServer:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def start(self) -> Self:
+    def _start(self, timeout_s: float) -> None:
         """Start the loop's thread and wait until it listens."""
         if self._thread is not None:
-            return self
+            return
         self._thread = threading.Thread(target=self._run, name=self._thread_name, daemon=True)
         self._thread.start()
-        if not self._started.wait(CALL_TIMEOUT_S) or self._start_error is not None:
+        if not self._started.wait(timeout_s) or self._start_error is not None:
             error = self._start_error
-            self.close()
             raise RuntimeError(f"{self._thread_name} did not start on port {self.port}") from error
-        return self
 
     def close(self) -> None:
         """Stop the thread and close every socket; safe to call twice."""
@@ -85,17 +86,6 @@ class LoopServer:
         if thread.is_alive():
             raise RuntimeError(f"{self._thread_name}'s thread did not stop")
         self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         """Run `function` on the loop (from any other thread) and return its result."""

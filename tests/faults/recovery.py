@@ -1,4 +1,5 @@
-"""Timing helpers of the fault scenarios: short deadlines, and how long recovery took.
+"""Timing helpers of the fault scenarios: short deadlines (the integration suite's), and
+how long recovery took.
 
 "Recovered" means what FAULTS.md asks of every scenario: the client is back on the
 store's latest (epoch, revision), connected and READY. Recovery time is measured from
@@ -20,21 +21,23 @@ from flagsync import FlagClient
 from flagsync.publisher import Publisher
 from flagsync.status import SyncState
 from tests.integration.conftest import ClientFactory
+from tests.integration.support import FAST, MESSAGES_ONLY
 
-FAST: Final[dict[str, Any]] = {
-    "check_interval_s": 0.05,
-    "stale_after_s": 0.5,
-    "liveness_timeout_s": 0.6,
-    "ping_interval_s": 0.2,
-    "socket_timeout_s": 0.5,
-    "connect_timeout_s": 0.5,
-    "heartbeat_interval_s": 0.2,
-    "backoff_max_s": 0.3,
-}
-"""Short deadlines for scenarios about timing (staleness, liveness, reconnects)."""
-
-MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
-"""No periodic revision check within a test: whatever is applied came through pub/sub."""
+__all__ = [  # FAST and MESSAGES_ONLY are the integration suite's, imported from here too
+    "FAST",
+    "MESSAGES_ONLY",
+    "POLL_S",
+    "EvaluationTimes",
+    "at_revision",
+    "flagsync_threads",
+    "on_latest",
+    "open_sockets",
+    "ready_client",
+    "recovery_s",
+    "serving",
+    "time_to",
+    "timing_window",
+]
 
 POLL_S: Final = 0.002
 

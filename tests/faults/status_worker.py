@@ -28,6 +28,7 @@ OPTIONS: dict[str, Any] = {
     "heartbeat_interval_s": 0.2,
     "backoff_max_s": 0.2,
 }
+"""Short deadlines; the bad-input tests give their in-process clients the same."""
 
 
 def report(client: FlagClient) -> str:

@@ -32,6 +32,8 @@ from flagsync.server import ServerProcess
 from flagsync.status import SyncState
 from flagsync.store import StoreKeys
 from tests.faults.figures import record
+from tests.faults.recovery import MESSAGES_ONLY
+from tests.faults.status_worker import OPTIONS as FAST
 from tests.integration.conftest import ClientFactory, PublisherFactory, RawFactory
 from tests.integration.support import (
     ANYONE,
@@ -48,20 +50,6 @@ from tests.integration.support import (
     wait_until,
 )
 from tests.logs import captured_logs, events
-
-MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
-"""No periodic revision check within a test: every resync is answered to a message."""
-
-FAST: Final[dict[str, Any]] = {
-    "check_interval_s": 0.05,
-    "stale_after_s": 0.5,
-    "ping_interval_s": 0.2,
-    "liveness_timeout_s": 0.6,
-    "socket_timeout_s": 0.5,
-    "connect_timeout_s": 0.5,
-    "heartbeat_interval_s": 0.2,
-    "backoff_max_s": 0.2,
-}
 
 TEMPERATURE_LOW: Final[dict[str, Any]] = {
     "variants": {"low": 0.2, "high": 0.9},

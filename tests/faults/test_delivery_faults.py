@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Final
 
 import pytest
@@ -24,6 +22,7 @@ from tests.integration.support import (
     MODEL_OFF,
     RevisionRecorder,
     base_document,
+    channel_tap,
     counter_flag,
     muted_publisher,
     served,
@@ -33,29 +32,6 @@ from tests.integration.support import (
 
 LOST_NUDGE_BUDGET_S: Final = 0.5
 """FAULTS.md S8 with default options: the revision check runs every 250 ms."""
-
-
-@contextmanager
-def tap(raw: redis.Redis, channel: str) -> Iterator[Callable[[int], list[bytes]]]:
-    """Subscribe to `channel`; yields `take(n)`: the next n messages (waits at most 5 s)."""
-    pubsub = raw.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-    pubsub.subscribe(channel)
-
-    def take(count: int) -> list[bytes]:
-        messages: list[bytes] = []
-        deadline = time.monotonic() + 5
-        while len(messages) < count and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == "message":
-                messages.append(message["data"])
-        assert len(messages) == count, f"got {len(messages)} of {count} messages"
-        return messages
-
-    try:
-        take(0)  # the subscription is confirmed before anything is published
-        yield take
-    finally:
-        pubsub.close()
 
 
 class TestLostNudge:
@@ -131,13 +107,13 @@ class TestOrdering:
         client.add_listener(recorder)
         before = client.status()
 
-        with tap(raw, StoreKeys(namespace).channel) as take:
+        with channel_tap(raw, StoreKeys(namespace).channel) as take:
             first = publisher.kill("model")  # r+1, announced and applied from its message
             (first_message,) = take(1)
         assert wait_until(lambda: client.revision == first, 2)
         muted = muted_publisher(server.url, namespace)
         try:
-            with tap(raw, muted.keys.channel) as take:
+            with channel_tap(raw, muted.keys.channel) as take:
                 second = muted.set_default("temperature", "low")  # r+2, unheard
                 third = muted.enable("model")  # r+3, unheard
                 second_message, third_message = take(2)

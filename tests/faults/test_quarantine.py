@@ -28,8 +28,8 @@ from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys
 from tests.faults.acl_users import create_acl_users, delete_acl_users
 from tests.faults.figures import record
+from tests.faults.recovery import MESSAGES_ONLY
 from tests.faults.test_bad_input import (
-    MESSAGES_ONLY,
     MODEL_CURRENT,
     TEMPERATURE_LOW,
     duplicate_key_blob,

@@ -22,7 +22,7 @@ from flagsync.server import ServerProcess
 from flagsync.store import StoreKeys
 from tests.cli.support import Cli
 from tests.faults.figures import record
-from tests.faults.test_bad_input import FAST
+from tests.faults.status_worker import OPTIONS as FAST
 from tests.integration.conftest import ClientFactory, PublisherFactory, RawFactory
 from tests.integration.support import counter_flag, wait_until
 

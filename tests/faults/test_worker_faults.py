@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import statistics
 import threading
 import time
@@ -26,6 +25,7 @@ from tests.faults.figures import record
 from tests.faults.proxy import FaultProxy
 from tests.faults.recovery import ready_client, time_to
 from tests.integration.conftest import ClientFactory
+from tests.integration.forking import reap
 from tests.integration.support import (
     ANYONE,
     BASE_VALUES,
@@ -147,19 +147,6 @@ def child_verdict(client: FlagClient, value: int) -> int:
     if not wait_until(lambda: client.variation("counter", {}, -1) == value, 10):
         return 3
     return 0 if wait_until(gc.isenabled, 2) else 7
-
-
-def reap(pid: int, timeout_s: float) -> int:
-    """The child's exit code; killed (-9) if it has not exited within `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -9
 
 
 class TestForkDuringReload:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
 import redis
@@ -24,6 +25,21 @@ Document = dict[str, Any]
 STAFF: Final = {"attr": "email", "op": "ends_with", "values": ["@acme.com"]}
 PAID: Final = {"attr": "plan", "op": "in", "values": ["paid"]}
 ANYONE: Final[dict[str, Any]] = {"key": "user-42"}
+
+FAST: Final[dict[str, Any]] = {
+    "check_interval_s": 0.05,
+    "stale_after_s": 0.5,
+    "liveness_timeout_s": 0.6,
+    "ping_interval_s": 0.2,
+    "socket_timeout_s": 0.5,
+    "connect_timeout_s": 0.5,
+    "heartbeat_interval_s": 0.2,
+    "backoff_max_s": 0.3,
+}
+"""Short deadlines for scenarios about timing (staleness, liveness, reconnects)."""
+
+MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
+"""No periodic revision check within a test: whatever is applied came through pub/sub."""
 
 
 def model_flag(*, default: str = "candidate", enabled: bool = True) -> Document:
@@ -117,6 +133,29 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: floa
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+@contextmanager
+def channel_tap(raw: redis.Redis, channel: str) -> Iterator[Callable[[int], list[bytes]]]:
+    """Subscribe to `channel`; yields `take(n)`: the next n messages (waits at most 5 s)."""
+    pubsub = raw.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(channel)
+
+    def take(count: int) -> list[bytes]:
+        messages: list[bytes] = []
+        deadline = time.monotonic() + 5
+        while len(messages) < count and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.1)
+            if message is not None and message["type"] == "message":
+                messages.append(message["data"])
+        assert len(messages) == count, f"got {len(messages)} of {count} messages"
+        return messages
+
+    try:
+        take(0)  # the subscription is confirmed before anything is published
+        yield take
+    finally:
+        pubsub.close()
 
 
 def subscriber_threads(namespace: str) -> list[threading.Thread]:

@@ -22,7 +22,7 @@ from tests.integration.forking import (
     REVISIONS,
     forked_children,
 )
-from tests.integration.support import counter_flag, wait_until
+from tests.integration.support import counter_flag, subscriber_threads, wait_until
 
 pytestmark = pytest.mark.filterwarnings(
     # Python >= 3.12 warns on fork() in a process with threads; forking one is the point here.
@@ -82,3 +82,21 @@ class TestPreloadMaster:
         subprocess.run([sys.executable, "-c", "pass"], preexec_fn=os.getpid, check=True, timeout=30)
         time.sleep(1.0)  # five heartbeats
         assert [w.id for w in publisher.workers()] == [parent_worker]
+
+    def test_a_program_started_by_subprocess_starts_no_sync(
+        self, server: ServerProcess, publisher: Publisher, make_client: ClientFactory
+    ) -> None:
+        """In the child of `subprocess` with a `preexec_fn` (the at-fork hooks run there,
+        before the exec) no sync thread starts: it could register the child as a worker."""
+        publisher.put("counter", counter_flag(0))
+        parent = make_client(server.url)
+        assert parent.wait_ready(5)
+        namespace = publisher.keys.namespace
+
+        def no_sync_thread() -> None:  # runs in the child, between fork and exec
+            if subscriber_threads(namespace):
+                raise RuntimeError("a sync thread started in the child")
+
+        subprocess.run(
+            [sys.executable, "-c", "pass"], preexec_fn=no_sync_thread, check=True, timeout=30
+        )

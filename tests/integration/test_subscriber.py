@@ -17,7 +17,6 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
@@ -36,10 +35,13 @@ from tests.integration.support import (
     ANYONE,
     BASE_VALUES,
     CALLER_DEFAULTS,
+    FAST,
+    MESSAGES_ONLY,
     MODEL_OFF,
     RevisionRecorder,
     base_document,
     change_message,
+    channel_tap,
     connections_named,
     counter_flag,
     flag_change,
@@ -51,21 +53,6 @@ from tests.integration.support import (
     wait_until,
     write_by_hand,
 )
-
-FAST: Final[dict[str, Any]] = {
-    "check_interval_s": 0.05,
-    "stale_after_s": 0.5,
-    "liveness_timeout_s": 0.6,
-    "ping_interval_s": 0.2,
-    "socket_timeout_s": 0.5,
-    "connect_timeout_s": 0.5,
-    "heartbeat_interval_s": 0.2,
-    "backoff_max_s": 0.3,
-}
-"""Short deadlines for tests about timing (staleness, reconnects)."""
-
-MESSAGES_ONLY: Final[dict[str, Any]] = {"check_interval_s": 60.0}
-"""No periodic revision check within a test: whatever is applied came through pub/sub."""
 
 DRIVERS: Final = ["thread", "asyncio"]
 
@@ -185,29 +172,6 @@ def ready_client(
     recorder = RevisionRecorder()
     client.add_listener(recorder)
     return client, recorder
-
-
-@contextmanager
-def channel_tap(raw: redis.Redis, namespace: str) -> Iterator[Callable[[int], list[bytes]]]:
-    """Subscribe to the change channel; yields `take(n)`: the next n messages (bounded wait)."""
-    pubsub = raw.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-    pubsub.subscribe(StoreKeys(namespace).channel)
-
-    def take(count: int) -> list[bytes]:
-        messages: list[bytes] = []
-        deadline = time.monotonic() + 5
-        while len(messages) < count and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == "message":
-                messages.append(message["data"])
-        assert len(messages) == count, f"got {len(messages)} of {count} messages"
-        return messages
-
-    try:
-        take(0)
-        yield take
-    finally:
-        pubsub.close()
 
 
 class TestStartup:
@@ -358,7 +322,7 @@ class TestGapsAndDuplicates:
         """Replaying the latest and an older message changes nothing and is counted."""
         publisher.apply(base_document())
         client, _ = ready_client(make_client, server.url, **MESSAGES_ONLY)
-        with channel_tap(raw, publisher.keys.namespace) as take:
+        with channel_tap(raw, publisher.keys.channel) as take:
             publisher.kill("model")
             latest = publisher.enable("model")
             old, newest = take(2)

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +37,8 @@ SCRIPT: Final = Path(sys.executable).with_name("flagsync")
 
 Samples = Mapping[tuple[str, str], Sequence[float]]
 """(variant, metric) -> the values a worker tracked."""
+Feed = Callable[[Samples], None]
+"""The `feed` fixture: append one metrics entry for the model flag."""
 
 
 def model_document() -> dict[str, Any]:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from functools import partial
 
 import pytest
-import redis
 
 from flagsync._metrics_window import MetricsWindow
 from flagsync.controller import Decision, RolloutController, run_all
@@ -24,29 +22,13 @@ from tests.integration.conftest import PublisherFactory
 from tests.integration.support import wait_until
 from tests.rollout.support import (
     KEY,
-    Samples,
+    Feed,
     healthy,
     make_plan,
     model_document,
     run_cli,
     weight_of,
-    write_metrics,
 )
-
-Feed = Callable[[Samples], None]
-
-
-@pytest.fixture
-def store(publisher: Publisher) -> Publisher:
-    """The test's publisher, with the model flag serving `current` to everyone."""
-    publisher.apply(model_document())
-    return publisher
-
-
-@pytest.fixture
-def feed(raw: redis.Redis, namespace: str) -> Feed:
-    """`feed(samples)`: append a metrics entry for the model flag, as a worker's flush does."""
-    return partial(write_metrics, raw, namespace, KEY)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -36,30 +35,13 @@ from tests.rollout.support import (
     KEY,
     LATENCY_GUARD,
     RATE_GUARD,
-    Samples,
+    Feed,
     healthy,
     make_plan,
-    model_document,
     rates,
     run_cli,
     weight_of,
-    write_metrics,
 )
-
-Feed = Callable[[Samples], None]
-
-
-@pytest.fixture
-def store(publisher: Publisher) -> Publisher:
-    """The test's publisher, with the model flag serving `current` to everyone."""
-    publisher.apply(model_document())
-    return publisher
-
-
-@pytest.fixture
-def feed(raw: redis.Redis, namespace: str) -> Feed:
-    """`feed(samples)`: append a metrics entry for the model flag, as a worker's flush does."""
-    return partial(write_metrics, raw, namespace, KEY)
 
 
 @pytest.fixture

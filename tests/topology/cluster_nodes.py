@@ -12,13 +12,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from functools import partial
-from types import TracebackType
 from typing import Any, Final
 
 import redis
 from redis.crc import key_slot
 
 from flagsync.server import ServerProcess, free_port
+from tests.deployment import Deployment, close_each
 from tests.integration.support import wait_until
 from tests.topology.nodes import replication_up
 
@@ -38,9 +38,12 @@ def _answers(node: ServerProcess, command: Sequence[Any]) -> Any:
         return client.execute_command(*command)
 
 
-class ClusterDeployment:
+class ClusterDeployment(Deployment):
     """3 primaries (each a third of the slots), each with one replica; `url` is the
-    `redis+cluster://` URL listing every node as a seed."""
+    `redis+cluster://` URL listing every node as a seed. `start()` starts the nodes,
+    assembles the cluster and returns once every node says it is ok."""
+
+    start_timeout_s = 30.0
 
     def __init__(self, kind: str, *, extra: Sequence[str] = ()) -> None:
         self.kind = kind
@@ -53,16 +56,7 @@ class ClusterDeployment:
         """`redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...` (every node a seed)."""
         return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
-    def start(self, timeout_s: float = 30.0) -> ClusterDeployment:
-        """Start the nodes, assemble the cluster, return once every node says it is ok."""
-        try:
-            self._assemble(timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _assemble(self, timeout_s: float) -> None:
+    def _start(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
             node.start()
@@ -182,19 +176,7 @@ class ClusterDeployment:
 
     def close(self) -> None:
         """Stop every node by PID; safe to call twice."""
-        for node in self.nodes:
-            node.close()
-
-    def __enter__(self) -> ClusterDeployment:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        close_each(self.nodes)
 
 
 def _node_args(extra: Sequence[str]) -> list[str]:

@@ -23,3 +23,9 @@ def topology_figures() -> Iterator[None]:
     """Write the measured figures (failover times) to `$FLAGSYNC_FAULT_FIGURES` at the end."""
     yield
     figures.write()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The async-driver tests run on asyncio only (redis.asyncio does not run on Trio)."""
+    return "asyncio"

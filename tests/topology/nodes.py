@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 
 import redis
 
@@ -24,6 +23,7 @@ from flagsync.server import (
     find_server_binary,
     free_port,
 )
+from tests.deployment import Deployment, close_each
 from tests.faults.proxy import FaultProxy
 from tests.integration.support import wait_until
 
@@ -43,9 +43,10 @@ def replication_up(node: ServerProcess) -> bool:
     return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
 
-class ReplicaSet:
+class ReplicaSet(Deployment):
     """One primary and `replicas` replicas; with `proxied`, each replica's replication
-    link goes through its own `FaultProxy` (`proxies[i]` for `replicas[i]`)."""
+    link goes through its own `FaultProxy` (`proxies[i]` for `replicas[i]`). `start()`
+    returns once each replica has synced."""
 
     def __init__(
         self, kind: str, replicas: int = 1, *, proxied: bool = False, extra: Sequence[str] = ()
@@ -58,16 +59,7 @@ class ReplicaSet:
         self._proxied = proxied
         self._extra = list(extra)
 
-    def start(self, timeout_s: float = 10.0) -> ReplicaSet:
-        """Start every node and wait until each replica has synced."""
-        try:
-            self._start_nodes(timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _start_nodes(self, timeout_s: float) -> None:
+    def _start(self, timeout_s: float) -> None:
         self.primary.start()
         for _ in range(self._count):
             port = self.primary.port
@@ -89,27 +81,13 @@ class ReplicaSet:
 
     def close(self) -> None:
         """Stop every node by PID and every proxy; safe to call twice."""
-        for replica in self.replicas:
-            replica.close()
-        for proxy in self.proxies:
-            proxy.close()
-        self.primary.close()
-
-    def __enter__(self) -> ReplicaSet:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        close_each([*self.replicas, *self.proxies, self.primary])
 
 
-class SentinelProcess:
+class SentinelProcess(Deployment):
     """One Sentinel (`<server binary> <config> --sentinel`) monitoring `SERVICE`, stopped
-    by PID. Sentinel rewrites its config file, so each one gets its own directory."""
+    by PID; `start()` returns once it answers PING. Sentinel rewrites its config file, so
+    each one gets its own directory."""
 
     def __init__(self, kind: str, primary_port: int, *, down_after_ms: int = 1000) -> None:
         self.kind = kind
@@ -137,8 +115,7 @@ class SentinelProcess:
         """A plain connection to this Sentinel (close it after use)."""
         return redis.Redis(port=self.port, socket_timeout=2.0, protocol=2, decode_responses=True)
 
-    def start(self, timeout_s: float = 10.0) -> SentinelProcess:
-        """Start the Sentinel and wait until it answers PING."""
+    def _start(self, timeout_s: float) -> None:
         binary = find_server_binary(self.kind)
         self._process = subprocess.Popen(
             [str(binary), str(self._config), "--sentinel"],
@@ -148,10 +125,8 @@ class SentinelProcess:
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only async-signal-safe work inside
         )
         if not wait_until(self._answers, timeout_s, 0.01):
-            log = self.log()
-            self.close()
-            raise RuntimeError(f"sentinel on port {self.port} did not answer: {log[-500:]}")
-        return self
+            log = self.log()[-500:]
+            raise RuntimeError(f"sentinel on port {self.port} did not answer: {log}")
 
     def _answers(self) -> bool:
         try:
@@ -178,10 +153,14 @@ class SentinelProcess:
         shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-class SentinelDeployment:
+class SentinelDeployment(Deployment):
     """A `ReplicaSet` of 1 primary + `replicas` replicas watched by `sentinels` Sentinels
     (quorum 2), with `url` the `redis+sentinel://` URL of the whole thing; `proxied`: each
-    replica's replication link goes through a `FaultProxy` (`nodes.proxies`)."""
+    replica's replication link goes through a `FaultProxy` (`nodes.proxies`). `start()`
+    returns once every Sentinel sees the primary, every replica and every other Sentinel
+    (so a failover can be voted at once)."""
+
+    start_timeout_s = 15.0
 
     def __init__(
         self, kind: str, replicas: int = 2, sentinels: int = 3, *, proxied: bool = False
@@ -196,17 +175,7 @@ class SentinelDeployment:
         hosts = ",".join(sentinel.address for sentinel in self.sentinels)
         return f"redis+sentinel://{hosts}/{SERVICE}"
 
-    def start(self, timeout_s: float = 15.0) -> SentinelDeployment:
-        """Start every process; return once every Sentinel sees the primary, every replica
-        and every other Sentinel (so a failover can be voted at once)."""
-        try:
-            self._start_processes(timeout_s)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _start_processes(self, timeout_s: float) -> None:
+    def _start(self, timeout_s: float) -> None:
         self.nodes.start()
         for _ in range(self._count):
             sentinel = SentinelProcess(self.nodes.kind, self.nodes.primary.port)
@@ -246,17 +215,4 @@ class SentinelDeployment:
 
     def close(self) -> None:
         """Stop every Sentinel, then every data node, by PID."""
-        for sentinel in self.sentinels:
-            sentinel.close()
-        self.nodes.close()
-
-    def __enter__(self) -> SentinelDeployment:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
+        close_each([*self.sentinels, self.nodes])

@@ -218,11 +218,6 @@ class TestClusterFailover:
 class TestClusterAsyncDriver:
     """The same failover under the asyncio driver."""
 
-    @pytest.fixture
-    def anyio_backend(self) -> str:
-        """redis.asyncio runs on asyncio only."""
-        return "asyncio"
-
     @pytest.mark.anyio
     async def test_async_workers_re_home_on_the_promoted_replica(
         self, cluster: ClusterDeployment, namespace: str

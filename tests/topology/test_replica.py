@@ -131,11 +131,6 @@ class TestReadFromReplica:
 class TestAsyncDriverOnAReplica:
     """S32 on the asyncio driver."""
 
-    @pytest.fixture
-    def anyio_backend(self) -> str:
-        """redis.asyncio runs on asyncio only."""
-        return "asyncio"
-
     @pytest.mark.anyio
     async def test_a_refused_presence_write_is_reported_not_a_reconnect(
         self, server_kind: str, namespace: str

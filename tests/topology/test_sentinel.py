@@ -131,11 +131,6 @@ class TestSentinelFailover:
 class TestSentinelAsyncDriver:
     """The same failover under the asyncio driver."""
 
-    @pytest.fixture
-    def anyio_backend(self) -> str:
-        """redis.asyncio runs on asyncio only."""
-        return "asyncio"
-
     @pytest.mark.anyio
     async def test_async_workers_follow_the_new_primary(
         self, deployment: SentinelDeployment, namespace: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Iterator, MutableMapping
@@ -16,6 +15,7 @@ import pytest
 import structlog
 
 from flagsync._sync.logs import SafeLogger
+from tests.integration.forking import reap as exit_code
 from tests.logs import captured_logs, events
 
 pytestmark = pytest.mark.filterwarnings(
@@ -53,19 +53,6 @@ def configured(*processors: Any) -> Iterator[None]:
         yield
     finally:
         structlog.configure(**saved)
-
-
-def exit_code(pid: int, timeout_s: float) -> int:
-    """Child `pid`'s exit code, or -9 after SIGKILL when it is still running at `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    return -9
 
 
 class TestSafeLogger:
