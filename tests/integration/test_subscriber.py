@@ -646,7 +646,7 @@ class TestFrozenServer:
         publisher = make_publisher(dedicated_server.url)
         publisher.apply(base_document())
         client, _ = ready_client(make_client, dedicated_server.url, **FAST)
-        assert wait_until(client.is_healthy, 1)
+        assert wait_until(client.is_healthy, 5)
         durations_s: list[float] = []
         stale_after_s = disconnected_after_s = None
         dedicated_server.pause()
