@@ -42,6 +42,11 @@ __all__ = [  # FAST and MESSAGES_ONLY are the integration suite's, imported from
 
 POLL_S: Final = 0.002
 
+RECOVERED_WITHIN_S: Final = 2.5
+"""After a fault ends, a client with `FAST` deadlines is back on the latest revision within
+this: one capped retry delay (0.3 s), a connect and a load take ~0.4 s on an idle machine
+(the figures record it); the rest is room for a loaded 2-core CI runner (1.8 s seen)."""
+
 _T = TypeVar("_T")
 
 
