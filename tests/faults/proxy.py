@@ -189,13 +189,20 @@ class FaultProxy(LoopServer):
     async def _shutdown(self) -> None:
         if self._reset_timer is not None:
             self._reset_timer.cancel()
-        for link in list(self._links):
+        links = list(self._links)
+        for link in links:
             self._close_link(link, rst=False)
         tasks = [task for link in self._links for task in link.tasks]
         tasks.extend(task for task in asyncio.all_tasks() if task is not asyncio.current_task())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # A FIN close first flushes what the peer may never read, and the loop stops next:
+        # end every socket now, or the GC finds it open later (a ResourceWarning: an error).
+        for link in links:
+            link.client_writer.transport.abort()
+            link.server_writer.transport.abort()
+        await asyncio.sleep(0)  # the aborts close their sockets on this loop iteration
 
     def _count_links(self) -> int:
         return len(self._links)
@@ -272,6 +279,9 @@ class FaultProxy(LoopServer):
         except OSError:
             self._abort(writer, rst=True)
             return
+        except asyncio.CancelledError:  # closing: asyncio leaves a cancelled handler's socket
+            writer.transport.abort()
+            raise
         link = _Link((reader, writer), upstream)
         self._links.add(link)
         if self._resetting():  # a reset began while we connected

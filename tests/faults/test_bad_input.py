@@ -369,7 +369,7 @@ class TestSnapshotMissing:
         assert wait_until(recovered, 3), client.status()
         recovery_s = time.monotonic() - started
         assert served(client) == BASE_VALUES | {"temperature": 0.2}
-        assert wait_until(lambda: client.status().state is SyncState.READY, 1), client.status()
+        assert wait_until(lambda: client.status().state is SyncState.READY, 5), client.status()
         assert client.snapshot.definitions == publisher.definitions()
         record("S14", dedicated_server.kind, recovery_s=recovery_s, case=wipe)
 

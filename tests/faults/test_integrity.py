@@ -324,7 +324,7 @@ class TestForgedChange:
                forged_share=round(forged_share, 4))  # fmt: skip
         revision = operator.put("after-attack", gate_flag())
         assert revision == killed + 1
-        assert wait_until(lambda: worker.revision == revision, 1.0), worker.status()
+        assert wait_until(lambda: worker.revision == revision, 5.0), worker.status()
         assert worker.variation("after-attack", ANYONE, None) is True
         assert worker.variation("gate-0", ANYONE, None) is False
 
@@ -362,9 +362,9 @@ class TestResyncAmplification:
             if index == 150:
                 real = publisher.kill("gate-1")
                 written = time.monotonic()
-                assert wait_until(partial(at_revision, workers, real), 1.0)
+                assert wait_until(partial(at_revision, workers, real), 2.0)
                 applied_after = time.monotonic() - written
-        assert wait_until(partial(at_revision, workers, real), 1.0)
+        assert wait_until(partial(at_revision, workers, real), 5.0)
         time.sleep(CHECK_INTERVAL_S)
         after = [worker.status() for worker in workers]
         loads = [a.resyncs - b.resyncs for a, b in zip(after, before, strict=True)]
@@ -455,7 +455,7 @@ class TestSignedMode:
         )
         make_publisher.publishers.append(adopting)
         adopted = adopting.put("after", gate_flag())
-        assert wait_until(lambda: worker.revision == adopted, 1.0), worker.status()
+        assert wait_until(lambda: worker.revision == adopted, 5.0), worker.status()
         assert converged(worker, adopting)
         record("S22 forged change (signed)", server_kind, recovery_s=None, served_forged=0)
 
@@ -491,7 +491,7 @@ class TestSignedMode:
         assert status.resyncs < 10, status  # the refused state is not reloaded at every check
         revision = operator.put("after", gate_flag())
         assert revision == killed + 1
-        assert wait_until(lambda: worker.revision == revision, 1.0), worker.status()
+        assert wait_until(lambda: worker.revision == revision, 5.0), worker.status()
         assert converged(worker, operator)
         record("S13 replay of an old signed state", server_kind, recovery_s=None, refused=True)
 
@@ -528,7 +528,7 @@ class TestSignedMode:
         new = Publisher(server.url, namespace, "new", signing_key=new_key)
         make_publisher.publishers.append(new)
         rotated = new.kill("gate-1")
-        assert wait_until(lambda: worker.revision == rotated, 1.0), worker.status()
+        assert wait_until(lambda: worker.revision == rotated, 5.0), worker.status()
         assert worker.variation("gate-1", ANYONE, None) is False
 
     def test_racing_signing_publishers_all_land_signed(

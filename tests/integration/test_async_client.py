@@ -65,7 +65,7 @@ class TestShutdown:
             started = time.monotonic()
         assert time.monotonic() - started < 1.0
         assert client.status().state is SyncState.CLOSED
-        assert await eventually(lambda: not connections_named(raw, client), 1)
+        assert await eventually(lambda: not connections_named(raw, client), 5)
         assert publisher.workers() == []
         assert served(client) == BASE_VALUES  # the last snapshot is still served
 
@@ -85,7 +85,7 @@ class TestShutdown:
         assert cancelled_at is not None
         assert time.monotonic() - cancelled_at < 1.0
         assert client.status().state is SyncState.CLOSED
-        assert await eventually(lambda: not connections_named(raw, client), 1)
+        assert await eventually(lambda: not connections_named(raw, client), 5)
 
     async def test_cancellation_mid_backoff_then_new_client(
         self, server: ServerProcess, publisher: Publisher

@@ -646,7 +646,7 @@ class TestFrozenServer:
         publisher = make_publisher(dedicated_server.url)
         publisher.apply(base_document())
         client, _ = ready_client(make_client, dedicated_server.url, **FAST)
-        assert wait_until(client.is_healthy, 1)
+        assert wait_until(client.is_healthy, 5)
         durations_s: list[float] = []
         stale_after_s = disconnected_after_s = None
         dedicated_server.pause()
@@ -775,7 +775,8 @@ class TestClose:
         assert time.monotonic() - started < 1.0
         if make_client.driver == "thread":
             assert not subscriber_threads(publisher.keys.namespace)
-        assert wait_until(lambda: not connections_named(raw, client), 1)
+        # the server drops closed connections from CLIENT LIST on its own schedule
+        assert wait_until(lambda: not connections_named(raw, client), 5)
         assert publisher.workers() == []
         assert client.status().state is SyncState.CLOSED
         assert not client.is_healthy()
