@@ -62,7 +62,7 @@ class TestStateListeners:
             raise RuntimeError("listener bug")
 
         assert client.wait_ready(5.0)
-        assert wait_until(lambda: client.status().state is SyncState.READY, 2.0)
+        assert wait_until(lambda: client.status().state is SyncState.READY, 5.0)
         client.add_state_listener(broken)
         client.add_state_listener(seen)
         with structlog.testing.capture_logs() as logs:
