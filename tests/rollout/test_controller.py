@@ -210,12 +210,14 @@ class TestAdvance:
         self, store: Publisher, controller: RolloutController, feed: Feed
     ) -> None:
         """Passing guards advance only once the step has held for `hold_s`."""
-        controller.set_plan(make_plan(hold_s=0.3))
+        # A hold long enough that a loaded machine's stall between the first two ticks
+        # cannot make the "early" tick late.
+        controller.set_plan(make_plan(hold_s=1.5))
         assert controller.tick().decision == "start"
         feed(healthy())
 
         early = controller.tick()
-        time.sleep(0.3)
+        time.sleep(1.5)
         late = controller.tick()
 
         assert early.decision == "hold"
