@@ -142,7 +142,9 @@ class TestOtherBackends:
         self, server: ServerProcess, publisher: Publisher
     ) -> None:
         """Under Trio the client syncs, follows a change, and stops when the block ends."""
-        pytest.importorskip("trio", reason="trio is not a dependency of flagsync")
+        pytest.importorskip(
+            "trio", reason="trio is not installed (pip install trio, or the test extra)"
+        )
         publisher.apply(base_document())
         namespace = publisher.keys.namespace
 
