@@ -118,6 +118,9 @@ class FaultProxy(LoopServer):
         self._trickle_after = b""
         self._stats = ProxyStats()
         self._links: set[_Link] = set()
+        self._transports: list[asyncio.WriteTransport] = []
+        """Every socket the proxy opened or accepted: all are ended at shutdown, also those
+        of links closed earlier with a FIN still flushing to a peer that never reads."""
         self._mode_changed: asyncio.Event | None = None
         self._reset_timer: asyncio.TimerHandle | None = None
 
@@ -199,9 +202,9 @@ class FaultProxy(LoopServer):
         await asyncio.gather(*tasks, return_exceptions=True)
         # A FIN close first flushes what the peer may never read, and the loop stops next:
         # end every socket now, or the GC finds it open later (a ResourceWarning: an error).
-        for link in links:
-            link.client_writer.transport.abort()
-            link.server_writer.transport.abort()
+        for transport in self._transports:
+            transport.abort()
+        self._transports.clear()
         await asyncio.sleep(0)  # the aborts close their sockets on this loop iteration
 
     def _count_links(self) -> int:
@@ -270,6 +273,7 @@ class FaultProxy(LoopServer):
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._count(accepted=1)
+        self._transports.append(writer.transport)
         if self._resetting():
             self._abort(writer, rst=True)
             return
@@ -309,10 +313,12 @@ class FaultProxy(LoopServer):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receive_buffer_bytes)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, self.target_port))
-            return await asyncio.open_connection(sock=sock, limit=CHUNK_BYTES)
+            upstream = await asyncio.open_connection(sock=sock, limit=CHUNK_BYTES)
         except BaseException:
             sock.close()
             raise
+        self._transports.append(upstream[1].transport)
+        return upstream
 
     async def _read_side(
         self,
