@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from flagsync.dashboard.serve import DashboardServer
 from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess, free_port
 from tests.dashboard.support import EXAMPLE, wait_until
+from tests.optional import require_part
 
 TOKEN = "alice:correct-horse-battery"  # noqa: S105 - a test token
 SECRET = "correct-horse-battery"  # noqa: S105 - its secret part
@@ -96,3 +98,17 @@ def workers(server: ServerProcess, namespace: str, store: Publisher) -> Iterator
     finally:
         for client in clients:
             client.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Chromium from the system (`executable_path`; Playwright never downloads one)."""
+    chromium = require_part("browser")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -18,7 +18,6 @@ from flagsync.metrics import MetricStat, encode_series, flush_commands
 from flagsync.publisher import Publisher
 from tests.dashboard.conftest import SECRET
 from tests.dashboard.support import fake_presence, wait_until
-from tests.optional import require_part
 
 pytestmark = pytest.mark.requires("browser")
 
@@ -26,24 +25,10 @@ MODEL = "llm-model-version"
 PROMPT = "prompt-template-v2"
 
 
-@pytest.fixture(scope="module")
-def no_script_browser() -> Iterator[Any]:
-    """Chromium from the system (`executable_path`; Playwright never downloads one)."""
-    chromium = require_part("browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
 @pytest.fixture
-def page(no_script_browser: Any) -> Iterator[Any]:
+def page(browser: Any) -> Iterator[Any]:
     """A page with JavaScript off (generous timeouts: a loaded 2-core machine)."""
-    context = no_script_browser.new_context(java_script_enabled=False)
+    context = browser.new_context(java_script_enabled=False)
     try:
         opened = context.new_page()
         opened.set_default_timeout(15_000)
@@ -184,10 +169,10 @@ class TestLateWorker:
 
 
 @pytest.fixture
-def scripted(no_script_browser: Any) -> Iterator[Any]:
+def scripted(browser: Any) -> Iterator[Any]:
     """A page with JavaScript on; dialogs are answered by `page.answer` (accept with a
     text, or dismiss when it is None)."""
-    context = no_script_browser.new_context()
+    context = browser.new_context()
     try:
         opened = context.new_page()
         opened.set_default_timeout(15_000)

@@ -21,25 +21,10 @@ from flagsync.publisher import Publisher
 from flagsync.server import ServerProcess, free_port
 from tests.dashboard.conftest import DashboardFactory
 from tests.dashboard.support import HOSTILE, hostile_flag, wait_until
-from tests.optional import require_part
 
 pytestmark = pytest.mark.requires("browser")
 
 MODEL = "llm-model-version"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Chromium from the system (`executable_path`; Playwright never downloads one)."""
-    chromium = require_part("browser")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(chromium), args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures shared with th
     namespace,
     server_kind,
 )
+from tests.topology.cluster_nodes import ClusterDeployment
+from tests.topology.nodes import ReplicaSet
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,3 +31,17 @@ def topology_figures() -> Iterator[None]:
 def anyio_backend() -> str:
     """The async-driver tests run on asyncio only (redis.asyncio does not run on Trio)."""
     return "asyncio"
+
+
+@pytest.fixture
+def cluster(server_kind: str) -> Iterator[ClusterDeployment]:  # noqa: F811
+    """3 primaries + 3 replicas, every node stopped by PID after the test."""
+    with ClusterDeployment(server_kind) as started:
+        yield started
+
+
+@pytest.fixture
+def lagging(server_kind: str) -> Iterator[ReplicaSet]:  # noqa: F811
+    """A primary and one replica whose replication link goes through a fault proxy."""
+    with ReplicaSet(server_kind, proxied=True) as nodes:
+        yield nodes

@@ -15,7 +15,6 @@ from __future__ import annotations
 import secrets
 import shlex
 import time
-from collections.abc import Iterator
 from typing import Any, Final
 
 import anyio
@@ -42,13 +41,6 @@ FAST: Final[dict[str, Any]] = {"check_interval_s": 0.1, "heartbeat_interval_s": 
 PROMOTE_BUDGET_S: Final = 15.0
 CONVERGE_BUDGET_S: Final = 5.0
 """Worker reconnects back off up to `backoff_max_s` (2 s) while the slot has no owner."""
-
-
-@pytest.fixture
-def cluster(server_kind: str) -> Iterator[ClusterDeployment]:
-    """3 primaries + 3 replicas, every node stopped by PID after the test."""
-    with ClusterDeployment(server_kind) as started:
-        yield started
 
 
 def flag_value(value: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Final
 
 import anyio
@@ -33,13 +32,6 @@ FAST: Final[dict[str, Any]] = {
     "presence_ttl_s": 5.0,
 }
 CHANGES: Final = 40
-
-
-@pytest.fixture
-def lagging(server_kind: str) -> Iterator[ReplicaSet]:
-    """A primary and one replica whose replication link goes through a fault proxy."""
-    with ReplicaSet(server_kind, proxied=True) as nodes:
-        yield nodes
 
 
 def flag(value: str) -> dict[str, Any]:

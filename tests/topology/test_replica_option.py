@@ -13,7 +13,6 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Final
 
 import anyio
@@ -38,13 +37,6 @@ FAST: Final[dict[str, Any]] = {
     "presence_ttl_s": 5.0,
 }
 CHANGES: Final = 20
-
-
-@pytest.fixture
-def lagging(server_kind: str) -> Iterator[ReplicaSet]:
-    """A primary and one replica whose replication link goes through a fault proxy."""
-    with ReplicaSet(server_kind, proxied=True) as nodes:
-        yield nodes
 
 
 def subscribers(node: ServerProcess, namespace: str) -> int:

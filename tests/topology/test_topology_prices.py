@@ -28,13 +28,6 @@ FAST: Final[dict[str, Any]] = {
 
 
 @pytest.fixture
-def cluster(server_kind: str) -> Iterator[ClusterDeployment]:
-    """3 primaries + 3 replicas, every node stopped by PID after the test."""
-    with ClusterDeployment(server_kind) as started:
-        yield started
-
-
-@pytest.fixture
 def deployment(server_kind: str) -> Iterator[SentinelDeployment]:
     """1 primary, 2 replicas, 3 Sentinels, all stopped by PID after the test."""
     with SentinelDeployment(server_kind) as started:
