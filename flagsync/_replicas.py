@@ -132,6 +132,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _unreachable(url: str, error: redis.RedisError) -> str:
+    """A primary that cannot be asked (down, mid-failover): keep the replica followed
+    last, if any; else the error stands."""
+    if url in _last_followed:
+        return _last_followed[url]
+    raise error
+
+
 def _refused(url: str, error: redis.ResponseError) -> str:
     """A primary that refuses `ROLE` (an ACL without it) is followed itself."""
     from flagsync._connection import redact_url  # noqa: PLC0415 - it imports this module
@@ -151,10 +159,8 @@ def replica_node_url(url: str, options: dict[str, Any]) -> str:
     try:
         with redis.Redis.from_url(primary_url(url), **options) as client:
             role = client.execute_command("ROLE")
-    except (redis.ConnectionError, redis.TimeoutError):
-        if url in _last_followed:
-            return _last_followed[url]
-        raise
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        return _unreachable(url, error)
     except redis.ResponseError as error:
         return _refused(url, error)
     return _choose(url, role)
@@ -167,10 +173,8 @@ async def replica_node_url_async(url: str, options: dict[str, Any]) -> str:
     client: aredis.Redis = aredis.Redis.from_url(primary_url(url), **options)
     try:
         role = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
-    except (redis.ConnectionError, redis.TimeoutError):
-        if url in _last_followed:
-            return _last_followed[url]
-        raise
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        return _unreachable(url, error)
     except redis.ResponseError as error:
         return _refused(url, error)
     finally:
